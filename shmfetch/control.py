@@ -180,7 +180,10 @@ class Control:
             pass
 
     def unlink(self) -> None:
-        for fn, n in ((posix_ipc.unlink_shared_memory, self.name), (posix_ipc.unlink_semaphore, self.name + ".lock")):
+        for fn, n in (
+            (posix_ipc.unlink_shared_memory, self.name),
+            (posix_ipc.unlink_semaphore, self.name + ".lock"),
+        ):
             try:
                 fn(n)
             except posix_ipc.ExistentialError:

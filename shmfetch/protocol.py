@@ -43,7 +43,18 @@ ERRORS: dict[str, str] = {
     "internal_error": "an unexpected error in the worker; see the daemon's log",
 }
 
-RESULT_FIELDS = ("url", "ok", "status", "final_url", "content_type", "text", "error", "message", "worker", "elapsed_ms")
+RESULT_FIELDS = (
+    "url",
+    "ok",
+    "status",
+    "final_url",
+    "content_type",
+    "text",
+    "error",
+    "message",
+    "worker",
+    "elapsed_ms",
+)
 
 
 @dataclass
@@ -117,7 +128,12 @@ class FrameDecoder:
 
 
 def error_frame(req_id: Any, code: str, message: str | None = None, url: str | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"id": req_id, "ok": False, "error": code, "message": message or ERRORS.get(code, code)}
+    frame: dict[str, Any] = {
+        "id": req_id,
+        "ok": False,
+        "error": code,
+        "message": message or ERRORS.get(code, code),
+    }
     if url is not None:
         frame.update(url=url, status=None, final_url=None, content_type=None, text="", worker=None)
     return frame

@@ -60,7 +60,9 @@ class Ring:
     between threads must serialise it themselves.
     """
 
-    def __init__(self, name: str, mm: mmap.mmap, free: posix_ipc.Semaphore, fill: posix_ipc.Semaphore, owner: bool):
+    def __init__(
+        self, name: str, mm: mmap.mmap, free: posix_ipc.Semaphore, fill: posix_ipc.Semaphore, owner: bool
+    ):
         self.name = name
         self._mm = mm
         self._view = memoryview(mm)
@@ -109,7 +111,9 @@ class Ring:
             mm = mmap.mmap(shm.fd, shm.size)
         finally:
             shm.close_fd()
-        return cls(name, mm, posix_ipc.Semaphore(name + ".free"), posix_ipc.Semaphore(name + ".fill"), owner=False)
+        return cls(
+            name, mm, posix_ipc.Semaphore(name + ".free"), posix_ipc.Semaphore(name + ".fill"), owner=False
+        )
 
     # -- producer -------------------------------------------------------------------------------------
 

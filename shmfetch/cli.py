@@ -1,0 +1,193 @@
+"""Command line: ``shmfetch serve | submit | stats | stop``.
+
+Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
+3 the workers could not boot (serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+from . import config as config_mod
+from .client import Client, DaemonUnavailable, ProtocolError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = "config.ini"
+
+
+def _setup_logging(cfg: config_mod.Config) -> logging.Handler:
+    d = cfg.daemon
+    handler: logging.Handler = (
+        logging.FileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [master %(process)d] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(d.log_level.upper())
+    return handler
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .master import Master, StartupError
+
+    cfg = config_mod.load(args.config)
+    handler = _setup_logging(cfg)
+    master = Master(cfg, handler)
+    try:
+        master.check_not_running()
+    except StartupError as e:
+        print(f"shmfetch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(master.run())
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if getattr(args, "socket", None):
+        return args.socket
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    return config_mod.load(path).daemon.socket if path else config_mod.DaemonConfig().socket
+
+
+def _read_urls(items: list[str]) -> Iterator[str]:
+    for item in items:
+        if item == "-":
+            for line in sys.stdin:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    yield line
+        else:
+            yield item
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    path = _socket_path(args)
+    failed = 0
+    out = sys.stdout
+    with Client(path) as client:
+        for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
+            if not r.ok:
+                failed += 1
+            if args.json:
+                out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            else:
+                if r.ok:
+                    out.write(f"==> {r.url}\n{r.text}\n")
+                else:
+                    out.write(f"==> {r.url} [{r.error}] {r.message or ''}\n")
+                    print(f"shmfetch: {r.url}: {r.error}: {r.message or ''}", file=sys.stderr)
+            out.flush()
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with Client(_socket_path(args)) as client:
+        st = client.stats()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    print(f"pid {st['pid']}  uptime {st['uptime_s']:.0f}s  downloaded {st['downloaded']}")
+    print(f"in flight {st['in_flight']} (pending in master {st['pending']})  connections {st['connections']}")
+    print(f"pages/s  10s: {st['pages_per_s_10s']:.1f}  60s: {st['pages_per_s_60s']:.1f}")
+    fails = ", ".join(f"{k}={v}" for k, v in sorted(st["failures"].items())) or "none"
+    print(f"failures: {fails}")
+    for w in st["workers"]:
+        print(
+            f"  worker {w['index']}: pid {w['pid']} {'up' if w['alive'] else 'DOWN'} served {w['served']} "
+            f"in flight {w['in_flight']} queued {w['queued']} restarts {w['restarts']}"
+        )
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    path = args.config or DEFAULT_CONFIG
+    cfg = config_mod.load(path)
+    try:
+        with open(cfg.daemon.pidfile) as fh:
+            pid = int(fh.read().strip())
+    except (OSError, ValueError):
+        print(f"shmfetch: no running daemon (cannot read pidfile {cfg.daemon.pidfile})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with Client(cfg.daemon.socket) as c:
+            before = c.stats()["downloaded"]
+    except (DaemonUnavailable, ProtocolError, OSError):
+        before = None
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not running", file=sys.stderr)
+        return EXIT_USAGE
+    deadline = time.monotonic() + cfg.daemon.drain_timeout + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        print(
+            f"shmfetch: pid {pid} did not exit within {cfg.daemon.drain_timeout + 15:.0f}s", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(
+        f"stopped pid {pid}; downloaded {before if before is not None else '?'} URLs (last stats before stop)"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the daemon in the foreground")
+    s.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: ./config.ini)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("submit", help="fetch URLs through a running daemon")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", help="read the socket path from this config")
+    g.add_argument("--socket", help="the daemon's Unix socket")
+    s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
+    s.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
+    s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("stats", help="show live figures of a running daemon")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config")
+    g.add_argument("--socket")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("stop", help="stop the daemon (SIGUSR1) and wait for it to exit")
+    s.add_argument("-c", "--config", default=None)
+    s.set_defaults(func=cmd_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as e:
+        print(f"shmfetch: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except DaemonUnavailable as e:
+        print(f"shmfetch: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

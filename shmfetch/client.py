@@ -1,0 +1,222 @@
+"""Python clients for a running daemon: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+Both speak the framed msgpack protocol of shmfetch/protocol.py over the daemon's Unix socket, pipelining
+requests on one connection. ``fetch_many`` keeps at most ``concurrency`` requests outstanding and yields
+results in completion order, so memory stays bounded however many URLs are fed in.
+
+    with Client("/tmp/shmfetch.sock") as c:
+        page = c.fetch("http://127.0.0.1:8000/")
+        for r in c.fetch_many(urls, concurrency=64):
+            print(r.url, r.ok, len(r.text))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from .protocol import FRAME_HDR, FrameDecoder, Result, encode_frame
+
+MAX_RESPONSE_BYTES = 1 << 31  # a response holds up to [fetch] max_text_bytes of text
+
+
+class DaemonUnavailable(ConnectionError):
+    """No daemon answers on the socket."""
+
+
+class ProtocolError(RuntimeError):
+    """The daemon answered with an error frame that is not tied to a request."""
+
+
+def _result(frame: dict[str, Any]) -> Result:
+    if frame.get("id") is None and not frame.get("ok"):
+        raise ProtocolError(f"{frame.get('error')}: {frame.get('message')}")
+    return Result.from_frame(frame)
+
+
+class Client:
+    """A blocking client. Not thread-safe: use one per thread (``fetch_many`` manages its own sender)."""
+
+    def __init__(self, socket_path: str, timeout: float | None = None):
+        self.socket_path = socket_path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(socket_path)
+        except OSError as e:
+            self._sock.close()
+            raise DaemonUnavailable(
+                f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
+            ) from None
+        self._decoder = FrameDecoder(MAX_RESPONSE_BYTES)
+        self._ready: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _recv_frame(self) -> dict[str, Any]:
+        while not self._ready:
+            data = self._sock.recv(1 << 20)
+            if not data:
+                raise DaemonUnavailable("the daemon closed the connection")
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.pop(0)
+
+    def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
+        frame["id"] = next(self._ids)
+        self._sock.sendall(encode_frame(frame))
+        while True:
+            reply = self._recv_frame()
+            if reply.get("id") in (frame["id"], None):
+                return reply
+
+    def fetch(self, url: str) -> Result:
+        """Fetch one URL and wait for its result."""
+        return _result(self._call({"url": url}))
+
+    def stats(self) -> dict[str, Any]:
+        """The daemon's live figures (see ``shmfetch stats``)."""
+        reply = self._call({"op": "stats"})
+        if not reply.get("ok"):
+            raise ProtocolError(f"{reply.get('error')}: {reply.get('message')}")
+        return reply["stats"]
+
+    def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> Iterator[Result]:
+        """Fetch many URLs over this connection, at most ``concurrency`` in flight; yield in completion order.
+
+        ``urls`` is consumed lazily by a sender thread, so a slow source (stdin) and the results stream at
+        the same time.
+        """
+        window = threading.BoundedSemaphore(concurrency)
+        state = {"sent": 0, "done": False, "error": None}
+        ids = self._ids
+
+        def sender() -> None:
+            try:
+                for url in urls:
+                    window.acquire()
+                    self._sock.sendall(encode_frame({"id": next(ids), "url": url}))
+                    state["sent"] += 1
+            except BaseException as e:  # surfaced to the reader below
+                state["error"] = e
+            finally:
+                state["done"] = True
+                # Wake the reader if it waits for results that will not come.
+                try:
+                    self._sock.sendall(encode_frame({"id": -1, "op": "stats"}))
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=sender, name="shmfetch-sender", daemon=True)
+        t.start()
+        received = 0
+        sentinel_seen = False
+        try:
+            # The sender's last frame is a sentinel (id -1); its reply tells us the sender is done even
+            # when we are already waiting on the socket. Read until both it and every result are in.
+            while not (sentinel_seen and received >= state["sent"]):
+                frame = self._recv_frame()
+                if frame.get("id") == -1:
+                    sentinel_seen = True
+                    continue
+                received += 1
+                window.release()
+                yield _result(frame)
+        finally:
+            t.join(timeout=1.0)
+        if state["error"] is not None:
+            raise state["error"]
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``: ``await AsyncClient.connect(path)``, then the same methods."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def connect(cls, socket_path: str) -> AsyncClient:
+        try:
+            reader, writer = await asyncio.open_unix_connection(socket_path, limit=1 << 20)
+        except OSError as e:
+            raise DaemonUnavailable(
+                f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
+            ) from None
+        return cls(reader, writer)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                hdr = await self._reader.readexactly(4)
+                (n,) = FRAME_HDR.unpack(hdr)
+                body = await self._reader.readexactly(n)
+                frame = FrameDecoder(MAX_RESPONSE_BYTES).feed(hdr + body)[0]
+                fut = self._waiters.pop(frame.get("id"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+                elif frame.get("id") is None:
+                    for f in self._waiters.values():
+                        if not f.done():
+                            f.set_exception(ProtocolError(f"{frame.get('error')}: {frame.get('message')}"))
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            for f in self._waiters.values():
+                if not f.done():
+                    f.set_exception(DaemonUnavailable(f"the daemon closed the connection: {e}"))
+
+    async def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
+        frame["id"] = req_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[req_id] = fut
+        self._writer.write(encode_frame(frame))
+        await self._writer.drain()
+        return await fut
+
+    async def fetch(self, url: str) -> Result:
+        return _result(await self._call({"url": url}))
+
+    async def stats(self) -> dict[str, Any]:
+        return (await self._call({"op": "stats"}))["stats"]
+
+    async def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> AsyncIterator[Result]:
+        """Like ``Client.fetch_many``: bounded in-flight window, results in completion order."""
+        it = iter(urls)
+        running: set[asyncio.Task] = set()
+        loop = asyncio.get_running_loop()
+        for url in itertools.islice(it, concurrency):
+            running.add(loop.create_task(self.fetch(url)))
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    running.add(loop.create_task(self.fetch(nxt)))

@@ -1,0 +1,260 @@
+"""Jobs, round-robin dispatch with credit, and the collector threads that bring results back.
+
+Everything here runs on the master's event loop thread, except ``_collect``, which runs in one thread per
+result ring and only hands batches to the loop (docs/RING.md, "Wake-up path in the master").
+
+A job is one client request. It is dispatched to the next live worker in strict round-robin order. Each
+worker has credit: the ring slots of its unanswered requests may not exceed the ring or
+``max_inflight_per_worker``. Without credit the job waits in ``pending`` (bounded by ``max_pending``), so
+a put into a request ring never blocks the loop and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import posix_ipc
+
+from .protocol import error_frame, pack_request, unpack
+from .ring import Ring, RingClosed
+
+log = logging.getLogger("shmfetch.master")
+
+COLLECT_BATCH = 64
+
+
+class Sink(Protocol):
+    """Where a job's answer goes: a client connection (listener.ClientConnection)."""
+
+    closed: bool
+
+    def send(self, frame: dict[str, Any]) -> None: ...
+
+
+class Job:
+    __slots__ = ("sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload")
+
+    def __init__(self, sink: Sink, req_id: Any, url: str):
+        self.sink = sink
+        self.req_id = req_id
+        self.url = url
+        self.attempts = 0
+        self.t0 = time.perf_counter()
+        self.ticket = 0
+        self.slots = 0
+        self.payload = b""
+
+
+class WorkerHandle:
+    """The master's view of one worker process and its two rings (one generation)."""
+
+    def __init__(self, index: int, generation: int, req: Ring, res: Ring):
+        self.index = index
+        self.generation = generation
+        self.req = req
+        self.res = res
+        self.pid = 0
+        self.alive = False
+        self.outstanding: dict[int, Job] = {}
+        self.credit_used = 0
+        self.ok_received = 0
+        self.served = 0
+        self.started = time.monotonic()
+        self.last_progress = self.started
+        self.collector: threading.Thread | None = None
+        self.drained = asyncio.Event()
+
+
+class Dispatcher:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int, max_inflight: int):
+        self.loop = loop
+        self.max_pending = max_pending
+        self.max_inflight = max_inflight
+        self.workers: list[WorkerHandle | None] = []
+        self.pending: deque[Job] = deque()
+        self.rr = 0
+        self.accepting = True
+        self._tickets = itertools.count(1)
+        self.on_idle: Callable[[], None] | None = None
+        # figures for `stats`
+        self.ok_total = 0
+        self.failures: Counter[str] = Counter()
+        self.completions: deque[tuple[float, int]] = deque()  # (monotonic second, pages) for the rates
+
+    # -- intake ---------------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> str | None:
+        """Queue a job. Returns None, or the error code to answer with at once."""
+        if not self.accepting:
+            return "shutting_down"
+        if len(self.pending) >= self.max_pending:
+            return "overloaded"
+        self.pending.append(job)
+        self.pump()
+        return None
+
+    def inflight(self) -> int:
+        return len(self.pending) + sum(len(w.outstanding) for w in self.workers if w is not None)
+
+    # -- dispatch -------------------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Hand pending jobs to workers in strict round-robin order while the next worker has credit."""
+        pending = self.pending
+        workers = self.workers
+        n = len(workers)
+        while pending:
+            job = pending[0]
+            if job.sink.closed:  # its client went away; do not spend a fetch on it
+                pending.popleft()
+                continue
+            w = None
+            for step in range(n):
+                cand = workers[(self.rr + step) % n]
+                if cand is not None and cand.alive:
+                    w = cand
+                    self.rr = (self.rr + step) % n
+                    break
+            if w is None:
+                return  # no live worker; respawn will pump again
+            if not job.payload:
+                job.ticket = next(self._tickets)
+                job.payload = pack_request(job.ticket, job.url)
+                job.slots = w.req.slots_for(len(job.payload))
+            if len(w.outstanding) >= self.max_inflight or w.credit_used + job.slots > w.req.nslots:
+                return  # strict round robin: wait for this worker's credit
+            pending.popleft()
+            if not w.outstanding:
+                w.last_progress = time.monotonic()
+            w.outstanding[job.ticket] = job
+            w.credit_used += job.slots
+            w.req.put(job.payload)  # never blocks: credit guarantees the slots are free
+            self.rr = (self.rr + 1) % n
+
+    # -- results --------------------------------------------------------------------------------------
+
+    def start_collector(self, w: WorkerHandle) -> None:
+        w.collector = threading.Thread(
+            target=self._collect, args=(w,), name=f"collect-{w.index}", daemon=True
+        )
+        w.collector.start()
+
+    def _collect(self, w: WorkerHandle) -> None:
+        res = w.res
+        call = self.loop.call_soon_threadsafe
+        closed = False
+        while not closed:
+            try:
+                batch = [res.get(unpack)]
+            except RingClosed:
+                break
+            while len(batch) < COLLECT_BATCH:
+                try:
+                    batch.append(res.get(unpack, timeout=0))
+                except posix_ipc.BusyError:
+                    break
+                except RingClosed:
+                    closed = True
+                    break
+            call(self._on_batch, w, batch)
+        call(w.drained.set)
+
+    def _on_batch(self, w: WorkerHandle, batch: list[list[Any]]) -> None:
+        now = time.monotonic()
+        w.last_progress = now
+        done = 0
+        for ticket, ok, status, final_url, ctype, text, error, message, _fetch_ms in batch:
+            job = w.outstanding.pop(ticket, None)
+            w.served += 1
+            if job is None:
+                continue
+            w.credit_used -= job.slots
+            if ok:
+                w.ok_received += 1
+                self.ok_total += 1
+                done += 1
+            else:
+                self.failures[error or "unknown"] += 1
+            job.sink.send(
+                {
+                    "id": job.req_id,
+                    "url": job.url,
+                    "ok": ok,
+                    "status": status,
+                    "final_url": final_url,
+                    "content_type": ctype,
+                    "text": text,
+                    "error": error,
+                    "message": message,
+                    "worker": w.index,
+                    "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
+                }
+            )
+        self._note_completions(now, done)
+        self.pump()
+        if (
+            self.on_idle is not None
+            and not self.pending
+            and not any(x.outstanding for x in self.workers if x is not None)
+        ):
+            self.on_idle()
+
+    def _note_completions(self, now: float, n: int) -> None:
+        sec = int(now)
+        c = self.completions
+        if c and c[-1][0] == sec:
+            c[-1] = (sec, c[-1][1] + n)
+        else:
+            c.append((sec, n))
+        while c and c[0][0] < sec - 60:
+            c.popleft()
+
+    def rate(self, seconds: int) -> float:
+        now = int(time.monotonic())
+        return sum(n for s, n in self.completions if s > now - seconds) / seconds
+
+    # -- failure paths --------------------------------------------------------------------------------
+
+    def fail(self, job: Job, code: str, message: str | None = None) -> None:
+        self.failures[code] += 1
+        job.sink.send(error_frame(job.req_id, code, message, url=job.url))
+
+    def orphans(self, w: WorkerHandle) -> list[Job]:
+        """Take back the unanswered jobs of a dead, drained worker."""
+        jobs = sorted(w.outstanding.values(), key=lambda j: j.ticket)
+        w.outstanding.clear()
+        w.credit_used = 0
+        return jobs
+
+    def redispatch(self, jobs: list[Job]) -> None:
+        """Give each job of a crashed worker one more try at the front of the queue; a second crash fails it."""
+        retry = []
+        for job in jobs:
+            job.attempts += 1
+            if job.attempts >= 2:
+                self.fail(job, "worker_crashed", "the worker fetching this URL died twice")
+            else:
+                job.payload = b""  # new ticket: the old one may still be in the dead ring's records
+                retry.append(job)
+        self.pending.extendleft(reversed(retry))
+        self.pump()
+
+    def fail_all(self, code: str) -> int:
+        """Answer every job still waiting or in flight with ``code``. Returns how many."""
+        n = 0
+        while self.pending:
+            self.fail(self.pending.popleft(), code)
+            n += 1
+        for w in self.workers:
+            if w is not None:
+                for job in self.orphans(w):
+                    self.fail(job, code)
+                    n += 1
+        return n

@@ -1,0 +1,138 @@
+"""Client connections on the Unix socket: frames in, jobs to the dispatcher, results out.
+
+Each connection is an asyncio Protocol (no per-connection task or stream objects: a connection costs a
+few hundred bytes plus its buffers). A client that breaks the framing gets an error frame and is closed;
+a request with a wrong shape gets an error frame and the connection goes on. A client that stops reading
+is cut off once its unsent responses exceed ``client_buffer_bytes``, so it cannot make the master grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .dispatch import Dispatcher, Job
+from .protocol import FrameDecoder, FrameError, encode_frame, error_frame
+
+log = logging.getLogger("shmfetch.master")
+
+MAX_URL_CHARS = 8192
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, server: Listener):
+        self.server = server
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(server.max_frame_bytes)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        srv = self.server
+        srv.connections.add(self)
+        if len(srv.connections) > srv.max_connections:
+            self._fatal("overloaded", f"too many connections (max_connections={srv.max_connections})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as e:
+            self._fatal(e.code, str(e))
+            return
+        for frame in frames:
+            self._handle(frame)
+
+    def _handle(self, frame: Any) -> None:
+        if not isinstance(frame, dict):
+            self.send(error_frame(None, "bad_request", "a request frame must be a msgpack map"))
+            return
+        req_id = frame.get("id")
+        if not isinstance(req_id, int | str) or isinstance(req_id, bool):
+            self.send(error_frame(None, "bad_request", "missing or invalid 'id' (int or str)"))
+            return
+        op = frame.get("op", "fetch")
+        if op == "stats":
+            self.send({"id": req_id, "ok": True, "stats": self.server.stats()})
+            return
+        if op != "fetch":
+            self.send(error_frame(req_id, "bad_request", f"unknown op {op!r}"))
+            return
+        url = frame.get("url")
+        if not isinstance(url, str):
+            self.send(error_frame(req_id, "bad_request", "missing or invalid 'url' (str)"))
+            return
+        if len(url) > MAX_URL_CHARS:
+            self.send(
+                error_frame(req_id, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
+            )
+            return
+        job = Job(self, req_id, url)
+        code = self.server.dispatcher.submit(job)
+        if code is not None:
+            self.server.dispatcher.fail(job, code)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(encode_frame(frame))
+        if self.transport.get_write_buffer_size() > self.server.client_buffer_bytes:
+            log.warning("cutting off a client that does not read its responses")
+            self.closed = True
+            self.transport.abort()
+
+    def _fatal(self, code: str, message: str) -> None:
+        log.info("closing client connection: %s", message)
+        self.send(error_frame(None, code, message))
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Listener:
+    """The Unix socket server and the set of its live connections."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        stats: Callable[[], dict[str, Any]],
+        max_frame_bytes: int,
+        max_connections: int,
+        client_buffer_bytes: int,
+    ):
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.max_frame_bytes = max_frame_bytes
+        self.max_connections = max_connections
+        self.client_buffer_bytes = client_buffer_bytes
+        self.connections: set[ClientConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=1024)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def close_all(self, timeout: float = 2.0) -> None:
+        """Let each connection flush what it was sent (bounded), then close it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for conn in list(self.connections):
+            t = conn.transport
+            while (
+                t is not None and not t.is_closing() and t.get_write_buffer_size() and loop.time() < deadline
+            ):
+                await asyncio.sleep(0.01)
+            if t is not None:
+                t.close()
+        await asyncio.sleep(0)

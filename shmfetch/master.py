@@ -1,0 +1,412 @@
+"""The master: owns every shared object, supervises the workers, and runs the client-facing loop.
+
+Shaped after gunicorn's arbiter. Signal handlers only record the signal and wake the main loop, which does
+the work. Children are reaped with waitpid(-1, WNOHANG) in a loop. A dead worker's lock is repaired, its
+committed results drained, its counter contribution reconciled, its unanswered jobs re-dispatched once,
+and it is respawned on fresh rings, with a backoff when it dies while booting. Shutdown is staged:
+stop accepting, drain until ``drain_timeout``, then force (SIGKILL), and either way reap, unlink, and
+print ``downloaded N URLs`` as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from . import names
+from .config import Config
+from .control import S_BUSY, S_SERVED, Control
+from .dispatch import Dispatcher, WorkerHandle
+from .listener import Listener
+from .ring import Ring
+
+log = logging.getLogger("shmfetch.master")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_WORKER_BOOT = 3
+BOOT_WINDOW = 2.0  # a worker that dies sooner than this after spawn counts as a boot failure
+MAX_BOOT_FAILURES = 5
+WORKER_EXIT_GRACE = 5.0
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (another one is running, a path is unusable). Exit code 2."""
+
+
+class Master:
+    def __init__(self, cfg: Config, log_handler: logging.Handler | None = None):
+        self.cfg = cfg
+        self.pid = os.getpid()
+        self.log_handler = log_handler
+        self.ctl: Control | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.listener: Listener | None = None
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.generations = [0] * cfg.daemon.workers
+        self.restarts = [0] * cfg.daemon.workers
+        self.boot_failures = [0] * cfg.daemon.workers
+        self.signals: list[int] = []
+        self.wake: asyncio.Event | None = None
+        self.stopping = False
+        self.forced = False
+        self.exit_code = EXIT_OK
+        self.started = time.monotonic()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- start ----------------------------------------------------------------------------------------
+
+    def check_not_running(self) -> None:
+        """Refuse to start over a live daemon; clear what dead ones left (socket, pidfile, shm)."""
+        d = self.cfg.daemon
+        owner = _read_pid(d.pidfile)
+        if owner and owner != self.pid and names.is_shmfetch(owner):
+            raise StartupError(f"shmfetch is already running as pid {owner} (pidfile {d.pidfile})")
+        if os.path.exists(d.socket):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(d.socket)
+            except OSError:
+                os.unlink(d.socket)  # nobody listens: a crashed daemon's leftover
+            else:
+                who = f"pid {owner}" if owner else "an unknown process"
+                raise StartupError(f"socket {d.socket} is in use by a live daemon ({who})")
+            finally:
+                probe.close()
+        for entry in names.remove_stale():
+            log.info("removed stale shared object /dev/shm/%s", entry)
+
+    def write_pidfile(self) -> None:
+        path = self.cfg.daemon.pidfile
+        tmp = f"{path}.{self.pid}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{self.pid}\n")
+        os.replace(tmp, path)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        d = self.cfg.daemon
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._record_signal, sig)
+        self.ctl = Control.create(names.control_name(self.pid), d.workers)
+        self.dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
+        self.dispatcher.workers = [None] * d.workers
+        self.dispatcher.on_idle = self.wake.set
+        self.listener = Listener(
+            self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
+        )
+        try:
+            for i in range(d.workers):
+                self.spawn(i)
+            old_umask = os.umask(0o177)  # the socket is created 0600
+            try:
+                await self.listener.start(d.socket)
+            finally:
+                os.umask(old_umask)
+            self.write_pidfile()
+            log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
+            await self._main_loop()
+        finally:
+            await self._teardown()
+        print(f"downloaded {self.ctl.counter} URLs", flush=True)
+        self._release_control()
+        return self.exit_code
+
+    def _record_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        self.wake.set()
+
+    # -- main loop ------------------------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        drain_deadline = None
+        while True:
+            timeout = None
+            if drain_deadline is not None:
+                timeout = max(0.0, drain_deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            while self.signals:
+                sig = self.signals.pop(0)
+                if sig == signal.SIGCHLD:
+                    self.reap()
+                elif sig == signal.SIGHUP:
+                    self.reopen_logs()
+                elif not self.stopping:
+                    log.info(
+                        "got %s: draining (up to %.1fs)",
+                        signal.Signals(sig).name,
+                        self.cfg.daemon.drain_timeout,
+                    )
+                    self.stopping = True
+                    self.dispatcher.accepting = False
+                    self.listener.stop_accepting()
+                    drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+                else:
+                    log.info("got %s during drain: stopping now", signal.Signals(sig).name)
+                    self.forced = True
+            if self.exit_code == EXIT_WORKER_BOOT:
+                self.stopping = self.forced = True
+            self._arm_watchdog()
+            if self.stopping and (
+                self.forced or not self.dispatcher.inflight() or time.monotonic() >= drain_deadline
+            ):
+                return
+
+    # -- workers --------------------------------------------------------------------------------------
+
+    def spawn(self, index: int) -> None:
+        r = self.cfg.ring
+        self.generations[index] += 1
+        gen = self.generations[index]
+        req = Ring.create(names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size)
+        res = Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
+        w = WorkerHandle(index, gen, req, res)
+        self.ctl.init_slot(index, 0, gen)
+        spec = {
+            "index": index,
+            "generation": gen,
+            "master_pid": self.pid,
+            "req": req.name,
+            "res": res.name,
+            "ctl": self.ctl.name,
+            "config": self.cfg.to_dict(),
+        }
+        argv = [sys.executable, "-m", "shmfetch.worker", json.dumps(spec)]
+        w.pid = os.posix_spawn(sys.executable, argv, os.environ)
+        w.alive = True
+        self.ctl.init_slot(index, w.pid, gen)
+        self.by_pid[w.pid] = w
+        self.dispatcher.workers[index] = w
+        self.dispatcher.start_collector(w)
+        log.info("worker %d started: pid %d, generation %d", index, w.pid, gen)
+        self.dispatcher.pump()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.by_pid.pop(pid, None)
+            if w is None:
+                continue
+            w.alive = False
+            how = _describe_status(status)
+            if self.stopping:
+                log.info("worker %d (pid %d) exited: %s", w.index, pid, how)
+            else:
+                log.warning("worker %d (pid %d) died: %s", w.index, pid, how)
+            if self.ctl.repair_after(pid):
+                log.warning("worker %d (pid %d) died holding the counter lock; lock repaired", w.index, pid)
+            task = asyncio.get_running_loop().create_task(self._bury(w, status))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _bury(self, w: WorkerHandle, status: int) -> None:
+        """Drain what the dead worker committed, fix the counter, re-home its jobs, respawn it."""
+        w.res.close_wake()
+        await w.drained.wait()
+        delta = self.ctl.reconcile(w.index, w.ok_received)
+        if delta:
+            log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
+        orphans = self.dispatcher.orphans(w)
+        if self.dispatcher.workers[w.index] is w:
+            self.dispatcher.workers[w.index] = None
+        for ring in (w.req, w.res):
+            ring.close()
+            ring.unlink()
+        if self.stopping and (self.forced or not any(x and x.alive for x in self.dispatcher.workers)):
+            for job in orphans:
+                self.dispatcher.fail(job, "shutting_down")
+        else:
+            self.dispatcher.redispatch(orphans)
+        if not self.stopping:
+            self._respawn_later(w, status)
+        self.wake.set()
+
+    def _respawn_later(self, w: WorkerHandle, status: int) -> None:
+        i = w.index
+        lived = time.monotonic() - w.started
+        if lived < BOOT_WINDOW and w.served == 0:
+            self.boot_failures[i] += 1
+        else:
+            self.boot_failures[i] = 0
+        if self.boot_failures[i] >= MAX_BOOT_FAILURES:
+            log.error(
+                "worker %d failed to boot %d times in a row (last: %s); shutting down",
+                i,
+                self.boot_failures[i],
+                _describe_status(status),
+            )
+            self.exit_code = EXIT_WORKER_BOOT
+            return
+        delay = 0.0 if self.boot_failures[i] == 0 else min(5.0, 0.1 * 2 ** self.boot_failures[i])
+        self.restarts[i] += 1
+        asyncio.get_running_loop().call_later(delay, self._respawn, i)
+
+    def _respawn(self, index: int) -> None:
+        if self.stopping or self.dispatcher.workers[index] is not None:
+            return
+        try:
+            self.spawn(index)
+        except OSError as e:
+            log.error("cannot respawn worker %d: %s", index, e)
+            self.exit_code = EXIT_WORKER_BOOT
+            self.wake.set()
+
+    def _arm_watchdog(self) -> None:
+        """Check for hung workers only while some worker has work: an idle daemon keeps no timer."""
+        if self._watchdog is None and any(w and w.outstanding for w in self.dispatcher.workers):
+            self._watchdog = asyncio.get_running_loop().call_later(0.5, self._check_hung)
+
+    def _check_hung(self) -> None:
+        self._watchdog = None
+        # A fetch ends by [fetch] timeout; a worker with work that returns nothing for longer is stuck.
+        limit = self.cfg.fetch.timeout + self.cfg.daemon.hang_grace
+        now = time.monotonic()
+        for w in self.dispatcher.workers:
+            if w and w.alive and w.outstanding and now - w.last_progress > limit:
+                log.error(
+                    "worker %d (pid %d) made no progress for %.1fs: killing it",
+                    w.index,
+                    w.pid,
+                    now - w.last_progress,
+                )
+                _kill(w.pid, signal.SIGKILL)
+                w.last_progress = now
+        self._arm_watchdog()
+
+    # -- stop -----------------------------------------------------------------------------------------
+
+    async def _teardown(self) -> None:
+        d = self.dispatcher
+        if d is None:
+            return
+        self.stopping = True
+        d.accepting = False
+        if self.listener is not None:
+            self.listener.stop_accepting()
+        live = [w for w in d.workers if w is not None and w.alive]
+        if self.forced or d.inflight():
+            for w in live:
+                _kill(w.pid, signal.SIGKILL)
+        else:
+            for w in live:
+                w.req.close_wake()
+        deadline = time.monotonic() + WORKER_EXIT_GRACE
+        while any(w.alive for w in live) and time.monotonic() < deadline:
+            self.reap()
+            await asyncio.sleep(0.02)
+        for w in live:
+            if w.alive:
+                log.warning("worker %d (pid %d) did not exit: killing it", w.index, w.pid)
+                _kill(w.pid, signal.SIGKILL)
+        while any(w.alive for w in live):
+            self.reap()
+            await asyncio.sleep(0.02)
+        for w in live:
+            await w.drained.wait()
+        while self._tasks:  # let the _bury tasks finish: they reconcile the counter
+            await asyncio.gather(*list(self._tasks))
+        if n := d.fail_all("shutting_down"):
+            log.warning("answered %d unfinished request(s) with shutting_down", n)
+        if self.listener is not None:
+            await self.listener.close_all()
+        for path in (self.cfg.daemon.socket, self.cfg.daemon.pidfile):
+            if path == self.cfg.daemon.pidfile and _read_pid(path) != self.pid:
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.ctl is not None and self.ctl.counter != d.ok_total:
+            log.error("counter %d differs from ok results delivered %d", self.ctl.counter, d.ok_total)
+
+    def _release_control(self) -> None:
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl.unlink()
+
+    # -- misc -----------------------------------------------------------------------------------------
+
+    def reopen_logs(self) -> None:
+        h = self.log_handler
+        if isinstance(h, logging.FileHandler):
+            h.acquire()
+            try:
+                h.close()
+                h.stream = h._open()
+            finally:
+                h.release()
+            log.info("log file reopened")
+
+    def stats(self) -> dict[str, Any]:
+        d = self.dispatcher
+        workers = []
+        for i, w in enumerate(d.workers):
+            workers.append(
+                {
+                    "index": i,
+                    "pid": w.pid if w else None,
+                    "alive": bool(w and w.alive),
+                    "generation": self.generations[i],
+                    "restarts": self.restarts[i],
+                    "served": self.ctl.slot(i, S_SERVED) if w else 0,
+                    "in_flight": len(w.outstanding) if w else 0,
+                    "queued": max(0, len(w.outstanding) - self.ctl.slot(i, S_BUSY)) if w else 0,
+                }
+            )
+        return {
+            "pid": self.pid,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "downloaded": self.ctl.counter,
+            "ok_delivered": d.ok_total,
+            "failures": dict(d.failures),
+            "in_flight": d.inflight(),
+            "pending": len(d.pending),
+            "pages_per_s_10s": round(d.rate(10), 3),
+            "pages_per_s_60s": round(d.rate(60), 3),
+            "connections": len(self.listener.connections),
+            "stopping": self.stopping,
+            "workers": workers,
+        }
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as e:
+        if e.errno != errno.ESRCH:
+            raise
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

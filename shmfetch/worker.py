@@ -1,0 +1,153 @@
+"""The worker process: take requests from its ring, fetch and extract, publish results, count successes.
+
+Started by the master as ``python -m shmfetch.worker SPEC`` (SPEC is JSON: ring names, slot index,
+generation, the validated config). A fresh interpreter rather than fork(), because the master runs threads
+and an event loop, and forking a threaded process copies locks in whatever state they are in.
+
+Threads. ``threads`` fetcher threads take turns as the ring's single consumer (``_take`` is serialised by
+a lock: leader/follower, so a request goes straight to the thread that will fetch it), and take turns as
+the result ring's single producer. A thread takes a request only when it is free to fetch it, so requests
+wait in shared memory, where the master can see them, not in a private queue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from .config import Config
+from .control import S_BUSY, S_SERVED, Control
+from .fetch import Fetcher, Outcome
+from .protocol import pack_result, unpack
+from .ring import Ring, RingClosed
+
+log = logging.getLogger("shmfetch.worker")
+
+EXIT_BOOT_ERROR = 3
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(master_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the master dies, then close the race where it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != master_pid:
+        os._exit(EXIT_BOOT_ERROR)
+
+
+class Worker:
+    def __init__(self, cfg: Config, index: int, req: Ring, res: Ring, ctl: Control):
+        self.cfg = cfg
+        self.index = index
+        self.req = req
+        self.res = res
+        self.ctl = ctl
+        self._take_lock = threading.Lock()
+        self._put_lock = threading.Lock()
+        self._closing = False
+        self._busy = 0
+        self._served = 0
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._thread_main, name=f"fetch-{i}", daemon=True)
+            for i in range(self.cfg.daemon.threads)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _take(self) -> Any:
+        with self._take_lock:
+            if self._closing:
+                return None
+            try:
+                return self.req.get(unpack)
+            except RingClosed:
+                self._closing = True
+                return None
+
+    def _thread_main(self) -> None:
+        fetcher = Fetcher(self.cfg.fetch, self.cfg.security)
+        try:
+            while (msg := self._take()) is not None:
+                self._serve(fetcher, msg)
+        finally:
+            fetcher.close()
+
+    def _serve(self, fetcher: Fetcher, msg: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            ticket, url = msg[0], msg[1]
+        except (TypeError, IndexError, KeyError):
+            log.error("worker %d: malformed request record %r", self.index, msg)
+            return
+        self._set_busy(+1)
+        try:
+            out = fetcher.fetch(url) if isinstance(url, str) else Outcome(False, error="invalid_url")
+        except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
+            log.exception("worker %d: fetch of %r raised", self.index, url)
+            out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
+        payload = pack_result(
+            ticket,
+            out.ok,
+            out.status,
+            out.final_url,
+            out.content_type,
+            out.text,
+            out.error,
+            out.message,
+            (time.perf_counter() - t0) * 1000.0,
+        )
+        with self._put_lock:
+            self.res.put(payload)  # commit: from here on the master owns the result
+            self._served += 1
+            self.ctl.set_slot(self.index, S_SERVED, self._served)
+        if out.ok:
+            # After the commit, never before: see docs/RING.md, "why it stays exact when a worker dies".
+            self.ctl.increment(self.index)
+        self._set_busy(-1)
+
+    def _set_busy(self, delta: int) -> None:
+        with self._put_lock:
+            self._busy += delta
+            self.ctl.set_slot(self.index, S_BUSY, self._busy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    _die_with_parent(spec["master_pid"])
+    # The master decides when we stop (it closes our ring); a Ctrl-C or a USR1 sent to the whole process
+    # group must not kill us in the middle of a result.
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    cfg = Config.from_dict(spec["config"])
+    logging.basicConfig(
+        level=cfg.daemon.log_level.upper(),
+        format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s",
+    )
+    try:
+        req, res, ctl = Ring.attach(spec["req"]), Ring.attach(spec["res"]), Control.attach(spec["ctl"])
+    except Exception as e:
+        log.error("worker %s: cannot attach shared memory: %s", spec.get("index"), e)
+        return EXIT_BOOT_ERROR
+    Worker(cfg, spec["index"], req, res, ctl).run()
+    for obj in (req, res, ctl):
+        obj.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The whole path through a real daemon: client -> socket -> master -> rings -> workers -> origin and back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from shmfetch import Client, names
+from shmfetch.protocol import encode_frame
+
+from .helpers import REPO, page_text, running_daemon, write_config
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])  # utime + stime
+
+
+def test_round_robin_and_exact_count(tmp_path, origin):
+    workers, m = 3, 31
+    with running_daemon(tmp_path, daemon={"workers": workers}) as d:
+        with Client(d.socket) as c:
+            results = list(c.fetch_many([origin.url(f"/page/{i}") for i in range(m)], concurrency=8))
+        by_worker = Counter(r.worker for r in results)
+        assert sorted(by_worker) == list(range(workers))
+        for n in by_worker.values():
+            assert abs(n - m / workers) <= 1, by_worker
+        assert all(r.ok for r in results)
+        assert {r.url for r in results} == {origin.url(f"/page/{i}") for i in range(m)}
+        r = next(r for r in results if r.url.endswith("/page/7"))
+        assert r.text == page_text(7) and r.status == 200 and r.content_type == "text/html"
+        rc, out = d.stop()
+    assert rc == 0
+    assert d.last_line() == f"downloaded {m} URLs"
+
+
+def test_count_is_successes_only(tmp_path, origin):
+    ok_urls = [origin.url(f"/page/{i}") for i in range(5)]
+    bad_urls = [origin.url("/status/404"), origin.url("/status/500"), "http://127.0.0.1:1/refused"]
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            res = {r.url: r for r in c.fetch_many(ok_urls + bad_urls)}
+        assert [res[u].ok for u in ok_urls] == [True] * 5
+        assert res[bad_urls[0]].error == "http_status" and res[bad_urls[0]].status == 404
+        assert res[bad_urls[1]].error == "http_status" and res[bad_urls[1]].status == 500
+        assert res[bad_urls[2]].error == "connect_error" and res[bad_urls[2]].ok is False
+        rc, out = d.stop()
+    assert rc == 0
+    assert out.strip().splitlines()[-1] == "downloaded 5 URLs"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_stop_like_sigusr1(tmp_path, origin, sig):
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            assert c.fetch(origin.url("/page/1")).ok
+        rc, out = d.stop(sig)
+    assert rc == 0 and d.last_line() == "downloaded 1 URLs"
+
+
+def test_five_mib_of_text_comes_back_byte_identical(tmp_path, origin):
+    n = 5 * 1024 * 1024
+    line = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"
+    expected = (line * (n // len(line) + 1))[:n].decode()
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            r = c.fetch(origin.url(f"/text?bytes={n}"))
+            assert r.ok, r
+            assert len(r.text) == n and r.text == expected
+            # and the ring still works for ordinary pages afterwards
+            assert c.fetch(origin.url("/page/3")).text == page_text(3)
+
+
+def test_pipelined_requests_on_one_connection_all_come_back(tmp_path, origin):
+    n = 200
+    with running_daemon(tmp_path) as d:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.socket)
+        s.sendall(b"".join(encode_frame({"id": i, "url": origin.url(f"/page/{i % 17}")}) for i in range(n)))
+        from shmfetch.protocol import FrameDecoder
+
+        dec, got = FrameDecoder(1 << 30), []
+        s.settimeout(30)
+        while len(got) < n:
+            got += dec.feed(s.recv(65536))
+        s.close()
+    assert sorted(f["id"] for f in got) == list(range(n))
+    assert all(f["ok"] and f["text"] == page_text(f["id"] % 17) for f in got)
+
+
+def test_objects_are_private_named_for_the_master_and_all_removed(tmp_path, origin):
+    with running_daemon(tmp_path) as d:
+        mode = os.stat(d.socket).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        owned = names.owned_by(d.pid)
+        # control segment + lock, and per worker 2 rings x (segment + 2 semaphores)
+        assert len(owned) == 2 + 2 * 2 * 3, owned
+        for e in owned:
+            assert stat.S_IMODE(os.stat(os.path.join("/dev/shm", e)).st_mode) == 0o600
+        kids = d.worker_pids()
+        assert len(kids) == 2
+        assert open(tmp_path / "shmfetch.pid").read().strip() == str(d.pid)
+        d.stop()
+    assert names.owned_by(d.pid) == []
+    assert not os.path.exists(d.socket) and not os.path.exists(tmp_path / "shmfetch.pid")
+    for k in kids:  # reaped, not zombies: the pid is gone
+        assert not os.path.exists(f"/proc/{k}")
+
+
+def test_idle_daemon_uses_no_cpu(tmp_path, origin):
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            assert c.fetch(origin.url("/page/1")).ok
+        time.sleep(1.0)  # let start-up work (imports, first fetch) finish
+        pids = [d.pid, *d.worker_pids()]
+        before = sum(_cpu_ticks(p) for p in pids)
+        time.sleep(3.0)
+        used = sum(_cpu_ticks(p) for p in pids) - before
+    # clock ticks are 10 ms: a polling loop anywhere would show up as several ticks in 3 s
+    assert used <= 2, f"idle daemon used {used} ticks in 3 s"
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("daemon", "workers", "zero"),
+        ("daemon", "workers", "0"),
+        ("daemon", "threads", "-1"),
+        ("fetch", "timeout", "soon"),
+        ("ring", "request_slots", "1000"),
+        ("daemon", "log_level", "loud"),
+        ("daemon", "wrokers", "2"),
+        ("security", "allow_networks", "127.0.0.300/8"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, section, key, value):
+    cfg = write_config(tmp_path, **{section: {key: value}})
+    p = subprocess.run(
+        [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert p.returncode == 2
+    assert key in p.stderr and value in p.stderr
+
+
+def _submit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shmfetch", "submit", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_submit_cli_json_lines_stdin_and_exit_codes(tmp_path, origin):
+    with running_daemon(tmp_path) as d:
+        good = [origin.url(f"/page/{i}") for i in range(3)]
+        p = _submit("--socket", d.socket, "--json", "-", stdin="\n".join(good) + "\n")
+        assert p.returncode == 0, p.stderr
+        rows = [json.loads(line) for line in p.stdout.splitlines()]
+        assert {r["url"] for r in rows} == set(good)
+        for r in rows:
+            assert {
+                "url",
+                "ok",
+                "status",
+                "final_url",
+                "content_type",
+                "text",
+                "error",
+                "worker",
+                "elapsed_ms",
+            } <= set(r)
+            assert r["ok"] and r["error"] is None and r["worker"] in (0, 1)
+        p = _submit("-c", str(d.config), good[0], origin.url("/status/404"))
+        assert p.returncode == 1
+        assert page_text(0) in p.stdout and "http_status" in p.stdout
+        p = _submit("--socket", d.socket, good[1])
+        assert p.returncode == 0 and p.stdout.splitlines()[1:] == page_text(1).splitlines()
+    p = _submit("--socket", str(tmp_path / "nobody.sock"), good[0])
+    assert p.returncode == 2 and "no shmfetch daemon" in p.stderr
