@@ -82,7 +82,8 @@ class Dispatcher:
         self.rr = 0
         self.accepting = True
         self._tickets = itertools.count(1)
-        self.on_idle: Callable[[], None] | None = None
+        self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
+        self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
@@ -133,6 +134,8 @@ class Dispatcher:
             pending.popleft()
             if not w.outstanding:
                 w.last_progress = time.monotonic()
+                if self.on_busy is not None:
+                    self.on_busy()
             w.outstanding[job.ticket] = job
             w.credit_used += job.slots
             w.req.put(job.payload)  # never blocks: credit guarantees the slots are free

@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -93,6 +94,7 @@ class Master:
         os.replace(tmp, path)
 
     async def run(self) -> int:
+        _raise_fd_limit(self.cfg.daemon.max_connections + 64 * self.cfg.daemon.workers + 64)
         loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         d = self.cfg.daemon
@@ -102,6 +104,7 @@ class Master:
         self.dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
         self.dispatcher.workers = [None] * d.workers
         self.dispatcher.on_idle = self.wake.set
+        self.dispatcher.on_busy = self._arm_watchdog
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
         )
@@ -160,7 +163,6 @@ class Master:
                     self.forced = True
             if self.exit_code == EXIT_WORKER_BOOT:
                 self.stopping = self.forced = True
-            self._arm_watchdog()
             if self.stopping and (
                 self.forced or not self.dispatcher.inflight() or time.monotonic() >= drain_deadline
             ):
@@ -243,7 +245,9 @@ class Master:
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
         lived = time.monotonic() - w.started
-        if lived < BOOT_WINDOW and w.served == 0:
+        # A worker that exits by itself, early, having served nothing, failed to boot (bad install,
+        # cannot attach). One killed by a signal did not: a kill storm must not look like a boot loop.
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and w.served == 0:
             self.boot_failures[i] += 1
         else:
             self.boot_failures[i] = 0
@@ -386,6 +390,14 @@ class Master:
             "stopping": self.stopping,
             "workers": workers,
         }
+
+
+def _raise_fd_limit(want: int) -> None:
+    """Each client connection is a descriptor; lift the soft limit toward what max_connections needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _read_pid(path: str) -> int | None:

@@ -1,0 +1,191 @@
+"""Faults a long-running daemon meets: killed and hung workers, a killed master, boot loops, shutdown under load.
+
+All against real daemons, real shared memory and a real HTTP origin on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+from shmfetch import Client, names
+
+from .helpers import REPO, Daemon, page_text, running_daemon, write_config
+
+
+def _killer(d: Daemon, stop: threading.Event, every: float, log: list[int]) -> None:
+    rnd = random.Random(7)
+    while not stop.wait(every):
+        pids = d.worker_pids()
+        if pids:
+            victim = rnd.choice(pids)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                log.append(victim)
+            except ProcessLookupError:
+                pass
+
+
+def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_path, origin):
+    n = 3000
+    urls = [origin.url(f"/page/{i}") for i in range(n)]
+    with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=_killer, args=(d, stop, 0.2, killed))
+        killer.start()
+        try:
+            with Client(d.socket, timeout=120) as c:
+                results = list(c.fetch_many(urls, concurrency=96))
+        finally:
+            stop.set()
+            killer.join()
+        rc, out = d.stop()
+    assert rc == 0
+    assert len(killed) >= 5, "the storm did not happen"
+    # every request answered exactly once
+    assert Counter(r.url for r in results) == Counter(urls)
+    oks = [r for r in results if r.ok]
+    assert {r.error for r in results if not r.ok} <= {"worker_crashed"}
+    assert all(r.text == page_text(int(r.url.rsplit("/", 1)[1])) for r in oks)
+    assert d.last_line() == f"downloaded {len(oks)} URLs"
+    assert len(oks) > n // 2
+
+
+def test_sigstopped_worker_is_detected_as_hung_killed_and_its_work_redone(tmp_path, origin):
+    with running_daemon(tmp_path, daemon={"workers": 2, "hang_grace": 1}, fetch={"timeout": 1}) as d:
+        victim = d.worker_pids()[0]
+        os.kill(victim, signal.SIGSTOP)  # stuck as if in C code: consumes nothing, answers nothing
+        t0 = time.monotonic()
+        with Client(d.socket, timeout=60) as c:
+            results = list(c.fetch_many([origin.url(f"/page/{i}") for i in range(10)], concurrency=10))
+        elapsed = time.monotonic() - t0
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert elapsed < 10, elapsed
+        assert victim not in d.worker_pids()
+        assert len(d.worker_pids()) == 2
+        rc, _ = d.stop()
+    assert rc == 0 and d.last_line() == "downloaded 10 URLs"
+    assert "made no progress" in d.stderr
+
+
+def test_master_killed_with_sigkill_then_a_fresh_serve_starts_cleanly(tmp_path, origin):
+    cfg = write_config(tmp_path)
+    sock = tmp_path / "shmfetch.sock"
+    first = Daemon(cfg, sock)
+    try:
+        workers = first.worker_pids()
+        first.proc.kill()
+        first.proc.wait(10)
+        deadline = time.monotonic() + 2.0
+        while any(os.path.exists(f"/proc/{p}") for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(os.path.exists(f"/proc/{p}") for p in workers), "workers outlived the master by 2 s"
+        assert names.owned_by(first.pid), "expected the dead master's objects to be left behind"
+        assert sock.exists()
+        second = Daemon(cfg, sock)
+        try:
+            assert names.owned_by(first.pid) == [], "stale objects of the dead master were not removed"
+            with Client(second.socket) as c:
+                assert c.fetch(origin.url("/page/2")).text == page_text(2)
+            rc, _ = second.stop()
+            assert rc == 0 and second.last_line() == "downloaded 1 URLs"
+        finally:
+            if second.proc.poll() is None:
+                second.kill()
+    finally:
+        first.kill()
+
+
+def test_second_serve_refuses_while_a_live_daemon_owns_the_socket(tmp_path):
+    with running_daemon(tmp_path) as d:
+        p = subprocess.run(
+            [sys.executable, "-m", "shmfetch", "serve", "-c", str(d.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert p.returncode == 2
+        assert str(d.pid) in p.stderr
+        with Client(d.socket) as c:  # the first one is untouched
+            assert c.stats()["pid"] == d.pid
+
+
+def test_workers_that_cannot_boot_stop_the_daemon_with_a_clear_error(tmp_path):
+    # A broken lxml on the workers' path: the master never imports it, every worker dies at import.
+    broken = tmp_path / "broken"
+    (broken / "lxml").mkdir(parents=True)
+    (broken / "lxml" / "__init__.py").write_text("raise ImportError('lxml is broken on purpose')\n")
+    cfg = write_config(tmp_path, daemon={"workers": 1})
+    env = dict(os.environ, PYTHONPATH=f"{broken}{os.pathsep}{REPO}")
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert p.returncode == 3, p.stderr
+    assert "failed to boot 5 times" in p.stderr
+    assert p.stderr.count("worker 0 started") == 5  # backoff, not a storm
+    assert time.monotonic() - t0 > 1.5
+    assert p.stdout.strip().splitlines()[-1] == "downloaded 0 URLs"
+
+
+def test_sigusr1_under_load_answers_everything_and_counts_what_clients_got(tmp_path, origin):
+    n = 2000
+    urls = [origin.url(f"/page/{i}") for i in range(n)]
+    with running_daemon(tmp_path, daemon={"workers": 2, "drain_timeout": 30}) as d:
+        results: list = []
+        with Client(d.socket, timeout=60) as c:
+            it = c.fetch_many(urls, concurrency=500)
+            for r in it:
+                results.append(r)
+                if len(results) == 200:
+                    os.kill(d.pid, signal.SIGUSR1)
+            # the drain lets everything in flight finish
+        rc, _ = d.stop()
+    assert rc == 0
+    assert Counter(r.url for r in results) == Counter(urls)
+    oks = sum(r.ok for r in results)
+    assert {r.error for r in results if not r.ok} <= {"shutting_down"}
+    assert d.last_line() == f"downloaded {oks} URLs"
+
+
+def test_second_signal_during_drain_forces_a_quick_stop_that_still_cleans_up(tmp_path, origin):
+    with running_daemon(tmp_path, daemon={"workers": 2, "threads": 2, "drain_timeout": 60}) as d:
+        c = Client(d.socket, timeout=60)
+        results: list = []
+        done = threading.Event()
+
+        def consume() -> None:
+            try:
+                results.extend(
+                    c.fetch_many([origin.url("/slow?s=3")] * 8 + [origin.url("/page/1")], concurrency=9)
+                )
+            finally:
+                done.set()
+
+        t = threading.Thread(target=consume)
+        t.start()
+        time.sleep(1.0)
+        os.kill(d.pid, signal.SIGUSR1)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        rc, _ = d.stop(signal.SIGTERM)
+        assert time.monotonic() - t0 < 8
+        assert done.wait(10)
+        t.join()
+        c.close()
+    assert rc == 0
+    assert len(results) == 9
+    assert {r.error for r in results if not r.ok} <= {"shutting_down"}
+    assert d.last_line() == f"downloaded {sum(r.ok for r in results)} URLs"
