@@ -107,25 +107,34 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    path = args.config or DEFAULT_CONFIG
-    cfg = config_mod.load(path)
+    cfg = config_mod.load(args.config or DEFAULT_CONFIG)
     try:
         with open(cfg.daemon.pidfile) as fh:
             pid = int(fh.read().strip())
     except (OSError, ValueError):
         print(f"shmfetch: no running daemon (cannot read pidfile {cfg.daemon.pidfile})", file=sys.stderr)
         return EXIT_USAGE
+    grace = cfg.daemon.drain_timeout + 15
+    # Register for the final count first, then signal: the daemon answers just before it closes.
+    client = None
     try:
-        with Client(cfg.daemon.socket) as c:
-            before = c.stats()["downloaded"]
-    except (DaemonUnavailable, ProtocolError, OSError):
-        before = None
+        client = Client(cfg.daemon.socket, timeout=grace)
+        client.send_await_exit()
+    except (DaemonUnavailable, OSError):
+        client = None
     try:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
         print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not running", file=sys.stderr)
         return EXIT_USAGE
-    deadline = time.monotonic() + cfg.daemon.drain_timeout + 15
+    final = None
+    if client is not None:
+        try:
+            final = client.recv_final()
+        except (DaemonUnavailable, OSError):
+            final = None
+        client.close()
+    deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -133,13 +142,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
             break
         time.sleep(0.05)
     else:
-        print(
-            f"shmfetch: pid {pid} did not exit within {cfg.daemon.drain_timeout + 15:.0f}s", file=sys.stderr
-        )
+        print(f"shmfetch: pid {pid} did not exit within {grace:.0f}s", file=sys.stderr)
         return EXIT_FAILED
-    print(
-        f"stopped pid {pid}; downloaded {before if before is not None else '?'} URLs (last stats before stop)"
-    )
+    print(f"downloaded {final if final is not None else '?'} URLs")
     return EXIT_OK
 
 
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"shmfetch: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except DaemonUnavailable as e:
+    except (DaemonUnavailable, ProtocolError) as e:
         print(f"shmfetch: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -92,6 +92,17 @@ class Client:
             raise ProtocolError(f"{reply.get('error')}: {reply.get('message')}")
         return reply["stats"]
 
+    def send_await_exit(self) -> None:
+        """Ask for the daemon's final count, answered when it stops (``shmfetch stop``: send this, signal
+        the daemon, then ``recv_final``)."""
+        self._sock.sendall(encode_frame({"id": -2, "op": "await_exit"}))
+
+    def recv_final(self) -> int:
+        while True:
+            frame = self._recv_frame()
+            if frame.get("id") == -2:
+                return frame["downloaded"]
+
     def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> Iterator[Result]:
         """Fetch many URLs over this connection, at most ``concurrency`` in flight; yield in completion order.
 

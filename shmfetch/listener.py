@@ -62,6 +62,9 @@ class ClientConnection(asyncio.Protocol):
         if op == "stats":
             self.send({"id": req_id, "ok": True, "stats": self.server.stats()})
             return
+        if op == "await_exit":  # answered with the final count when the daemon stops (`shmfetch stop`)
+            self.server.exit_waiters.append((self, req_id))
+            return
         if op != "fetch":
             self.send(error_frame(req_id, "bad_request", f"unknown op {op!r}"))
             return
@@ -113,6 +116,7 @@ class Listener:
         self.max_connections = max_connections
         self.client_buffer_bytes = client_buffer_bytes
         self.connections: set[ClientConnection] = set()
+        self.exit_waiters: list[tuple[ClientConnection, Any]] = []
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, path: str) -> None:

@@ -331,6 +331,8 @@ class Master:
         if n := d.fail_all("shutting_down"):
             log.warning("answered %d unfinished request(s) with shutting_down", n)
         if self.listener is not None:
+            for conn, req_id in self.listener.exit_waiters:
+                conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
             await self.listener.close_all()
         for path in (self.cfg.daemon.socket, self.cfg.daemon.pidfile):
             if path == self.cfg.daemon.pidfile and _read_pid(path) != self.pid:

@@ -6,6 +6,8 @@ in any order.
 
     request   {"id": int, "url": str}                    -> one result map (fields of ``Result``)
               {"id": int, "op": "stats"}                 -> {"id": ..., "ok": true, "stats": {...}}
+              {"id": int, "op": "await_exit"}            -> {"id": ..., "ok": true, "downloaded": N},
+                                                            sent only when the daemon stops
     error     {"id": int | None, "ok": false, "error": code, "message": str}
 
 Ring messages are msgpack arrays, specified in docs/RING.md ("Messages on the rings").

@@ -24,11 +24,6 @@ def no_leftovers():
     before = _shm_entries()
     yield
     leaked = _shm_entries() - before
-    for e in leaked:  # clean up so that one failure does not cascade, then report it
-        try:
-            os.unlink(os.path.join(names.SHM_DIR, e))
-        except FileNotFoundError:
-            pass
     assert not leaked, f"test left shared objects behind: {sorted(leaked)}"
     kids = _live_children()
     assert not kids, f"test left child processes behind: {kids}"
