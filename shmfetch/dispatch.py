@@ -84,6 +84,7 @@ class Dispatcher:
         self._tickets = itertools.count(1)
         self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
         self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
+        self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
@@ -153,20 +154,28 @@ class Dispatcher:
         res = w.res
         call = self.loop.call_soon_threadsafe
         closed = False
-        while not closed:
-            try:
-                batch = [res.get(unpack)]
-            except RingClosed:
-                break
-            while len(batch) < COLLECT_BATCH:
+        try:
+            while not closed:
                 try:
-                    batch.append(res.get(unpack, timeout=0))
-                except posix_ipc.BusyError:
-                    break
+                    batch = [res.get(unpack)]
                 except RingClosed:
-                    closed = True
                     break
-            call(self._on_batch, w, batch)
+                while len(batch) < COLLECT_BATCH:
+                    try:
+                        batch.append(res.get(unpack, timeout=0))
+                    except posix_ipc.BusyError:
+                        break
+                    except RingClosed:
+                        closed = True
+                        break
+                call(self._on_batch, w, batch)
+        except Exception:
+            # A record we cannot read means the ring is not what the layout says: trust nothing more
+            # from this generation. The worker is killed and respawned on fresh rings; its unanswered
+            # jobs are re-dispatched like after any crash.
+            log.exception("worker %d: unreadable result ring %s; killing the worker", w.index, res.name)
+            if self.on_corrupt is not None:
+                call(self.on_corrupt, w)
         call(w.drained.set)
 
     def _on_batch(self, w: WorkerHandle, batch: list[list[Any]]) -> None:

@@ -105,6 +105,7 @@ class Master:
         self.dispatcher.workers = [None] * d.workers
         self.dispatcher.on_idle = self.wake.set
         self.dispatcher.on_busy = self._arm_watchdog
+        self.dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
         )
