@@ -62,6 +62,8 @@ class FetchConfig:
     retries: int = field(default=2, metadata=_check(0, 20))
     user_agent: str = "shmfetch/0.1 (+https://example.invalid/shmfetch)"
     noscript: str = field(default="drop", metadata=_check(choices=("drop", "keep")))
+    # PEM file of CA certificates to trust *instead of* the default bundle (e.g. an internal CA); "" = default.
+    ca_bundle: str = ""
 
 
 @dataclass(frozen=True)

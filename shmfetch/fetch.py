@@ -1,14 +1,54 @@
-"""Download one URL with requests. (Minimal version; issue 3 replaces it with the full policy.)"""
+"""Download one URL with requests and turn it into text, under a strict policy (docs/FETCH.md).
+
+* One total deadline per fetch (``[fetch] timeout``) covers DNS, connect, every redirect hop, retries and
+  the body. Each socket operation gets the *remaining* time as its timeout, the body is read with
+  ``read1`` so a drip feed returns control after every packet, and a watchdog thread shuts the socket
+  down at the deadline so that nothing (a slow header drip, a stuck TLS handshake) can hold a fetch longer.
+* Redirects are followed by hand so that each hop is checked against the URL rules and the SSRF policy.
+* SSRF: we resolve the host ourselves, vet every address, and the connection class connects only to those
+  vetted addresses (DNS rebinding cannot swap them), while Host, SNI and certificate checks keep the name.
+* Caps: ``max_bytes`` on the bytes received, ``max_decoded_bytes`` after decompression (done here,
+  incrementally, so a bomb stops at the cap), ``max_text_bytes`` on the UTF-8 text.
+
+``Fetcher.fetch`` never raises: every failure is an ``Outcome`` with one of the codes in protocol.ERRORS.
+"""
 
 from __future__ import annotations
 
+import email.utils
+import heapq
+import itertools
+import logging
+import socket
+import threading
 import time
+import urllib.parse
+import zlib
 from dataclasses import dataclass
+from typing import Any
 
+import brotli
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection as u3conn
 
+from . import charset
 from .config import FetchConfig, SecurityConfig
-from .extract import html_to_text
+from .extract import html_to_text, xml_to_text
+from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
+
+log = logging.getLogger("shmfetch.fetch")
+
+REDIRECT_CODES = frozenset((301, 302, 303, 307, 308))
+RETRY_CODES = frozenset((429, 502, 503, 504))
+CHUNK = 64 * 1024
+SNIFF_BYTES = 1024
+BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining deadline
+WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
 @dataclass
@@ -24,44 +64,562 @@ class Outcome:
     message: str | None = None
 
 
+class FetchError(Exception):
+    """A failure with its stable error code; turned into an Outcome at the top of Fetcher.fetch."""
+
+    def __init__(self, code: str, message: str, status: int | None = None, url: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.url = url
+
+
+# -- content types -------------------------------------------------------------------------------------
+
+HTML_TYPES = frozenset(("text/html", "application/xhtml+xml"))
+XML_TYPES = frozenset(("application/xml", "text/xml", "application/rss+xml", "application/atom+xml"))
+TEXT_TYPES = frozenset(("text/plain",))
+
+
+def kind_of(ctype: str) -> str | None:
+    """'html', 'xml', 'text' or None (unsupported) for a bare media type."""
+    if ctype in HTML_TYPES:
+        return "html"
+    if ctype in XML_TYPES or ctype.endswith("+xml"):
+        return "xml"
+    if ctype in TEXT_TYPES:
+        return "text"
+    return None
+
+
+_BINARY_MAGIC = (
+    (b"%PDF-", "application/pdf"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"PK\x03\x04", "application/zip"),
+    (b"\x1f\x8b", "application/gzip"),
+    (b"RIFF", "application/octet-stream"),
+    (b"OggS", "application/ogg"),
+    (b"\x00\x00\x00", "application/octet-stream"),  # ISO media (mp4, ...) and other binary headers
+)
+_HTML_STARTS = (
+    b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<iframe", b"<h1", b"<div", b"<font",
+    b"<table", b"<a", b"<style", b"<title", b"<b", b"<br", b"<p", b"<!--",
+)  # fmt: skip
+
+
+def sniff(head: bytes) -> str:
+    """Media type of a body sent without Content-Type (a subset of the WHATWG MIME sniffing rules)."""
+    b = charset.bom(head)
+    if b or charset.sniff_utf16(head):
+        text = head[b[1] if b else 0 :].decode(b[0] if b else charset.sniff_utf16(head) or "utf-8", "replace")
+        probe = text.lstrip().lower().encode("ascii", "replace")
+    else:
+        for magic, ctype in _BINARY_MAGIC:
+            if head.startswith(magic):
+                return ctype
+        probe = head.lstrip().lower()
+    if probe.startswith(b"<?xml"):
+        return "application/rss+xml" if b"<rss" in probe else "application/xml"
+    if probe.startswith(_HTML_STARTS):
+        return "text/html"
+    if not b and any(c in head for c in b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x1a\x1b"):
+        return "application/octet-stream"
+    return "text/plain"
+
+
+def looks_binary(head: bytes) -> bool:
+    """NUL bytes in a body declared as text (and not UTF-16/32): it is not text."""
+    return b"\x00" in head and not charset.bom(head) and not charset.sniff_utf16(head)
+
+
+# -- decompression ------------------------------------------------------------------------------------
+
+
+class _Decoder:
+    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total."""
+
+    def __init__(self, encodings: list[str], limit: int, truncate: bool = False):
+        self.limit = limit
+        self.truncate = truncate  # for sniffing: return what fits instead of failing
+        self.total = 0
+        # Content-Encoding lists codings in the order applied: undo them last to first.
+        self.stages = [self._stage(e) for e in reversed(encodings)]
+
+    @staticmethod
+    def _stage(enc: str) -> Any:
+        if enc in ("gzip", "x-gzip"):
+            return ["zlib", zlib.decompressobj(16 + zlib.MAX_WBITS)]
+        if enc == "deflate":
+            return ["deflate", None]  # zlib-wrapped or raw: decided on the first bytes
+        if enc == "br":
+            return ["br", brotli.Decompressor()]
+        raise FetchError("decode_error", f"unsupported Content-Encoding {enc!r}")
+
+    def _run(self, stage: list, data: bytes, room: int) -> bytes:
+        kind, obj = stage
+        if kind == "deflate":
+            first = data[:1]
+            wbits = zlib.MAX_WBITS if first and (first[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+            stage[:] = ["zlib", zlib.decompressobj(wbits)]
+            kind, obj = stage
+        # Ask for one byte more than fits, so that "exactly at the cap" and "over it" differ.
+        if kind == "zlib":
+            out = obj.decompress(data, room + 1)
+            if obj.unconsumed_tail and len(out) <= room:
+                out += obj.decompress(obj.unconsumed_tail, room + 1 - len(out))
+            if obj.unconsumed_tail and len(out) <= room:
+                # Unreachable in practice; better to fail than to loop or drop data.
+                raise FetchError("decode_error", "decompressor made no progress")
+            return out
+        if data:
+            out = obj.process(data, output_buffer_limit=room + 1)
+        else:
+            out = b""
+        while len(out) <= room and not obj.can_accept_more_data():
+            more = obj.process(b"", output_buffer_limit=room + 1 - len(out))
+            if not more:
+                break
+            out += more
+        return out
+
+    def feed(self, data: bytes) -> bytes:
+        for stage in self.stages:
+            if not data:
+                return b""
+            try:
+                data = self._run(stage, data, self.limit - self.total)
+            except (zlib.error, brotli.error) as e:
+                raise FetchError("decode_error", f"corrupt compressed body: {e}") from None
+        if self.truncate:
+            data = data[: self.limit - self.total]
+        self.total += len(data)
+        if self.total > self.limit:
+            raise FetchError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
+        return data
+
+
+# -- deadline watchdog ----------------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Per-Fetcher state the connection classes and the watchdog see."""
+
+    def __init__(self) -> None:
+        self.pins: dict[tuple[str, int], list[str]] = {}
+        self.sock: socket.socket | None = None
+        self.generation = 0  # bumped after each fetch, so a late watchdog entry is ignored
+        self.lock = threading.Lock()
+
+    def fire(self, generation: int) -> None:
+        with self.lock:
+            if generation != self.generation or self.sock is None:
+                return
+            try:
+                # The plain socket method: SSLSocket.shutdown would tear down the SSL object under the
+                # reading thread's feet; shutting the fd makes its blocked recv return at once.
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Watchdog:
+    """One thread for all Fetchers in the process: a heap of (deadline, ctx, generation)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.heap: list[tuple[float, int, _Ctx, int]] = []
+        self.seq = itertools.count()
+        self.thread: threading.Thread | None = None
+
+    def arm(self, when: float, ctx: _Ctx, generation: int) -> None:
+        with self.cv:
+            heapq.heappush(self.heap, (when, next(self.seq), ctx, generation))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="shmfetch-watchdog", daemon=True)
+                self.thread.start()
+            self.cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.heap:
+                    self.cv.wait()
+                when, _, ctx, gen = self.heap[0]
+                now = time.monotonic()
+                if when > now:
+                    self.cv.wait(when - now)
+                    continue
+                heapq.heappop(self.heap)
+            ctx.fire(gen)
+
+
+_watchdog = _Watchdog()
+
+
+# -- pinned connections -----------------------------------------------------------------------------
+
+
+def _pin_host(host: str) -> str:
+    return host.lower().strip("[]").rstrip(".")
+
+
+class _PinMixin:
+    """Connect only to the addresses Fetcher vetted for this host; keep the name for Host, SNI and certs."""
+
+    _ctx: _Ctx
+
+    def _new_conn(self) -> socket.socket:
+        host, port = self.host, self.port  # type: ignore[attr-defined]
+        addrs = self._ctx.pins.get((_pin_host(host), port))
+        if not addrs:
+            # Fail closed: a connection we did not vet (should not happen) is never opened.
+            raise NewConnectionError(self, f"shmfetch: no vetted address for {host}:{port}")  # type: ignore[arg-type]
+        last: Exception | None = None
+        for addr in addrs:
+            try:
+                sock = u3conn.create_connection(
+                    (addr, port),
+                    self.timeout,  # type: ignore[attr-defined]
+                    source_address=self.source_address,  # type: ignore[attr-defined]
+                    socket_options=self.socket_options,  # type: ignore[attr-defined]
+                )
+            except TimeoutError as e:
+                raise ConnectTimeoutError(self, f"connect to {addr}:{port} timed out") from e
+            except OSError as e:
+                last = NewConnectionError(self, f"Failed to establish a new connection to {addr}: {e}")  # type: ignore[arg-type]
+                continue
+            with self._ctx.lock:
+                self._ctx.sock = sock
+            return sock
+        assert last is not None
+        raise last
+
+    def request(self, *args: Any, **kw: Any) -> None:
+        sock = self.sock  # type: ignore[attr-defined]
+        if sock is not None:  # a reused keep-alive connection: the watchdog must watch it too
+            with self._ctx.lock:
+                self._ctx.sock = sock
+        super().request(*args, **kw)  # type: ignore[misc]
+
+
+class _PinnedAdapter(HTTPAdapter):
+    def __init__(self, ctx: _Ctx, **kw: Any):
+        self._ctx = ctx  # before super().__init__, which calls init_poolmanager
+        super().__init__(max_retries=0, **kw)
+
+    def init_poolmanager(self, *args: Any, **kw: Any) -> None:
+        super().init_poolmanager(*args, **kw)
+        ctx = self._ctx
+        http_conn = type("_PinnedHTTPConnection", (_PinMixin, HTTPConnection), {"_ctx": ctx})
+        https_conn = type("_PinnedHTTPSConnection", (_PinMixin, HTTPSConnection), {"_ctx": ctx})
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("_PinnedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+            "https": type("_PinnedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+        }
+
+
+# -- the fetcher ------------------------------------------------------------------------------------
+
+
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """Parse and vet a URL without touching the network. Raises FetchError(invalid_url/unsupported_scheme)."""
+    if not isinstance(url, str) or not url or len(url) > 65536:
+        raise FetchError("invalid_url", "empty or oversized URL")
+    url = url.strip(" ")
+    # Control characters could smuggle headers (CR/LF) or truncate (NUL); spaces in a path are quoted.
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise FetchError("invalid_url", "URL contains control characters")
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        raise FetchError("invalid_url", f"cannot parse URL: {e}") from None
+    scheme = u.scheme.lower()
+    if not scheme:
+        raise FetchError("invalid_url", "URL has no scheme")
+    if scheme not in ("http", "https"):
+        raise FetchError("unsupported_scheme", f"scheme {scheme!r} is not fetched (only http, https)")
+    if not u.hostname:
+        raise FetchError("invalid_url", "URL has no host")
+    if any(c in u.hostname for c in ' <>"{}|\\^`'):
+        raise FetchError("invalid_url", f"bad character in host {u.hostname!r}")
+    if port == 0:
+        raise FetchError("invalid_url", "port 0")
+    try:
+        u.hostname.encode("idna")
+    except UnicodeError as e:
+        raise FetchError("invalid_url", f"bad host name: {e}") from None
+    return u
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
 class Fetcher:
     """Fetches URLs for one thread: owns one requests.Session, so keep-alive connections are reused."""
 
     def __init__(self, cfg: FetchConfig, security: SecurityConfig):
         self.cfg = cfg
         self.security = security
+        self.policy = NetPolicy(security.allow_networks, security.deny_networks)
+        self._ctx = _Ctx()
         self.session = requests.Session()
-        self.session.trust_env = False
+        self.session.trust_env = False  # no proxies or netrc from the environment: they bypass the policy
         self.session.headers["User-Agent"] = cfg.user_agent
-        self.session.max_redirects = cfg.max_redirects
-
-    def fetch(self, url: str) -> Outcome:
-        deadline = time.monotonic() + self.cfg.timeout
-        try:
-            with self.session.get(url, timeout=self.cfg.timeout, stream=True) as r:
-                body = bytearray()
-                for chunk in r.iter_content(65536):
-                    body += chunk
-                    if len(body) > self.cfg.max_bytes:
-                        return Outcome(False, r.status_code, r.url, None, "", "too_large", "body too large")
-                    if time.monotonic() > deadline:
-                        return Outcome(False, r.status_code, r.url, None, "", "timeout", "deadline passed")
-                ctype = r.headers.get("Content-Type", "")
-                enc = r.encoding if "charset" in ctype.lower() else None
-                text = html_to_text(bytes(body).decode(enc) if enc else bytes(body), self.cfg.noscript)
-                ok = 200 <= r.status_code < 300
-                return Outcome(ok, r.status_code, r.url, ctype.split(";")[0].strip() or None, text,
-                               None if ok else "http_status", None if ok else f"HTTP {r.status_code}")
-        except requests.Timeout as e:
-            return Outcome(False, error="timeout", message=str(e))
-        except requests.TooManyRedirects as e:
-            return Outcome(False, error="too_many_redirects", message=str(e))
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as e:
-            return Outcome(False, error="invalid_url", message=str(e))
-        except requests.exceptions.InvalidSchema as e:
-            return Outcome(False, error="unsupported_scheme", message=str(e))
-        except requests.ConnectionError as e:
-            return Outcome(False, error="connect_error", message=str(e))
+        self.session.headers["Accept-Encoding"] = "gzip, deflate, br"
+        self.session.headers["Accept"] = (
+            "text/html,application/xhtml+xml,application/xml;q=0.9,text/plain;q=0.8,*/*;q=0.1"
+        )
+        if getattr(cfg, "ca_bundle", ""):
+            self.session.verify = cfg.ca_bundle
+        adapter = _PinnedAdapter(self._ctx)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
+
+    # The public entry point: everything below may raise; here it becomes an Outcome.
+    def fetch(self, url: str) -> Outcome:
+        start = time.monotonic()
+        deadline = start + self.cfg.timeout
+        ctx = self._ctx
+        gen = ctx.generation
+        _watchdog.arm(deadline + WATCHDOG_GRACE, ctx, gen)
+        state: dict[str, Any] = {"url": url if isinstance(url, str) else None, "status": None}
+        try:
+            return self._fetch(url, deadline, state)
+        except FetchError as e:
+            return Outcome(
+                False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e)
+            )
+        except Exception as e:
+            code, msg = self._classify(e, deadline)
+            if code == "internal_error":
+                log.exception("unexpected error fetching %s", url)
+            return Outcome(False, state["status"], state["url"], None, "", code, msg)
+        finally:
+            with ctx.lock:
+                ctx.generation += 1
+                ctx.sock = None
+                ctx.pins.clear()
+
+    @staticmethod
+    def _classify(e: Exception, deadline: float) -> tuple[str, str]:
+        msg = f"{type(e).__name__}: {e}"
+        if isinstance(e, BlockedAddress):
+            return "blocked_address", str(e)
+        if isinstance(e, DnsError):
+            return "dns_error", str(e)
+        if time.monotonic() >= deadline or isinstance(e, (requests.Timeout, TimeoutError)):
+            return "timeout", "the fetch did not finish within the timeout: " + msg
+        if isinstance(e, requests.exceptions.SSLError):
+            return "tls_error", msg
+        if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+            return "invalid_url", msg
+        if isinstance(e, requests.exceptions.InvalidSchema):
+            return "unsupported_scheme", msg
+        if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return "connect_error", msg
+        if isinstance(e, (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, ConnectionError)):
+            return "connect_error", msg
+        return "internal_error", msg
+
+    @staticmethod
+    def _remaining(deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError("timeout", "the fetch did not finish within the timeout")
+        return left
+
+    def _pin(self, u: urllib.parse.SplitResult, deadline: float) -> None:
+        """Resolve and vet the host of ``u``; the connection classes connect only to what we pin here."""
+        host = _pin_host(u.hostname or "")
+        port = u.port or (443 if u.scheme.lower() == "https" else 80)
+        key = (host, port)
+        if key in self._ctx.pins:
+            return
+        try:
+            addrs = resolve(host, port, self._remaining(deadline))
+        except TimeoutError:
+            raise FetchError("timeout", f"DNS lookup of {host!r} did not finish within the timeout") from None
+        vet(self.policy, addrs)
+        self._ctx.pins[key] = addrs
+
+    def _fetch(self, url: str, deadline: float, state: dict[str, Any]) -> Outcome:
+        cfg = self.cfg
+        retries_left = cfg.retries
+        attempt = 0
+        hops = 0
+        check_url(url)
+        while True:
+            state["url"] = url
+            # Pin the host exactly as urllib3 will see it (IDNA-encoded by requests, trailing dot dropped).
+            prep = self.session.prepare_request(requests.Request("GET", url))
+            self._pin(urllib.parse.urlsplit(prep.url), deadline)
+            left = self._remaining(deadline)
+            try:
+                r = self.session.send(prep, timeout=(left, left), stream=True, allow_redirects=False)
+            except (requests.ConnectionError, urllib3.exceptions.ProtocolError) as e:
+                if isinstance(e, (requests.exceptions.SSLError, requests.Timeout)) or retries_left <= 0:
+                    raise
+                retries_left -= 1
+                attempt += 1
+                self._backoff(attempt, None, deadline, e)
+                continue
+            try:
+                state["status"] = r.status_code
+                if r.status_code in REDIRECT_CODES and r.headers.get("Location"):
+                    hops += 1
+                    if hops > cfg.max_redirects:
+                        raise FetchError(
+                            "too_many_redirects",
+                            f"more than max_redirects={cfg.max_redirects} redirects",
+                            r.status_code,
+                            url,
+                        )
+                    try:
+                        url = urllib.parse.urljoin(url, r.headers["Location"])
+                    except ValueError as e:
+                        raise FetchError(
+                            "invalid_url", f"bad redirect Location: {e}", r.status_code
+                        ) from None
+                    check_url(url)
+                    continue
+                if r.status_code in RETRY_CODES and retries_left > 0:
+                    wait = _retry_after(r.headers.get("Retry-After"), time.time())
+                    if self._can_retry(attempt + 1, wait, deadline):
+                        retries_left -= 1
+                        attempt += 1
+                        self._backoff(attempt, wait, deadline, None)
+                        continue
+                try:
+                    return self._finish(r, url, deadline)
+                except (requests.ConnectionError, urllib3.exceptions.ProtocolError,
+                        requests.exceptions.ChunkedEncodingError) as e:  # fmt: skip
+                    # Reset in the middle of the body: a GET is safe to repeat.
+                    if retries_left <= 0 or time.monotonic() >= deadline:
+                        raise
+                    retries_left -= 1
+                    attempt += 1
+                    self._backoff(attempt, None, deadline, e)
+                    continue
+            finally:
+                r.close()
+
+    @staticmethod
+    def _can_retry(attempt: int, wait: float | None, deadline: float) -> bool:
+        delay = wait if wait is not None else BACKOFF_BASE * (2 ** (attempt - 1))
+        # Only if there is time left for the wait *and* something of a request after it.
+        return time.monotonic() + delay + 0.05 < deadline
+
+    def _backoff(self, attempt: int, wait: float | None, deadline: float, err: Exception | None) -> None:
+        delay = wait if wait is not None else BACKOFF_BASE * (2 ** (attempt - 1))
+        if time.monotonic() + delay >= deadline:
+            if err is not None:
+                raise err
+            raise FetchError("timeout", "no time left to retry within the timeout")
+        time.sleep(delay)
+
+    def _read_body(self, r: requests.Response, deadline: float, first: bytes = b"") -> bytes:
+        """The decoded body, within the deadline and the byte caps."""
+        cfg = self.cfg
+        raw = r.raw
+        enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
+        enc = [e for e in enc if e and e != "identity"]
+        decoder = _Decoder(enc, cfg.max_decoded_bytes) if enc else None
+        received = 0
+        out = bytearray()
+        chunk = first
+        while True:
+            if chunk:
+                received += len(chunk)
+                if received > cfg.max_bytes:
+                    raise FetchError("too_large", f"body exceeds max_bytes={cfg.max_bytes}", r.status_code)
+                data = decoder.feed(chunk) if decoder else chunk
+                if decoder is None and received > cfg.max_decoded_bytes:
+                    raise FetchError(
+                        "too_large", f"body exceeds max_decoded_bytes={cfg.max_decoded_bytes}", r.status_code
+                    )
+                out += data
+            left = self._remaining(deadline)
+            sock = getattr(raw.connection, "sock", None) if raw.connection is not None else None
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(CHUNK, decode_content=False)
+            if not chunk:
+                if time.monotonic() >= deadline:  # the watchdog cut the socket: EOF is not the end
+                    raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
+                break
+        if decoder is not None:
+            out += decoder.feed(b"")
+        return bytes(out)
+
+    def _first_chunk(self, r: requests.Response, deadline: float) -> bytes:
+        sock = getattr(r.raw.connection, "sock", None) if r.raw.connection is not None else None
+        if sock is not None:
+            sock.settimeout(self._remaining(deadline))
+        return r.raw.read1(CHUNK, decode_content=False)
+
+    def _finish(self, r: requests.Response, url: str, deadline: float) -> Outcome:
+        cfg = self.cfg
+        status = r.status_code
+        ok = 200 <= status < 300
+        ctype_header = r.headers.get("Content-Type", "")
+        ctype = ctype_header.split(";", 1)[0].strip().lower()
+        http_charset = requests.utils.get_encoding_from_headers({"content-type": ctype_header}) if (
+            "charset" in ctype_header.lower()
+        ) else None  # fmt: skip
+        status_err = None if ok else ("http_status", f"HTTP {status} {r.reason or ''}".strip())
+        first = b""
+        if not ctype:
+            # Sniff on the decoded head of the body.
+            first = self._first_chunk(r, deadline)
+            enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
+            enc = [e for e in enc if e and e != "identity"]
+            head = _Decoder(enc, SNIFF_BYTES, truncate=True).feed(first) if enc and first else first
+            ctype = sniff(head[:SNIFF_BYTES]) if first else "text/plain"
+        kind = kind_of(ctype)
+        if kind is None:
+            code, msg = status_err or ("unsupported_content_type", f"content type {ctype!r} is not extracted")
+            return Outcome(False, status, url, ctype, "", code, msg)
+        body = self._read_body(r, deadline, first)
+        if kind == "html" and looks_binary(body[:SNIFF_BYTES]):
+            code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
+            return Outcome(False, status, url, ctype, "", code, msg)
+        try:
+            text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
+            if kind == "html":
+                text = html_to_text(text_in, cfg.noscript)
+            elif kind == "xml":
+                text = xml_to_text(text_in)
+            else:
+                text = text_in
+        except (ValueError, LookupError) as e:
+            code, msg = status_err or ("decode_error", f"cannot decode or parse the body: {e}")
+            return Outcome(False, status, url, ctype, "", code, msg)
+        self._remaining(deadline)
+        n = len(text.encode("utf-8", "surrogatepass"))
+        if n > cfg.max_text_bytes:
+            return Outcome(
+                False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"
+            )
+        if status_err:
+            return Outcome(False, status, url, ctype, text, *status_err)
+        return Outcome(True, status, url, ctype, text)
