@@ -15,7 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import posix_ipc
@@ -80,6 +80,15 @@ class Ring:
         self._head = _U64.unpack_from(mm, OFF_HEAD)[0]
         self._tail = _U64.unpack_from(mm, OFF_TAIL)[0]
         self._partial: bytearray | None = None
+        # Hot-path constants and bound methods, looked up once here instead of per record (put/get run
+        # once per request and per result, so attribute lookups were most of their cost).
+        self._end = HEADER_SIZE + self._data_bytes  # first byte after the data area
+        self._k_round = REC_HDR.size + self.slot_size - 1  # k = (n + _k_round) >> _shift
+        self._shift = self.slot_size.bit_length() - 1
+        self._free_acquire = free.acquire
+        self._free_release = free.release
+        self._fill_acquire = fill.acquire
+        self._fill_release = fill.release
 
     @classmethod
     def create(cls, name: str, nslots: int, slot_size: int) -> Ring:
@@ -131,6 +140,32 @@ class Ring:
         With a timeout, raises posix_ipc.BusyError if a fragment could not get its slots in time; slots
         already taken for that fragment are given back, but earlier fragments stay published.
         """
+        if type(payload) is bytes and len(payload) <= self.max_fragment:
+            # Fast path: one record (every request, most results). Same steps as _put_record, inlined.
+            n = len(payload)
+            k = (n + self._k_round) >> self._shift
+            if k == 1:
+                try:
+                    self._free_acquire(timeout)
+                except posix_ipc.SignalError:
+                    acquire(self.free, timeout)
+            else:
+                self._take_slots(k, timeout)
+            mm = self._mm
+            head = self._head
+            start = HEADER_SIZE + (head & self._mask) * self.slot_size
+            lo = start + 8
+            if lo + n <= self._end:
+                mm[lo : lo + n] = payload
+            else:
+                first = self._end - lo
+                mm[lo : self._end] = payload[:first]
+                mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
+            _pack_rec_hdr(mm, start, n, 0)
+            self._head = head = head + k
+            _pack_u64(mm, OFF_HEAD, head)
+            self._fill_release()
+            return
         mv = memoryview(payload).cast("B")
         n = len(mv)
         frag = self.max_fragment
@@ -142,9 +177,8 @@ class Ring:
             if pos >= n:
                 return
 
-    def _put_record(self, chunk: memoryview, flags: int, timeout: float | None) -> None:
-        n = len(chunk)
-        k = (n + REC_HDR.size + self.slot_size - 1) // self.slot_size
+    def _take_slots(self, k: int, timeout: float | None) -> None:
+        """sem_wait(free) k times; on timeout give back the slots already taken."""
         got = 0
         try:
             while got < k:
@@ -154,6 +188,11 @@ class Ring:
             for _ in range(got):
                 self.free.release()
             raise
+
+    def _put_record(self, chunk: memoryview, flags: int, timeout: float | None) -> None:
+        n = len(chunk)
+        k = (n + REC_HDR.size + self.slot_size - 1) // self.slot_size
+        self._take_slots(k, timeout)
         start = HEADER_SIZE + (self._head & self._mask) * self.slot_size
         end_of_data = HEADER_SIZE + self._data_bytes
         first = min(n, end_of_data - start - REC_HDR.size)
@@ -166,7 +205,87 @@ class Ring:
         _U64.pack_into(self._mm, OFF_HEAD, self._head)
         self.fill.release()
 
+    def put_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Publish several messages, in order, as if by ``put`` each, but with one ``head`` store per run.
+
+        Every record still takes its slots with ``sem_wait(free)`` and gets its own ``sem_post(fill)``
+        (docs/RING.md, semaphore mode); only the posts of a run of records are made together after the
+        ``head`` store that publishes them all. So the consumer usually wakes once per run rather than
+        once per record, which is where a stream of small messages spends most of its time. Before it
+        could block on a full ring, the run so far is published, so the consumer can always drain it.
+        """
+        mm = self._mm
+        mask, slot_size, end = self._mask, self.slot_size, self._end
+        k_round, shift = self._k_round, self._shift
+        free_acquire, frag = self._free_acquire, self.max_fragment
+        head = self._head
+        pending = 0  # records written since the last head store, not yet posted
+        avail = 0  # free slots we know we can take without blocking: only this producer takes them
+        try:
+            for payload in payloads:
+                if type(payload) is not bytes or len(payload) > frag:
+                    if pending:
+                        self._publish(head, pending)
+                        pending = 0
+                    self.put(payload)
+                    head = self._head
+                    avail = 0
+                    continue
+                n = len(payload)
+                k = (n + k_round) >> shift
+                if avail < k:
+                    avail = self.free.value
+                    if avail < k and pending:
+                        self._publish(head, pending)  # we may block below: let the consumer have this run
+                        pending = 0
+                for _ in range(k):
+                    try:
+                        free_acquire()
+                    except posix_ipc.SignalError:
+                        acquire(self.free)
+                avail -= k
+                start = HEADER_SIZE + (head & mask) * slot_size
+                lo = start + 8
+                if lo + n <= end:
+                    mm[lo : lo + n] = payload
+                else:
+                    first = end - lo
+                    mm[lo:end] = payload[:first]
+                    mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
+                _pack_rec_hdr(mm, start, n, 0)
+                head += k
+                pending += 1
+        finally:
+            if pending:  # also when the iterable or a put raised: what was written is published
+                self._publish(head, pending)
+
+    def _publish(self, head: int, records: int) -> None:
+        self._head = head
+        _pack_u64(self._mm, OFF_HEAD, head)
+        release = self._fill_release
+        for _ in range(records):
+            release()
+
     # -- consumer -------------------------------------------------------------------------------------
+
+    def get_many(
+        self, decode: Callable[[Any], Any] = bytes, limit: int = 64, timeout: float | None = None
+    ) -> list[Any]:
+        """Wait for one message like ``get``, then take up to ``limit - 1`` more that are already there,
+        without blocking; return them all decoded, in order.
+
+        Raises RingClosed (and posix_ipc.BusyError) like ``get`` when there is no first message. A close
+        wake-up met while draining ends the batch and is put back, so the next call raises RingClosed.
+        """
+        get = self.get
+        out = [get(decode, timeout)]
+        more = min(self.fill.value, limit - 1)  # counts only grow behind our back: these never block
+        try:
+            for _ in range(more):
+                out.append(get(decode, None))
+        except RingClosed:
+            self._fill_release()  # give the wake-up back for the next call
+        return out
 
     def get(self, decode: Callable[[Any], Any] = bytes, timeout: float | None = None) -> Any:
         """Take one message and return ``decode(payload)``.
@@ -176,10 +295,29 @@ class Ring:
         after the close wake-up, and posix_ipc.BusyError if ``timeout`` expires first (0 = do not wait).
         """
         while True:
-            acquire(self.fill, timeout)
-            head = _U64.unpack_from(self._mm, OFF_HEAD)[0]
-            if head == self._tail:
+            try:
+                self._fill_acquire(timeout)
+            except posix_ipc.SignalError:
+                acquire(self.fill, timeout)
+            mm = self._mm
+            tail = self._tail
+            if _unpack_u64(mm, OFF_HEAD)[0] == tail:
                 raise RingClosed(self.name)
+            start = HEADER_SIZE + (tail & self._mask) * self.slot_size
+            n, flags = _unpack_rec_hdr(mm, start)
+            lo = start + 8
+            if not flags and lo + n <= self._end and self._partial is None:
+                # Fast path: a whole message in one unwrapped record (so k <= nslots by construction).
+                result = decode(self._view[lo : lo + n])
+                k = (n + self._k_round) >> self._shift
+                self._tail = tail = tail + k
+                _pack_u64(mm, OFF_TAIL, tail)
+                release = self._free_release
+                release()
+                while k > 1:
+                    release()
+                    k -= 1
+                return result
             result = self._take_record(decode)
             if result is not _MORE:
                 return result
@@ -263,3 +401,7 @@ def unlink_ring(name: str) -> None:
 
 
 _MORE = object()
+_pack_u64 = _U64.pack_into
+_unpack_u64 = _U64.unpack_from
+_pack_rec_hdr = REC_HDR.pack_into
+_unpack_rec_hdr = REC_HDR.unpack_from
