@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from .protocol import FRAME_HDR, FrameDecoder, Result, encode_frame
+from .protocol import FRAME_HDR, FrameDecoder, FrameError, Result, decode_frame_body, encode_frame
 
 MAX_RESPONSE_BYTES = 1 << 31  # a response holds up to [fetch] max_text_bytes of text
 
@@ -187,10 +187,13 @@ class AsyncClient:
     async def _read_loop(self) -> None:
         try:
             while True:
-                hdr = await self._reader.readexactly(4)
-                (n,) = FRAME_HDR.unpack(hdr)
-                body = await self._reader.readexactly(n)
-                frame = FrameDecoder(MAX_RESPONSE_BYTES).feed(hdr + body)[0]
+                (n,) = FRAME_HDR.unpack(await self._reader.readexactly(4))
+                if n > MAX_RESPONSE_BYTES:
+                    raise FrameError(
+                        "frame_too_large", f"frame of {n} bytes exceeds max_frame_bytes={MAX_RESPONSE_BYTES}"
+                    )
+                # Decoded straight from the body: a FrameDecoder per frame copied every frame twice more.
+                frame = decode_frame_body(await self._reader.readexactly(n))
                 fut = self._waiters.pop(frame.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(frame)

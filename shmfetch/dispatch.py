@@ -20,9 +20,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgpack
 import posix_ipc
 
-from .protocol import error_frame, pack_request, unpack
+from .protocol import FRAME_HDR, error_frame, pack_request
 from .ring import Ring, RingClosed
 
 log = logging.getLogger("shmfetch.master")
@@ -30,8 +31,36 @@ log = logging.getLogger("shmfetch.master")
 COLLECT_BATCH = 64
 
 
+def _unpack_raw(buf: Any) -> Any:
+    # Strings stay UTF-8 bytes: the master only forwards a result's text, and decoding it into a str only
+    # to encode it again for the client was most of the master's CPU per page (about 250 us for an
+    # average 40 KB page on the 2-core test box, 800 us for 150 KB of non-ASCII text; docs/BENCHMARKS.md).
+    # Malformed msgpack still raises here, in the collector, which kills the worker as before.
+    return msgpack.unpackb(buf, raw=True)
+
+
+# Packs result frames for clients. use_bin_type=False gives the UTF-8 bytes from _unpack_raw the msgpack
+# str type, so a client receives exactly the bytes that packing the decoded strings produced. Used on the
+# event loop thread only (a Packer is not thread-safe).
+_result_packer = msgpack.Packer(use_bin_type=False)
+_STR_FIELDS = ("final_url", "content_type", "text", "error", "message")
+
+
+def _decoded(frame: dict[str, Any]) -> dict[str, Any]:
+    """The frame with str values, for sinks that take a dict (the HTTP API)."""
+    for k in _STR_FIELDS:
+        v = frame[k]
+        if type(v) is bytes:
+            frame[k] = v.decode("utf-8", "replace")
+    return frame
+
+
 class Sink(Protocol):
-    """Where a job's answer goes: a client connection (listener.ClientConnection)."""
+    """Where a job's answer goes: a client connection (listener.ClientConnection).
+
+    A sink may also have ``send_encoded(bytes)``, taking a complete msgpack frame; results then reach it
+    without their strings being decoded in the master (see ``_unpack_raw``). Others get ``send(dict)``.
+    """
 
     closed: bool
 
@@ -157,12 +186,12 @@ class Dispatcher:
         try:
             while not closed:
                 try:
-                    batch = [res.get(unpack)]
+                    batch = [res.get(_unpack_raw)]
                 except RingClosed:
                     break
                 while len(batch) < COLLECT_BATCH:
                     try:
-                        batch.append(res.get(unpack, timeout=0))
+                        batch.append(res.get(_unpack_raw, timeout=0))
                     except posix_ipc.BusyError:
                         break
                     except RingClosed:
@@ -182,6 +211,9 @@ class Dispatcher:
         now = time.monotonic()
         w.last_progress = now
         done = 0
+        debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
+        pack = _result_packer.pack
+        hdr = FRAME_HDR.pack
         for ticket, ok, status, final_url, ctype, text, error, message, _fetch_ms in batch:
             job = w.outstanding.pop(ticket, None)
             w.served += 1
@@ -193,22 +225,37 @@ class Dispatcher:
                 self.ok_total += 1
                 done += 1
             else:
+                error = error.decode("utf-8", "replace") if error else None
                 self.failures[error or "unknown"] += 1
-            job.sink.send(
-                {
-                    "id": job.req_id,
-                    "url": job.url,
-                    "ok": ok,
-                    "status": status,
-                    "final_url": final_url,
-                    "content_type": ctype,
-                    "text": text,
-                    "error": error,
-                    "message": message,
-                    "worker": w.index,
-                    "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
-                }
-            )
+            frame = {
+                "id": job.req_id,
+                "url": job.url,
+                "ok": ok,
+                "status": status,
+                "final_url": final_url,
+                "content_type": ctype,
+                "text": text,
+                "error": error,
+                "message": message,
+                "worker": w.index,
+                "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
+            }
+            sink = job.sink
+            send_encoded = getattr(sink, "send_encoded", None)
+            if send_encoded is not None:
+                if not sink.closed:  # a client that went away costs no pack
+                    body = pack(frame)
+                    send_encoded(hdr(len(body)) + body)
+            else:
+                sink.send(_decoded(frame))
+            if debug:
+                log.debug(
+                    "%s: worker %d %s in %.1f ms",
+                    job.url,
+                    w.index,
+                    "ok" if ok else error,
+                    (time.perf_counter() - job.t0) * 1000.0,
+                )
         self._note_completions(now, done)
         self.pump()
         if (

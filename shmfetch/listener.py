@@ -83,9 +83,14 @@ class ClientConnection(asyncio.Protocol):
             self.server.dispatcher.fail(job, code)
 
     def send(self, frame: dict[str, Any]) -> None:
+        if not self.closed:
+            self.send_encoded(encode_frame(frame))
+
+    def send_encoded(self, data: bytes) -> None:
+        """Send one frame already encoded, length prefix included (the dispatcher packs results itself)."""
         if self.closed or self.transport is None:
             return
-        self.transport.write(encode_frame(frame))
+        self.transport.write(data)
         if self.transport.get_write_buffer_size() > self.server.client_buffer_bytes:
             log.warning("cutting off a client that does not read its responses")
             self.closed = True

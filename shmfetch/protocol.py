@@ -96,6 +96,14 @@ def encode_frame(obj: Any) -> bytes:
     return FRAME_HDR.pack(len(body)) + body
 
 
+def decode_frame_body(body: bytes) -> Any:
+    """One frame's msgpack body; garbage raises ``FrameError("bad_request")``."""
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types for garbage
+        raise FrameError("bad_request", f"malformed msgpack: {type(e).__name__}") from None
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes as they arrive and get back the complete frames."""
 
@@ -117,10 +125,10 @@ class FrameDecoder:
             raw = bytes(buf[pos + 4 : pos + 4 + n])
             pos += 4 + n
             try:
-                out.append(msgpack.unpackb(raw, raw=False, strict_map_key=False))
-            except Exception as e:  # msgpack raises several unrelated types for garbage
+                out.append(decode_frame_body(raw))
+            except FrameError:
                 del buf[:pos]
-                raise FrameError("bad_request", f"malformed msgpack: {type(e).__name__}") from None
+                raise
         del buf[:pos]
         return out
 
