@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 from . import config as config_mod
+from . import names
 from .client import Client, DaemonUnavailable, ProtocolError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -114,6 +115,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         print(f"shmfetch: no running daemon (cannot read pidfile {cfg.daemon.pidfile})", file=sys.stderr)
         return EXIT_USAGE
+    if not names.is_shmfetch(pid):
+        # A stale pidfile whose pid now belongs to another program: do not signal that program.
+        print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not a running shmfetch", file=sys.stderr)
+        return EXIT_USAGE
     grace = cfg.daemon.drain_timeout + 15
     # Register for the final count first, then signal: the daemon answers just before it closes.
     client = None
@@ -136,9 +141,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         client.close()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             break
         time.sleep(0.05)
     else:
@@ -146,6 +149,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"downloaded {final if final is not None else '?'} URLs")
     return EXIT_OK
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie: a daemon that has exited stays a zombie until its parent
+    (a shell, a supervisor, a test) reaps it, and kill(pid, 0) still succeeds on a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and someone else's
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False  # /proc entry gone: it was reaped between the two checks
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,14 +20,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import names
 from .config import Config
-from .control import S_BUSY, S_SERVED, Control
+from .control import S_BUSY, Control
 from .dispatch import Dispatcher, WorkerHandle
 from .listener import Listener
 from .ring import Ring
+
+if TYPE_CHECKING:
+    from .http_api import HttpApi
 
 log = logging.getLogger("shmfetch.master")
 
@@ -51,9 +54,11 @@ class Master:
         self.ctl: Control | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
+        self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
         self.by_pid: dict[int, WorkerHandle] = {}
         self.generations = [0] * cfg.daemon.workers
         self.restarts = [0] * cfg.daemon.workers
+        self.served_before = [0] * cfg.daemon.workers  # results served by earlier generations of each slot
         self.boot_failures = [0] * cfg.daemon.workers
         self.signals: list[int] = []
         self.wake: asyncio.Event | None = None
@@ -117,6 +122,8 @@ class Master:
                 await self.listener.start(d.socket)
             finally:
                 os.umask(old_umask)
+            if self.cfg.http.listen:
+                await self._start_http()
             self.write_pidfile()
             log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
             await self._main_loop()
@@ -125,6 +132,22 @@ class Master:
         print(f"downloaded {self.ctl.counter} URLs", flush=True)
         self._release_control()
         return self.exit_code
+
+    async def _start_http(self) -> None:
+        d, listen = self.cfg.daemon, self.cfg.http.listen
+        try:
+            from .http_api import HttpApi  # imported only when configured: aiohttp is not loaded otherwise
+
+            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections, d.client_buffer_bytes)
+            await self.http.start(listen)
+        except (ImportError, OSError) as e:
+            # Stop through the normal path (teardown reaps the workers and unlinks every object).
+            log.error("cannot listen for HTTP on %s: %s", listen, e)
+            self.exit_code = EXIT_USAGE
+            self.stopping = self.forced = True
+            self.wake.set()
+            return
+        log.info("HTTP API listening on %s", listen)
 
     def _record_signal(self, sig: int) -> None:
         self.signals.append(sig)
@@ -158,6 +181,8 @@ class Master:
                     self.stopping = True
                     self.dispatcher.accepting = False
                     self.listener.stop_accepting()
+                    if self.http is not None:
+                        self.http.stop_accepting()
                     drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
                 else:
                     log.info("got %s during drain: stopping now", signal.Signals(sig).name)
@@ -195,7 +220,9 @@ class Master:
         self.by_pid[w.pid] = w
         self.dispatcher.workers[index] = w
         self.dispatcher.start_collector(w)
-        log.info("worker %d started: pid %d, generation %d", index, w.pid, gen)
+        # "started" on every spawn (tests and log greps count those); a respawn says so as well.
+        again = f" (respawned, restart {self.restarts[index]})" if gen > 1 else ""
+        log.info("worker %d started: pid %d, generation %d%s", index, w.pid, gen, again)
         self.dispatcher.pump()
 
     def reap(self) -> None:
@@ -226,6 +253,7 @@ class Master:
         w.res.close_wake()
         await w.drained.wait()
         delta = self.ctl.reconcile(w.index, w.ok_received)
+        self.served_before[w.index] += w.served
         if delta:
             log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
         orphans = self.dispatcher.orphans(w)
@@ -307,6 +335,8 @@ class Master:
         d.accepting = False
         if self.listener is not None:
             self.listener.stop_accepting()
+        if self.http is not None:
+            self.http.stop_accepting()
         live = [w for w in d.workers if w is not None and w.alive]
         if self.forced or d.inflight():
             for w in live:
@@ -335,6 +365,8 @@ class Master:
             for conn, req_id in self.listener.exit_waiters:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
             await self.listener.close_all()
+        if self.http is not None:
+            await self.http.close_all()
         for path in (self.cfg.daemon.socket, self.cfg.daemon.pidfile):
             if path == self.cfg.daemon.pidfile and _read_pid(path) != self.pid:
                 continue
@@ -374,7 +406,10 @@ class Master:
                     "alive": bool(w and w.alive),
                     "generation": self.generations[i],
                     "restarts": self.restarts[i],
-                    "served": self.ctl.slot(i, S_SERVED) if w else 0,
+                    # Counted by the master as results arrive, so a client that has its answers sees
+                    # them all here (the worker's own slot is written a moment after the commit).
+                    "served": self.served_before[i] + (w.served if w else 0),
+                    "served_by_pid": w.served if w else 0,
                     "in_flight": len(w.outstanding) if w else 0,
                     "queued": max(0, len(w.outstanding) - self.ctl.slot(i, S_BUSY)) if w else 0,
                 }
@@ -390,6 +425,7 @@ class Master:
             "pages_per_s_10s": round(d.rate(10), 3),
             "pages_per_s_60s": round(d.rate(60), 3),
             "connections": len(self.listener.connections),
+            "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
             "workers": workers,
         }
