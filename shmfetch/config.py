@@ -56,7 +56,7 @@ class RingConfig:
 class FetchConfig:
     timeout: float = field(default=10.0, metadata=_check(0.01, 3600))
     max_bytes: int = field(default=32 << 20, metadata=_check(1, 1 << 34))
-    max_decoded_bytes: int = field(default=64 << 20, metadata=_check(1, 1 << 34))
+    max_decoded_bytes: int = field(default=32 << 20, metadata=_check(1, 1 << 34))
     max_text_bytes: int = field(default=16 << 20, metadata=_check(1, 1 << 31))
     max_redirects: int = field(default=5, metadata=_check(0, 100))
     retries: int = field(default=2, metadata=_check(0, 20))

@@ -48,6 +48,11 @@ RETRY_CODES = frozenset((429, 502, 503, 504))
 CHUNK = 64 * 1024
 SNIFF_BYTES = 1024
 BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining deadline
+# Decoding and extraction hold the GIL for most of their time, so running them in every fetch thread at
+# once gains nothing and multiplies the peak memory (a parsed tree is ~10x its page). Two at a time kept
+# loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 58-60 MB instead
+# of 62-68 MB (docs/BENCHMARKS.md, P5).
+_EXTRACTING = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -245,8 +250,13 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self.cv:
-                while not self.heap:
+                # Entries of finished fetches are dropped unslept: after a burst the heap holds one per
+                # fetch, and sleeping until each one's deadline kept an idle worker waking for 10 s.
+                while self.heap and self.heap[0][3] != self.heap[0][2].generation:
+                    heapq.heappop(self.heap)
+                if not self.heap:
                     self.cv.wait()
+                    continue
                 when, _, ctx, gen = self.heap[0]
                 now = time.monotonic()
                 if when > now:
@@ -604,16 +614,12 @@ class Fetcher:
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
         try:
-            text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
-            if kind == "html":
-                text = html_to_text(text_in, cfg.noscript)
-            elif kind == "xml":
-                text = xml_to_text(text_in)
-            else:
-                text = text_in
-        except (ValueError, LookupError) as e:
-            code, msg = status_err or ("decode_error", f"cannot decode or parse the body: {e}")
-            return Outcome(False, status, url, ctype, "", code, msg)
+            with _EXTRACTING:
+                text, fail = self._extract(body, http_charset, kind)
+        finally:
+            del body
+        if fail:
+            return Outcome(False, status, url, ctype, "", *(status_err or fail))
         self._remaining(deadline)
         n = len(text.encode("utf-8", "surrogatepass"))
         if n > cfg.max_text_bytes:
@@ -623,3 +629,18 @@ class Fetcher:
         if status_err:
             return Outcome(False, status, url, ctype, text, *status_err)
         return Outcome(True, status, url, ctype, text)
+
+    def _extract(
+        self, body: bytes, http_charset: str | None, kind: str
+    ) -> tuple[str, tuple[str, str] | None]:
+        try:
+            text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
+            if kind == "html":
+                text = html_to_text(text_in, self.cfg.noscript)
+            elif kind == "xml":
+                text = xml_to_text(text_in)
+            else:
+                text = text_in
+        except (ValueError, LookupError) as e:
+            return "", ("decode_error", f"cannot decode or parse the body: {e}")
+        return text, None

@@ -1,86 +1,32 @@
-"""Test scaffolding: a real daemon in a subprocess, and a small HTTP origin on 127.0.0.1.
+"""Test scaffolding: a real daemon in a subprocess (the HTTP origin lives in tests/origin.py).
 
 Nothing here is mocked: the daemon is ``python -m shmfetch serve`` with its own config, socket, pidfile,
-shared memory and worker processes; the origin is a real threaded HTTP server on a loopback port.
+shared memory and worker processes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 from shmfetch import names
 
+from .origin import Origin, numbered_text
+
+__all__ = ["Origin", "page_text", "write_config", "Daemon", "running_daemon"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def page_text(i: int) -> str:
-    return f"Page {i}\nThis is page number {i}."
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, code: int, body: bytes, ctype: str = "text/html; charset=utf-8") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        u = urllib.parse.urlsplit(self.path)
-        q = dict(urllib.parse.parse_qsl(u.query))
-        parts = u.path.strip("/").split("/")
-        if parts[0] == "page":
-            i = int(parts[1])
-            body = f"<html><head><script>x()</script><style>p{{}}</style></head><body><h1>Page {i}</h1><p>This is page number {i}.</p></body></html>"
-            self._send(200, body.encode())
-        elif parts[0] == "status":
-            self._send(int(parts[1]), f"<p>status {parts[1]}</p>".encode())
-        elif parts[0] == "text":
-            n = int(q.get("bytes", "1024"))
-            line = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"
-            body = (line * (n // len(line) + 1))[:n]
-            self._send(200, body, "text/plain; charset=utf-8")
-        elif parts[0] == "slow":
-            time.sleep(float(q.get("s", "1")))
-            self._send(200, b"<p>slow</p>")
-        else:
-            self._send(404, b"<p>not found</p>")
-
-
-class Origin:
-    """A threaded HTTP origin on 127.0.0.1 with a few routes: /page/N, /status/CODE, /text?bytes=N, /slow?s=S."""
-
-    def __init__(self) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, client_address: None  # killed workers reset connections
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    """The text of the origin's ``/page/I``."""
+    return numbered_text(i)
 
 
 def write_config(tmp: Path, **sections: dict[str, object]) -> Path:

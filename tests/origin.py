@@ -6,6 +6,8 @@
 Routes (query parameters in brackets; every loop is bounded in count and stops when the origin stops):
 
   /page[?size=N&title=T]      valid HTML page of about N bytes; its text is ``page_text(N, T)``
+  /page/I                     a tiny page with a script and a style; its text is ``numbered_text(I)``
+  /text?bytes=N               N bytes of text/plain (99-character lines)
   /status/CODE                status CODE with an HTML body ``<p>status CODE</p>`` (text "status CODE")
   /echo-text?t=..[&ctype=..]  body t (UTF-8) with that Content-Type (default text/plain; charset=utf-8);
                               ``ctype=none`` sends no Content-Type
@@ -86,6 +88,18 @@ def _page(size: int, title: str) -> tuple[str, str]:
 def page_html(size: int, title: str = "Test page") -> str:
     """A realistic page of about ``size`` bytes: head with scripts/styles, nav, paragraphs, tables."""
     return _page(size, title)[0]
+
+
+def numbered_html(i: int) -> str:
+    return (
+        f"<html><head><script>x()</script><style>p{{}}</style></head>"
+        f"<body><h1>Page {i}</h1><p>This is page number {i}.</p></body></html>"
+    )
+
+
+def numbered_text(i: int) -> str:
+    """The text of ``/page/I``."""
+    return f"Page {i}\nThis is page number {i}."
 
 
 def page_text(size: int, title: str = "Test page") -> str:
@@ -258,7 +272,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- general routes ------------------------------------------------------------------------
 
     def r_page(self, parts: list[str], q: dict[str, str]) -> None:
+        if len(parts) > 1:
+            self._send(200, numbered_html(int(parts[1])).encode())
+            return
         self._send(200, page_html(int(q.get("size", "2000")), q.get("title", "Test page")).encode())
+
+    def r_text(self, parts: list[str], q: dict[str, str]) -> None:
+        n = int(q.get("bytes", "1024"))
+        line = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"
+        self._send(200, (line * (n // len(line) + 1))[:n], "text/plain; charset=utf-8")
 
     def r_status(self, parts: list[str], q: dict[str, str]) -> None:
         code = int(parts[1])
