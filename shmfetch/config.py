@@ -30,7 +30,7 @@ def _pow2(n: int) -> bool:
 @dataclass(frozen=True)
 class DaemonConfig:
     workers: int = field(default=2, metadata=_check(1, 256))
-    threads: int = field(default=8, metadata=_check(1, 256))
+    threads: int = field(default=16, metadata=_check(1, 256))
     socket: str = "/tmp/shmfetch.sock"
     pidfile: str = "/tmp/shmfetch.pid"
     drain_timeout: float = field(default=10.0, metadata=_check(0, 3600))

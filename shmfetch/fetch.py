@@ -50,8 +50,8 @@ SNIFF_BYTES = 1024
 BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining deadline
 # Decoding and extraction hold the GIL for most of their time, so running them in every fetch thread at
 # once gains nothing and multiplies the peak memory (a parsed tree is ~10x its page). Two at a time kept
-# loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 58-60 MB instead
-# of 62-68 MB (docs/BENCHMARKS.md, P5).
+# loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
+# of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
@@ -621,7 +621,11 @@ class Fetcher:
         if fail:
             return Outcome(False, status, url, ctype, "", *(status_err or fail))
         self._remaining(deadline)
-        n = len(text.encode("utf-8", "surrogatepass"))
+        # UTF-8 takes at most 4 bytes a character: most texts are far under the cap without encoding
+        # them here (the result packer encodes them once more anyway).
+        n = 4 * len(text)
+        if n > cfg.max_text_bytes:
+            n = len(text.encode("utf-8", "surrogatepass"))
         if n > cfg.max_text_bytes:
             return Outcome(
                 False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"

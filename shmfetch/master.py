@@ -37,9 +37,12 @@ log = logging.getLogger("shmfetch.master")
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_WORKER_BOOT = 3
-# glibc gives each fetch thread its own malloc arena; with lxml trees of big pages they fragment and a
-# worker's RSS settled 8-10 MB higher (65-68 vs 56-60 MB in loadgen's page mix). A user's own setting wins.
-WORKER_ENV = {"MALLOC_ARENA_MAX": "2", **os.environ}
+# glibc gives each fetch thread its own malloc arena; with lxml trees of big pages they fragment. In
+# loadgen's page mix an 8-thread worker peaked at 73-77 MiB with glibc's default and 61-67 MiB with 2
+# arenas; a 16-thread worker at 62-65 MiB with 2 and 58-60 MiB with 1, at the same pages/s (most
+# allocation happens under the GIL anyway, so one arena is rarely contended). A MALLOC_ARENA_MAX in the
+# daemon's environment wins.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "1", **os.environ}
 BOOT_WINDOW = 2.0  # a worker that dies sooner than this after spawn counts as a boot failure
 MAX_BOOT_FAILURES = 5
 WORKER_EXIT_GRACE = 5.0

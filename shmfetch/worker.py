@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -108,12 +109,14 @@ class Worker:
             out.text,
             out.error,
             out.message,
-            (time.perf_counter() - t0) * 1000.0,
+            out_ms := (time.perf_counter() - t0) * 1000.0,
         )
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
             self._served += 1
             self.ctl.set_slot(self.index, S_SERVED, self._served)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:
             # After the commit, never before: see docs/RING.md, "why it stays exact when a worker dies".
             self.ctl.increment(self.index)
@@ -134,7 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     cfg = Config.from_dict(spec["config"])
+    # The same file as the master. WatchedFileHandler reopens it when logrotate has moved it away, so the
+    # workers need no SIGHUP of their own (they ignore it: see above).
+    handler = (
+        logging.handlers.WatchedFileHandler(cfg.daemon.log_file)
+        if cfg.daemon.log_file
+        else logging.StreamHandler(sys.stderr)
+    )
     logging.basicConfig(
+        handlers=[handler],
         level=cfg.daemon.log_level.upper(),
         format="%(asctime)s %(levelname)s [worker %(process)d] %(message)s",
     )

@@ -198,3 +198,68 @@ def test_second_signal_during_drain_forces_a_quick_stop_that_still_cleans_up(tmp
     assert len(results) == 9
     assert {r.error for r in results if not r.ok} <= {"shutting_down"}
     assert d.last_line() == f"downloaded {sum(r.ok for r in results)} URLs"
+
+
+def _stats(d: Daemon) -> dict:
+    with Client(d.socket, timeout=10) as c:
+        return c.stats()
+
+
+def _wait_for(pred, timeout: float, step: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not reached in time")
+
+
+def test_a_killed_worker_is_noticed_and_respawned_within_a_second(tmp_path, origin):
+    with running_daemon(tmp_path, daemon={"workers": 2}) as d:
+        time.sleep(2.5)  # past the boot window: this death is a crash, respawned without backoff
+        victim = _stats(d)["workers"][0]["pid"]
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        w = _wait_for(
+            lambda: next((w for w in _stats(d)["workers"] if w["index"] == 0 and w["pid"] != victim), None),
+            timeout=5,
+        )
+        took = time.monotonic() - t0
+        assert w["alive"] and w["restarts"] == 1 and w["generation"] == 2
+        assert took < 1.0, took
+        with Client(d.socket, timeout=20) as c:
+            assert [r.worker for r in c.fetch_many([origin.url(f"/page/{i}") for i in range(4)])].count(
+                0
+            ) == 2
+        rc, _ = d.stop()
+    assert rc == 0 and d.last_line() == "downloaded 4 URLs"
+
+
+def test_a_request_whose_retry_dies_too_is_answered_worker_crashed(tmp_path, origin):
+    with running_daemon(tmp_path, daemon={"workers": 2}, fetch={"timeout": 30}) as d:
+        time.sleep(2.5)
+        box: dict = {}
+
+        def ask() -> None:
+            with Client(d.socket, timeout=60) as c:
+                box["r"] = c.fetch(origin.url("/slow?s=20"))
+
+        t = threading.Thread(target=ask)
+        t.start()
+
+        def holder(exclude: set[int]):
+            return next(
+                (w["pid"] for w in _stats(d)["workers"] if w["in_flight"] and w["pid"] not in exclude), None
+            )
+
+        first = _wait_for(lambda: holder(set()), timeout=10)
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for(lambda: holder({first}), timeout=10)  # re-dispatched once, to a live worker
+        os.kill(second, signal.SIGKILL)
+        t.join(15)
+        assert not t.is_alive(), "the client was never answered"
+        r = box["r"]
+        assert (r.ok, r.error) == (False, "worker_crashed")
+        rc, _ = d.stop()
+    assert rc == 0 and d.last_line() == "downloaded 0 URLs"

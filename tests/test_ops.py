@@ -294,6 +294,12 @@ def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, orig
         _wait_for(lambda: f"{url}: worker " in log.read_text(), 5, "the request line")
         line = next(x for x in log.read_text().splitlines() if f"{url}: worker " in x)
         assert " ok in " in line and line.endswith(" ms") and "DEBUG" in line
+        # the workers write to the same file, and follow it to the new one after the rotation
+        _wait_for(
+            lambda: "[worker " in log.read_text() and f"{url}: fetched ok in " in log.read_text(),
+            5,
+            "a worker line",
+        )
 
         victim = d.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)

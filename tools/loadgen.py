@@ -25,6 +25,7 @@ extracting in a loop with a requests Session, times the core count), and prints 
     python tools/loadgen.py -C config.ini -n 10000 -c 128 --latency-ms 100
     python tools/loadgen.py --write-site /tmp/site --pages 200     # static copy of the page set, for nginx
     python tools/loadgen.py --spawn --overhead                      # P5: per-request overhead, idle CPU, RSS
+    python tools/loadgen.py --spawn --front-compare -c 64           # the HTTP API against the Unix socket
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from origin_server import SMALL_PAGE, SMALL_PATH, make_page, page_path  # noqa: E402
 
-from shmfetch import AsyncClient, Client  # noqa: E402
+from shmfetch import AsyncClient, Client, Result  # noqa: E402
 from shmfetch.extract import html_to_text  # noqa: E402  (the daemon's extractor: peers must use it too)
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -158,10 +159,40 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
 # -- the daemon ---------------------------------------------------------------------------------------
 
 
+class HttpFront:
+    """The daemon's HTTP API (``[http] listen``) behind the AsyncClient surface loadgen uses."""
+
+    def __init__(self, base: str):
+        import aiohttp
+
+        self.base = base.rstrip("/")
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def fetch(self, url: str) -> Result:
+        async with self.session.get(
+            f"{self.base}/fetch", params={"url": url}, headers={"Accept": "application/json"}
+        ) as r:
+            return Result.from_frame(await r.json(content_type=None))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
 async def _drive(
-    socket_path: str, urls: list[str], n: int, conc: int, nconn: int, duration: float | None, progress: bool
+    socket_path: str,
+    urls: list[str],
+    n: int,
+    conc: int,
+    nconn: int,
+    duration: float | None,
+    progress: bool,
+    http: str | None = None,
 ) -> dict[str, Any]:
-    clients = [await AsyncClient.connect(socket_path) for _ in range(nconn)]
+    if http:  # one keep-alive connection per request in flight, as an HTTP client pool does
+        clients: list[Any] = [HttpFront(f"http://{http}")]
+        nconn = 1
+    else:
+        clients = [await AsyncClient.connect(socket_path) for _ in range(nconn)]
     lat: list[float] = []
     errors: Counter[str] = Counter()
     per_worker: Counter[str] = Counter()
@@ -205,8 +236,10 @@ def run_daemon(args: argparse.Namespace, socket_path: str, urls: list[str], n: i
     before = cpu_snapshot(pids)
     mine0 = time.process_time()
     res = asyncio.run(
-        _drive(socket_path, urls, n, args.c, args.connections, args.duration, not args.no_progress)
+        _drive(socket_path, urls, n, args.c, args.connections, args.duration, not args.no_progress, args.http)
     )
+    if args.http:
+        res["name"] = f"daemon via HTTP API ({args.http})"
     after = cpu_snapshot(pids)
     res["cpu"] = cpu_split(pids, before, after, res["requests"])
     res["cpu_us_per_page"] = res["cpu"]["total_us_per_page"]  # master + workers (not this client)
@@ -535,6 +568,14 @@ def write_site(directory: str, pages: int, seed: int) -> None:
 # -- main ---------------------------------------------------------------------------------------------
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _socket_from(args: argparse.Namespace) -> str:
     if args.socket:
         return args.socket
@@ -547,10 +588,14 @@ def one_round(args: argparse.Namespace, socket_path: str, urls: list[str], worke
     prog = not args.no_progress
     rnd: dict[str, Any] = {}
     # Warm-up: every worker thread opens its keep-alive connection before the clock starts.
-    asyncio.run(
-        _drive(socket_path, urls, min(args.n, max(200, 4 * args.c)), args.c, args.connections, None, False)
-    )
+    warm = min(args.n, max(200, 4 * args.c))
+    asyncio.run(_drive(socket_path, urls, warm, args.c, args.connections, None, False, args.http))
     rnd["daemon"] = run_daemon(args, socket_path, urls, args.n)
+    if args.front_compare:
+        # The same daemon through the other front, right after: the HTTP API against the Unix socket.
+        unix = run_daemon(argparse.Namespace(**{**vars(args), "http": None}), socket_path, urls, args.n)
+        rnd["peers"] = [unix]
+        rnd["http_over_unix"] = round(rnd["daemon"]["pages_per_s"] / unix["pages_per_s"], 3)
     if args.compare:
         n = rnd["daemon"]["requests"]  # with --duration the peers do as many requests as the daemon did
         peers = [
@@ -594,6 +639,8 @@ def print_round(i: int, rnd: dict[str, Any]) -> None:
         f"(total {c['total_us_per_page']} us; loadgen itself {c['loadgen_us_per_page']} us)"
     )
     print(f"worker memory (KiB): {d['worker_mem_kib']}")
+    if "http_over_unix" in rnd:
+        print(f"pages/s through the HTTP API / through the Unix socket: {rnd['http_over_unix']:.3f}")
     if "ratios" in rnd:
         for name, ratio in rnd["ratios"].items():
             print(f"daemon / {name}: {ratio:.3f}")
@@ -694,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-C", "--config", help="read the socket path from this config")
     ap.add_argument("--spawn", action="store_true", help="start a private daemon for this run")
     ap.add_argument("--workers", type=int, default=2, help="with --spawn: worker processes (default 2)")
-    ap.add_argument("--threads", type=int, default=8, help="with --spawn: threads per worker (default 8)")
+    ap.add_argument("--threads", type=int, default=16, help="with --spawn: threads per worker (default 16)")
     ap.add_argument("--connections", type=int, default=2, help="client connections to the daemon (default 2)")
     ap.add_argument("--duration", type=float, help="stop the daemon run after this many seconds")
     ap.add_argument("--urls", help="file of URLs, one a line, instead of the own origin")
@@ -710,6 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-seconds", type=float, default=10.0, help="with --overhead (default 10)")
     ap.add_argument("--sweep-threads", metavar="LIST", help="P2: e.g. 8,16,32 (own origin, private daemons)")
     ap.add_argument("--latencies", default="0,100", help="with --sweep-threads: origin latencies in ms")
+    ap.add_argument("--http", metavar="HOST:PORT", help="drive the daemon's HTTP API instead of its socket")
+    ap.add_argument(
+        "--front-compare",
+        action="store_true",
+        help="with --spawn: the HTTP API (on a free loopback port) and the Unix socket, same daemon, same run",
+    )
     ap.add_argument("--json", metavar="FILE", help="write the report as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
@@ -752,8 +805,14 @@ def main(argv: list[str] | None = None) -> int:
         small_url = urls[0].rsplit("/p/", 1)[0] + SMALL_PATH  # the origin's (or nginx site's) small page
         if args.small:
             urls = [small_url]
+        if args.front_compare and not args.spawn:
+            raise SystemExit("--front-compare needs --spawn")
         if args.spawn:
-            daemon = PrivateDaemon(args.workers, args.threads)
+            extra = None
+            if args.front_compare:
+                args.http = f"127.0.0.1:{_free_port()}"
+                extra = {"http": {"listen": args.http}}
+            daemon = PrivateDaemon(args.workers, args.threads, extra)
             cleanup.append(daemon)
             socket_path = daemon.socket
         else:

@@ -91,7 +91,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="shmfetch-soak-"))
     cfg = tmp / "config.ini"
     cfg.write_text(
-        f"[daemon]\nworkers = {args.workers}\nthreads = 8\nsocket = {tmp}/s.sock\npidfile = {tmp}/s.pid\n"
+        f"[daemon]\nworkers = {args.workers}\nthreads = 16\nsocket = {tmp}/s.sock\npidfile = {tmp}/s.pid\n"
         "max_pending = 100000\n[security]\nallow_networks = 127.0.0.1/32\n"
     )
     daemon = subprocess.Popen(
