@@ -144,4 +144,5 @@ def choose(body: bytes, http_charset: str | None, markup: bool = True) -> tuple[
 def decode(body: bytes, http_charset: str | None = None, markup: bool = True) -> tuple[str, str]:
     """(text, codec used). Never raises for any input bytes."""
     enc, skip = choose(body, http_charset, markup)
-    return body[skip:].decode(enc, errors="replace"), enc
+    # str() reads any buffer: no copy of a multi-MB body just to drop a BOM (or to get bytes).
+    return str(memoryview(body)[skip:] if skip else body, enc, "replace"), enc

@@ -547,7 +547,7 @@ class Fetcher:
             raise FetchError("timeout", "no time left to retry within the timeout")
         time.sleep(delay)
 
-    def _read_body(self, r: requests.Response, deadline: float, first: bytes = b"") -> bytes:
+    def _read_body(self, r: requests.Response, deadline: float, first: bytes = b"") -> bytearray:
         """The decoded body, within the deadline and the byte caps."""
         cfg = self.cfg
         raw = r.raw
@@ -579,7 +579,7 @@ class Fetcher:
                 break
         if decoder is not None:
             out += decoder.feed(b"")
-        return bytes(out)
+        return out  # a bytearray: bytes(out) would hold the body twice at the worker's peak
 
     def _first_chunk(self, r: requests.Response, deadline: float) -> bytes:
         sock = getattr(r.raw.connection, "sock", None) if r.raw.connection is not None else None
