@@ -25,8 +25,9 @@ standard library's streaming html.parser, which applies the same rules without b
 from __future__ import annotations
 
 import html.parser
+import queue
 import re
-import threading
+from typing import Any
 
 from lxml import etree
 
@@ -120,7 +121,7 @@ def html_to_text(html: bytes | str, noscript: str = "drop", keep_title: bool = T
         if t is not None:
             title = _clean_title(etree.tostring(t, method="text", encoding=str, with_tail=False))
     try:
-        result = _xslt()(root, keep_noscript="1" if noscript == "keep" else "0")
+        result = _transform(root, noscript)
     except etree.XSLTApplyError:  # e.g. libxslt's template recursion limit: the stream has none
         return _stream_to_text(html, noscript, keep_title)
     raw = bytes(result).decode("utf-8", "replace")
@@ -146,15 +147,21 @@ def _stylesheet() -> str:
 </xsl:stylesheet>"""
 
 
-_local = threading.local()
+# Compiled stylesheets not in use. lxml does not promise that an XSLT object is thread-safe, so each
+# transform borrows one; there are only as many as transforms ever ran at once (2 in a worker, where
+# fetch.py bounds extraction), not one per thread (~150 KiB each, 2.4 MiB for 16 threads).
+_idle_xslt: queue.SimpleQueue[etree.XSLT] = queue.SimpleQueue()
 
 
-def _xslt() -> etree.XSLT:
-    # One compiled stylesheet per thread: lxml does not promise that XSLT objects are thread-safe.
-    x = getattr(_local, "xslt", None)
-    if x is None:
-        x = _local.xslt = etree.XSLT(etree.XML(_stylesheet()))
-    return x
+def _transform(root: Any, noscript: str) -> Any:
+    try:
+        x = _idle_xslt.get_nowait()
+    except queue.Empty:
+        x = etree.XSLT(etree.XML(_stylesheet()))
+    try:
+        return x(root, keep_noscript="1" if noscript == "keep" else "0")
+    finally:
+        _idle_xslt.put(x)
 
 
 class _Stream(html.parser.HTMLParser):
