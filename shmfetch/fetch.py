@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining 
 # loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
 # of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
+DECODE_STEP = 1 << 20  # bytes of decoded output per step (see _Decoder)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -144,7 +146,12 @@ def looks_binary(head: bytes) -> bool:
 
 
 class _Decoder:
-    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total."""
+    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total.
+
+    Output comes in pieces of at most DECODE_STEP bytes, and the limit is checked after each piece, so a
+    bomb (1000:1 or more) costs at most ``limit`` + DECODE_STEP bytes before it is refused, not the
+    whole expansion of one network chunk.
+    """
 
     def __init__(self, encodings: list[str], limit: int, truncate: bool = False):
         self.limit = limit
@@ -163,47 +170,58 @@ class _Decoder:
             return ["br", brotli.Decompressor()]
         raise FetchError("decode_error", f"unsupported Content-Encoding {enc!r}")
 
-    def _run(self, stage: list, data: bytes, room: int) -> bytes:
+    @staticmethod
+    def _run(stage: list, data: bytes) -> Iterator[bytes]:
+        """Undo one coding of ``data``, in pieces of at most DECODE_STEP bytes."""
         kind, obj = stage
         if kind == "deflate":
-            first = data[:1]
-            wbits = zlib.MAX_WBITS if first and (first[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+            if not data:
+                return
+            wbits = zlib.MAX_WBITS if (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
             stage[:] = ["zlib", zlib.decompressobj(wbits)]
             kind, obj = stage
-        # Ask for one byte more than fits, so that "exactly at the cap" and "over it" differ.
         if kind == "zlib":
-            out = obj.decompress(data, room + 1)
-            if obj.unconsumed_tail and len(out) <= room:
-                out += obj.decompress(obj.unconsumed_tail, room + 1 - len(out))
-            if obj.unconsumed_tail and len(out) <= room:
-                # Unreachable in practice; better to fail than to loop or drop data.
-                raise FetchError("decode_error", "decompressor made no progress")
-            return out
+            while data:
+                piece = obj.decompress(data, DECODE_STEP)
+                data = obj.unconsumed_tail
+                if not piece and data:
+                    # Unreachable in practice; better to fail than to loop or drop data.
+                    raise FetchError("decode_error", "decompressor made no progress")
+                if piece:
+                    yield piece
+            return
         if data:
-            out = obj.process(data, output_buffer_limit=room + 1)
-        else:
-            out = b""
-        while len(out) <= room and not obj.can_accept_more_data():
-            more = obj.process(b"", output_buffer_limit=room + 1 - len(out))
-            if not more:
+            piece = obj.process(data, output_buffer_limit=DECODE_STEP)
+            if piece:
+                yield piece
+        while not obj.can_accept_more_data():
+            piece = obj.process(b"", output_buffer_limit=DECODE_STEP)
+            if not piece:
                 break
-            out += more
-        return out
+            yield piece
 
-    def feed(self, data: bytes) -> bytes:
-        for stage in self.stages:
-            if not data:
-                return b""
-            try:
-                data = self._run(stage, data, self.limit - self.total)
-            except (zlib.error, brotli.error) as e:
-                raise FetchError("decode_error", f"corrupt compressed body: {e}") from None
-        if self.truncate:
-            data = data[: self.limit - self.total]
-        self.total += len(data)
-        if self.total > self.limit:
-            raise FetchError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
-        return data
+    def _pipe(self, i: int, data: bytes) -> Iterator[bytes]:
+        if i == len(self.stages):
+            yield data
+            return
+        for piece in self._run(self.stages[i], data):
+            yield from self._pipe(i + 1, piece)
+
+    def feed_into(self, data: bytes, out: bytearray) -> None:
+        """Decode ``data`` onto the end of ``out``; ``too_large`` as soon as the total passes the limit."""
+        try:
+            for piece in self._pipe(0, data):
+                room = self.limit - self.total
+                if len(piece) > room:
+                    if self.truncate:
+                        out += piece[:room]
+                        self.total = self.limit
+                        return
+                    raise FetchError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
+                out += piece
+                self.total += len(piece)
+        except (zlib.error, brotli.error) as e:
+            raise FetchError("decode_error", f"corrupt compressed body: {e}") from None
 
 
 # -- deadline watchdog ----------------------------------------------------------------------------------
@@ -562,12 +580,14 @@ class Fetcher:
                 received += len(chunk)
                 if received > cfg.max_bytes:
                     raise FetchError("too_large", f"body exceeds max_bytes={cfg.max_bytes}", r.status_code)
-                data = decoder.feed(chunk) if decoder else chunk
-                if decoder is None and received > cfg.max_decoded_bytes:
+                if decoder is not None:
+                    decoder.feed_into(chunk, out)
+                elif received > cfg.max_decoded_bytes:
                     raise FetchError(
                         "too_large", f"body exceeds max_decoded_bytes={cfg.max_decoded_bytes}", r.status_code
                     )
-                out += data
+                else:
+                    out += chunk
             left = self._remaining(deadline)
             sock = getattr(raw.connection, "sock", None) if raw.connection is not None else None
             if sock is not None:
@@ -578,7 +598,7 @@ class Fetcher:
                     raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
                 break
         if decoder is not None:
-            out += decoder.feed(b"")
+            decoder.feed_into(b"", out)
         return out  # a bytearray: bytes(out) would hold the body twice at the worker's peak
 
     def _first_chunk(self, r: requests.Response, deadline: float) -> bytes:
@@ -603,7 +623,10 @@ class Fetcher:
             first = self._first_chunk(r, deadline)
             enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
             enc = [e for e in enc if e and e != "identity"]
-            head = _Decoder(enc, SNIFF_BYTES, truncate=True).feed(first) if enc and first else first
+            head = first
+            if enc and first:
+                head = bytearray()
+                _Decoder(enc, SNIFF_BYTES, truncate=True).feed_into(first, head)
             ctype = sniff(head[:SNIFF_BYTES]) if first else "text/plain"
         kind = kind_of(ctype)
         if kind is None:

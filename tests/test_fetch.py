@@ -109,7 +109,7 @@ def _reset_hwm() -> None:
 
 @pytest.mark.parametrize("path", ["/gzip-bomb?mb=10", "/br-bomb?gb=10"])
 def test_bombs_stop_at_decoded_cap_without_inflating(origin, path):
-    cap = 8 << 20
+    cap = 32 << 20  # the default
     fetcher = make(max_decoded_bytes=cap, max_bytes=32 << 20, timeout=5.0)
     _reset_hwm()
     before = _vm_hwm_kb()
@@ -119,7 +119,9 @@ def test_bombs_stop_at_decoded_cap_without_inflating(origin, path):
     assert (out.ok, out.error, out.text) == (False, "too_large", "")
     assert "max_decoded_bytes" in (out.message or "")
     assert took < 5.0
-    assert grew_mb < 3 * (cap >> 20) + 16
+    # The cap, one decode step, and brotli's window (up to 16 MiB); a decoder that inflates a whole
+    # network chunk at once peaked at 2-2.5 x the cap here (+64 / +81 MiB).
+    assert grew_mb < (cap >> 20) + 20
 
 
 def test_endless_body_stops_at_raw_cap(origin):
