@@ -55,6 +55,10 @@ def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_p
             stop.set()
             killer.join()
         rc, out = d.stop()
+    crashed = sum(1 for r in results if r.error == "worker_crashed")
+    print(
+        f"\n{n} requests, {len(killed)} workers killed: {sum(r.ok for r in results)} ok, {crashed} worker_crashed"
+    )
     assert rc == 0
     assert len(killed) >= 5, "the storm did not happen"
     # every request answered exactly once
@@ -226,6 +230,7 @@ def test_a_killed_worker_is_noticed_and_respawned_within_a_second(tmp_path, orig
             timeout=5,
         )
         took = time.monotonic() - t0
+        print(f"\nkilled worker 0 was replaced in {took * 1000:.0f} ms")
         assert w["alive"] and w["restarts"] == 1 and w["generation"] == 2
         assert took < 1.0, took
         with Client(d.socket, timeout=20) as c:
