@@ -7,7 +7,7 @@
 * Redirects are followed by hand so that each hop is checked against the URL rules and the SSRF policy.
 * SSRF: we resolve the host ourselves, vet every address, and the connection class connects only to those
   vetted addresses (DNS rebinding cannot swap them), while Host, SNI and certificate checks keep the name.
-* Caps: ``max_bytes`` on the bytes received, ``max_decoded_bytes`` after decompression (done here,
+* Caps: ``max_bytes`` on the bytes received, ``max_decoded_bytes`` after decompression (content.py,
   incrementally, so a bomb stops at the cap), ``max_text_bytes`` on the UTF-8 text.
 
 ``Fetcher.fetch`` never raises: every failure is an ``Outcome`` with one of the codes in protocol.ERRORS.
@@ -23,12 +23,9 @@ import socket
 import threading
 import time
 import urllib.parse
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import brotli
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -39,6 +36,7 @@ from urllib3.util import connection as u3conn
 
 from . import charset
 from .config import FetchConfig, SecurityConfig
+from .content import ContentError, Decoder, kind_of, looks_binary, sniff
 from .extract import html_to_text, xml_to_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
 
@@ -54,7 +52,6 @@ BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining 
 # loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
 # of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
-DECODE_STEP = 1 << 20  # bytes of decoded output per step (see _Decoder)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -79,149 +76,6 @@ class FetchError(Exception):
         self.code = code
         self.status = status
         self.url = url
-
-
-# -- content types -------------------------------------------------------------------------------------
-
-HTML_TYPES = frozenset(("text/html", "application/xhtml+xml"))
-XML_TYPES = frozenset(("application/xml", "text/xml", "application/rss+xml", "application/atom+xml"))
-TEXT_TYPES = frozenset(("text/plain",))
-
-
-def kind_of(ctype: str) -> str | None:
-    """'html', 'xml', 'text' or None (unsupported) for a bare media type."""
-    if ctype in HTML_TYPES:
-        return "html"
-    if ctype in XML_TYPES or ctype.endswith("+xml"):
-        return "xml"
-    if ctype in TEXT_TYPES:
-        return "text"
-    return None
-
-
-_BINARY_MAGIC = (
-    (b"%PDF-", "application/pdf"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"PK\x03\x04", "application/zip"),
-    (b"\x1f\x8b", "application/gzip"),
-    (b"RIFF", "application/octet-stream"),
-    (b"OggS", "application/ogg"),
-    (b"\x00\x00\x00", "application/octet-stream"),  # ISO media (mp4, ...) and other binary headers
-)
-_HTML_STARTS = (
-    b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<iframe", b"<h1", b"<div", b"<font",
-    b"<table", b"<a", b"<style", b"<title", b"<b", b"<br", b"<p", b"<!--",
-)  # fmt: skip
-
-
-def sniff(head: bytes) -> str:
-    """Media type of a body sent without Content-Type (a subset of the WHATWG MIME sniffing rules)."""
-    b = charset.bom(head)
-    if b or charset.sniff_utf16(head):
-        text = head[b[1] if b else 0 :].decode(b[0] if b else charset.sniff_utf16(head) or "utf-8", "replace")
-        probe = text.lstrip().lower().encode("ascii", "replace")
-    else:
-        for magic, ctype in _BINARY_MAGIC:
-            if head.startswith(magic):
-                return ctype
-        probe = head.lstrip().lower()
-    if probe.startswith(b"<?xml"):
-        return "application/rss+xml" if b"<rss" in probe else "application/xml"
-    if probe.startswith(_HTML_STARTS):
-        return "text/html"
-    if not b and any(c in head for c in b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x1a\x1b"):
-        return "application/octet-stream"
-    return "text/plain"
-
-
-def looks_binary(head: bytes) -> bool:
-    """NUL bytes in a body declared as text (and not UTF-16/32): it is not text."""
-    return b"\x00" in head and not charset.bom(head) and not charset.sniff_utf16(head)
-
-
-# -- decompression ------------------------------------------------------------------------------------
-
-
-class _Decoder:
-    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total.
-
-    Output comes in pieces of at most DECODE_STEP bytes, and the limit is checked after each piece, so a
-    bomb (1000:1 or more) costs at most ``limit`` + DECODE_STEP bytes before it is refused, not the
-    whole expansion of one network chunk.
-    """
-
-    def __init__(self, encodings: list[str], limit: int, truncate: bool = False):
-        self.limit = limit
-        self.truncate = truncate  # for sniffing: return what fits instead of failing
-        self.total = 0
-        # Content-Encoding lists codings in the order applied: undo them last to first.
-        self.stages = [self._stage(e) for e in reversed(encodings)]
-
-    @staticmethod
-    def _stage(enc: str) -> Any:
-        if enc in ("gzip", "x-gzip"):
-            return ["zlib", zlib.decompressobj(16 + zlib.MAX_WBITS)]
-        if enc == "deflate":
-            return ["deflate", None]  # zlib-wrapped or raw: decided on the first bytes
-        if enc == "br":
-            return ["br", brotli.Decompressor()]
-        raise FetchError("decode_error", f"unsupported Content-Encoding {enc!r}")
-
-    @staticmethod
-    def _run(stage: list, data: bytes) -> Iterator[bytes]:
-        """Undo one coding of ``data``, in pieces of at most DECODE_STEP bytes."""
-        kind, obj = stage
-        if kind == "deflate":
-            if not data:
-                return
-            wbits = zlib.MAX_WBITS if (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
-            stage[:] = ["zlib", zlib.decompressobj(wbits)]
-            kind, obj = stage
-        if kind == "zlib":
-            while data:
-                piece = obj.decompress(data, DECODE_STEP)
-                data = obj.unconsumed_tail
-                if not piece and data:
-                    # Unreachable in practice; better to fail than to loop or drop data.
-                    raise FetchError("decode_error", "decompressor made no progress")
-                if piece:
-                    yield piece
-            return
-        if data:
-            piece = obj.process(data, output_buffer_limit=DECODE_STEP)
-            if piece:
-                yield piece
-        while not obj.can_accept_more_data():
-            piece = obj.process(b"", output_buffer_limit=DECODE_STEP)
-            if not piece:
-                break
-            yield piece
-
-    def _pipe(self, i: int, data: bytes) -> Iterator[bytes]:
-        if i == len(self.stages):
-            yield data
-            return
-        for piece in self._run(self.stages[i], data):
-            yield from self._pipe(i + 1, piece)
-
-    def feed_into(self, data: bytes, out: bytearray) -> None:
-        """Decode ``data`` onto the end of ``out``; ``too_large`` as soon as the total passes the limit."""
-        try:
-            for piece in self._pipe(0, data):
-                room = self.limit - self.total
-                if len(piece) > room:
-                    if self.truncate:
-                        out += piece[:room]
-                        self.total = self.limit
-                        return
-                    raise FetchError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
-                out += piece
-                self.total += len(piece)
-        except (zlib.error, brotli.error) as e:
-            raise FetchError("decode_error", f"corrupt compressed body: {e}") from None
 
 
 # -- deadline watchdog ----------------------------------------------------------------------------------
@@ -437,6 +291,8 @@ class Fetcher:
             return Outcome(
                 False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e)
             )
+        except ContentError as e:
+            return Outcome(False, state["status"], state["url"], None, "", e.code, str(e))
         except Exception as e:
             code, msg = self._classify(e, deadline)
             if code == "internal_error":
@@ -571,7 +427,7 @@ class Fetcher:
         raw = r.raw
         enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
         enc = [e for e in enc if e and e != "identity"]
-        decoder = _Decoder(enc, cfg.max_decoded_bytes) if enc else None
+        decoder = Decoder(enc, cfg.max_decoded_bytes) if enc else None
         received = 0
         out = bytearray()
         chunk = first
@@ -626,7 +482,7 @@ class Fetcher:
             head = first
             if enc and first:
                 head = bytearray()
-                _Decoder(enc, SNIFF_BYTES, truncate=True).feed_into(first, head)
+                Decoder(enc, SNIFF_BYTES, truncate=True).feed_into(first, head)
             ctype = sniff(head[:SNIFF_BYTES]) if first else "text/plain"
         kind = kind_of(ctype)
         if kind is None:
