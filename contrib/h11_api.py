@@ -20,7 +20,7 @@ import h11
 
 from shmfetch.dispatch import Dispatcher, Job
 from shmfetch.http_api import http_status, parse_listen
-from shmfetch.listener import MAX_URL_CHARS
+from shmfetch.listener import MAX_URL_CHARS, flush_and_close
 from shmfetch.protocol import ERRORS, RESULT_FIELDS
 
 log = logging.getLogger("shmfetch.master")
@@ -139,10 +139,7 @@ class HttpConnection(asyncio.Protocol):
             self.send(_error(url, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters"))
             return
         api = self.api
-        job = Job(self, next(api.ids), url)
-        code = api.dispatcher.submit(job)
-        if code is not None:
-            api.dispatcher.fail(job, code)  # counts it in stats like a socket client's, and calls send()
+        api.dispatcher.submit(Job(self, next(api.ids), url))  # a refusal calls send() at once
 
     # -- response side (the Sink) ---------------------------------------------------------------------
 
@@ -248,16 +245,5 @@ class HttpApi:
             self.server.close()
 
     async def close_all(self, timeout: float = 2.0) -> None:
-        """Let each connection flush its last response (bounded), then close it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for conn in list(self.connections):
-            t = conn.transport
-            while (
-                t is not None and not t.is_closing() and t.get_write_buffer_size() and loop.time() < deadline
-            ):
-                await asyncio.sleep(0.01)
-            conn.closed = True
-            if t is not None:
-                t.close()
+        await flush_and_close(self.connections, timeout)
         await asyncio.sleep(0)

@@ -301,6 +301,18 @@ static inline int ring_buf_reserve(ring_buf_t *b, size_t need) {
     return 0;
 }
 
+/* Consumer, both modes: append the record at tail (header, then payload) to *out and step tail past its
+ * k slots (the caller publishes tail and frees the slots its own way). */
+static inline int ring_take_record(ring_t *r, ring_buf_t *out, uint32_t *flags, uint64_t *k) {
+    uint32_t n;
+    if (ring_read_header(r, r->tail, &n, flags, k) != 0) return -1;
+    if (ring_buf_reserve(out, out->len + n) != 0) return -1;
+    ring_read_payload(r, r->tail, out->p + out->len, n);
+    out->len += n;
+    r->tail += *k;
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------------------
  * Semaphore mode (docs/RING.md "Protocol"): what shmfetch runs.
  * ------------------------------------------------------------------------------------------------- */
@@ -339,13 +351,9 @@ static inline int ring_get(ring_t *r, ring_buf_t *out) {
         if (ring_sem_wait(r->fill_sem) != 0) return -1;
         uint64_t head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
         if (head == r->tail) return 0; /* the close wake-up: no record behind this count */
-        uint32_t n, flags;
+        uint32_t flags;
         uint64_t k;
-        if (ring_read_header(r, r->tail, &n, &flags, &k) != 0) return -1;
-        if (ring_buf_reserve(out, out->len + n) != 0) return -1;
-        ring_read_payload(r, r->tail, out->p + out->len, n);
-        out->len += n;
-        r->tail += k;
+        if (ring_take_record(r, out, &flags, &k) != 0) return -1;
         atomic_store_explicit(ring_tail_p(r), r->tail, memory_order_release);
         for (uint64_t i = 0; i < k; i++)
             if (sem_post(r->free_sem) != 0) return -1;
@@ -501,13 +509,9 @@ static inline int ringb_get(ring_t *r, ring_buf_t *out, int spin) {
                 }
             }
         }
-        uint32_t n, flags;
+        uint32_t flags;
         uint64_t k;
-        if (ring_read_header(r, r->tail, &n, &flags, &k) != 0) return -1;
-        if (ring_buf_reserve(out, out->len + n) != 0) return -1;
-        ring_read_payload(r, r->tail, out->p + out->len, n);
-        out->len += n;
-        r->tail += k;
+        if (ring_take_record(r, out, &flags, &k) != 0) return -1;
         if (++r->unpublished >= RINGB_PUBLISH_EVERY) ringb_publish_tail(r);
         if (!(flags & RING_FLAG_MORE)) return 1;
     }

@@ -93,6 +93,12 @@ def looks_binary(head: bytes) -> bool:
 # -- decompression ------------------------------------------------------------------------------------
 
 
+def content_codings(header: str) -> list[str]:
+    """The codings a Content-Encoding header lists, in the order they were applied (``identity`` dropped)."""
+    codings = (c.strip().lower() for c in header.split(","))
+    return [c for c in codings if c and c != "identity"]
+
+
 class Decoder:
     """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total.
 

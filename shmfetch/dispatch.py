@@ -121,15 +121,15 @@ class Dispatcher:
 
     # -- intake ---------------------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> str | None:
-        """Queue a job. Returns None, or the error code to answer with at once."""
+    def submit(self, job: Job) -> None:
+        """Queue a job, or answer it at once (``shutting_down``, ``overloaded``; counted like any failure)."""
         if not self.accepting:
-            return "shutting_down"
-        if len(self.pending) >= self.max_pending:
-            return "overloaded"
-        self.pending.append(job)
-        self.pump()
-        return None
+            self.fail(job, "shutting_down")
+        elif len(self.pending) >= self.max_pending:
+            self.fail(job, "overloaded")
+        else:
+            self.pending.append(job)
+            self.pump()
 
     def inflight(self) -> int:
         return len(self.pending) + sum(len(w.outstanding) for w in self.workers if w is not None)

@@ -36,7 +36,7 @@ from urllib3.util import connection as u3conn
 
 from . import charset
 from .config import FetchConfig, SecurityConfig
-from .content import ContentError, Decoder, kind_of, looks_binary, sniff
+from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
 from .extract import html_to_text, xml_to_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
 
@@ -348,8 +348,7 @@ class Fetcher:
 
     def _fetch(self, url: str, deadline: float, state: dict[str, Any]) -> Outcome:
         cfg = self.cfg
-        retries_left = cfg.retries
-        attempt = 0
+        attempt = 0  # retries made so far; at most cfg.retries
         hops = 0
         check_url(url)
         while True:
@@ -361,9 +360,8 @@ class Fetcher:
             try:
                 r = self.session.send(prep, timeout=(left, left), stream=True, allow_redirects=False)
             except (requests.ConnectionError, urllib3.exceptions.ProtocolError) as e:
-                if isinstance(e, (requests.exceptions.SSLError, requests.Timeout)) or retries_left <= 0:
+                if isinstance(e, (requests.exceptions.SSLError, requests.Timeout)) or attempt >= cfg.retries:
                     raise
-                retries_left -= 1
                 attempt += 1
                 self._backoff(attempt, None, deadline, e)
                 continue
@@ -386,10 +384,9 @@ class Fetcher:
                         ) from None
                     check_url(url)
                     continue
-                if r.status_code in RETRY_CODES and retries_left > 0:
+                if r.status_code in RETRY_CODES and attempt < cfg.retries:
                     wait = _retry_after(r.headers.get("Retry-After"), time.time())
                     if self._can_retry(attempt + 1, wait, deadline):
-                        retries_left -= 1
                         attempt += 1
                         self._backoff(attempt, wait, deadline, None)
                         continue
@@ -398,9 +395,8 @@ class Fetcher:
                 except (requests.ConnectionError, urllib3.exceptions.ProtocolError,
                         requests.exceptions.ChunkedEncodingError) as e:  # fmt: skip
                     # Reset in the middle of the body: a GET is safe to repeat.
-                    if retries_left <= 0 or time.monotonic() >= deadline:
+                    if attempt >= cfg.retries or time.monotonic() >= deadline:
                         raise
-                    retries_left -= 1
                     attempt += 1
                     self._backoff(attempt, None, deadline, e)
                     continue
@@ -408,13 +404,18 @@ class Fetcher:
                 r.close()
 
     @staticmethod
+    def _delay(attempt: int, wait: float | None) -> float:
+        """Before retry number ``attempt`` (1, 2, ...): the server's Retry-After, else exponential backoff."""
+        return wait if wait is not None else BACKOFF_BASE * (2 ** (attempt - 1))
+
+    @staticmethod
     def _can_retry(attempt: int, wait: float | None, deadline: float) -> bool:
-        delay = wait if wait is not None else BACKOFF_BASE * (2 ** (attempt - 1))
+        delay = Fetcher._delay(attempt, wait)
         # Only if there is time left for the wait *and* something of a request after it.
         return time.monotonic() + delay + 0.05 < deadline
 
     def _backoff(self, attempt: int, wait: float | None, deadline: float, err: Exception | None) -> None:
-        delay = wait if wait is not None else BACKOFF_BASE * (2 ** (attempt - 1))
+        delay = self._delay(attempt, wait)
         if time.monotonic() + delay >= deadline:
             if err is not None:
                 raise err
@@ -425,8 +426,7 @@ class Fetcher:
         """The decoded body, within the deadline and the byte caps."""
         cfg = self.cfg
         raw = r.raw
-        enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
-        enc = [e for e in enc if e and e != "identity"]
+        enc = content_codings(r.headers.get("Content-Encoding", ""))
         decoder = Decoder(enc, cfg.max_decoded_bytes) if enc else None
         received = 0
         out = bytearray()
@@ -477,8 +477,7 @@ class Fetcher:
         if not ctype:
             # Sniff on the decoded head of the body.
             first = self._first_chunk(r, deadline)
-            enc = [e.strip().lower() for e in r.headers.get("Content-Encoding", "").split(",")]
-            enc = [e for e in enc if e and e != "identity"]
+            enc = content_codings(r.headers.get("Content-Encoding", ""))
             head = first
             if enc and first:
                 head = bytearray()

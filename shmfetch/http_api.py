@@ -101,12 +101,10 @@ class HttpApi:
         dispatcher: Dispatcher,
         stats: Callable[[], dict[str, Any]],
         max_connections: int,
-        client_buffer_bytes: int,
     ):
         self.dispatcher = dispatcher
         self.stats = stats
         self.max_connections = max_connections
-        self.client_buffer_bytes = client_buffer_bytes
         self.ids = itertools.count(1)
         self.runner: web.AppRunner | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -156,9 +154,7 @@ class HttpApi:
             )
         sink = _Waiter(asyncio.get_running_loop().create_future())
         job = Job(sink, next(self.ids), url)
-        code = self.dispatcher.submit(job)
-        if code is not None:
-            self.dispatcher.fail(job, code)  # counted in stats like a socket client's; resolves the future
+        self.dispatcher.submit(job)  # a refusal resolves the future at once
         try:
             frame = await sink.fut
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .dispatch import Dispatcher, Job
@@ -77,10 +77,7 @@ class ClientConnection(asyncio.Protocol):
                 error_frame(req_id, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
             )
             return
-        job = Job(self, req_id, url)
-        code = self.server.dispatcher.submit(job)
-        if code is not None:
-            self.server.dispatcher.fail(job, code)
+        self.server.dispatcher.submit(Job(self, req_id, url))
 
     def send(self, frame: dict[str, Any]) -> None:
         if not self.closed:
@@ -133,15 +130,19 @@ class Listener:
             self.server.close()
 
     async def close_all(self, timeout: float = 2.0) -> None:
-        """Let each connection flush what it was sent (bounded), then close it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        for conn in list(self.connections):
-            t = conn.transport
-            while (
-                t is not None and not t.is_closing() and t.get_write_buffer_size() and loop.time() < deadline
-            ):
-                await asyncio.sleep(0.01)
-            if t is not None:
-                t.close()
+        await flush_and_close(self.connections, timeout)
+
+
+async def flush_and_close(connections: Iterable[Any], timeout: float) -> None:
+    """Let each connection (``.transport``, ``.closed``) flush what it was sent, within ``timeout`` for all,
+    then close it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for conn in list(connections):
+        t = conn.transport
+        while t is not None and not t.is_closing() and t.get_write_buffer_size() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        conn.closed = True
+        if t is not None:
+            t.close()
         await asyncio.sleep(0)

@@ -144,7 +144,7 @@ class Master:
         try:
             from .http_api import HttpApi  # imported only when configured: aiohttp is not loaded otherwise
 
-            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections, d.client_buffer_bytes)
+            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections)
             await self.http.start(listen)
         except (ImportError, OSError) as e:
             # Stop through the normal path (teardown reaps the workers and unlinks every object).

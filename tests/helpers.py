@@ -12,14 +12,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from shmfetch import names
+from shmfetch import Client, names
 
 from .origin import Origin, numbered_text
 
-__all__ = ["Origin", "page_text", "write_config", "Daemon", "running_daemon"]
+__all__ = [
+    "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
+    "daemon_stats", "proc_kib",
+]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,3 +162,45 @@ def running_daemon(tmp: Path, **sections: dict[str, object]) -> Iterator[Daemon]
                 pass
         if d.proc.poll() is None:
             d.kill()
+
+
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess:
+    """``python -m shmfetch ARGS`` run to its end (``serve`` only where it is expected to exit by itself)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shmfetch", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def wait_for(
+    pred: Callable[[], object], timeout: float = 10.0, what: str = "condition", step: float = 0.05
+) -> object:
+    """Poll ``pred`` every ``step`` s until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def daemon_stats(socket_path: str) -> dict:
+    with Client(socket_path) as c:
+        return c.stats()
+
+
+def proc_kib(pid: int | str, field: str) -> int:
+    """A KiB figure (``VmRSS``, ``VmHWM``) from /proc/PID/status; ``pid`` may be ``"self"``."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

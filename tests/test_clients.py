@@ -9,7 +9,7 @@ import time
 from shmfetch import Client
 from shmfetch.protocol import FrameDecoder, encode_frame
 
-from .helpers import page_text, running_daemon
+from .helpers import page_text, proc_kib, running_daemon
 
 
 def _raw(path: str) -> socket.socket:
@@ -41,14 +41,6 @@ def _closed_by_peer(s: socket.socket) -> bool:
 def _still_serves(path: str, origin, i: int = 5) -> None:
     with Client(path, timeout=20) as c:
         assert c.fetch(origin.url(f"/page/{i}")).text == page_text(i)
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_malformed_msgpack_gets_an_error_frame_and_is_closed(tmp_path, origin):
@@ -139,7 +131,7 @@ def test_client_that_never_reads_is_cut_off_and_memory_stays_bounded(tmp_path, o
                 cut = c.stats()["connections"] == 1  # only the stats client remains
             time.sleep(0.2)
         assert cut, "the non-reading client was never cut off"
-        assert _rss_kib(d.pid) < 200_000
+        assert proc_kib(d.pid, "VmRSS") < 200_000
         s.close()
         _still_serves(d.socket, origin)
 
@@ -179,7 +171,7 @@ def test_flood_keeps_master_memory_bounded(tmp_path, origin):
         assert len(got) == 20000
         codes = {f.get("error") for f in got}
         assert codes <= {None, "overloaded"}
-        assert _rss_kib(d.pid) < 150_000, "master RSS over the documented 150 MB"
+        assert proc_kib(d.pid, "VmRSS") < 150_000, "master RSS over the documented 150 MB"
         for w in d.worker_pids():
-            assert _rss_kib(w) < 100_000
+            assert proc_kib(w, "VmRSS") < 100_000
         s.close()

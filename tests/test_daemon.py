@@ -8,7 +8,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -17,7 +16,7 @@ import pytest
 from shmfetch import Client, names
 from shmfetch.protocol import encode_frame
 
-from .helpers import REPO, page_text, running_daemon, write_config
+from .helpers import page_text, run_cli, running_daemon, write_config
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -145,26 +144,13 @@ def test_idle_daemon_uses_no_cpu(tmp_path, origin):
 )
 def test_bad_config_exits_2_naming_the_key(tmp_path, section, key, value):
     cfg = write_config(tmp_path, **{section: {key: value}})
-    p = subprocess.run(
-        [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    p = run_cli("serve", "-c", str(cfg), timeout=30)
     assert p.returncode == 2
     assert key in p.stderr and value in p.stderr
 
 
 def _submit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "shmfetch", "submit", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    return run_cli("submit", *args, stdin=stdin)
 
 
 def test_submit_cli_json_lines_stdin_and_exit_codes(tmp_path, origin):

@@ -8,15 +8,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 
 from shmfetch import Client, names
 
-from .helpers import REPO, Daemon, page_text, running_daemon, write_config
+from .helpers import REPO, Daemon, daemon_stats, page_text, run_cli, running_daemon, wait_for, write_config
 
 
 def _killer(d: Daemon, stop: threading.Event, every: float, log: list[int]) -> None:
@@ -117,13 +115,7 @@ def test_master_killed_with_sigkill_then_a_fresh_serve_starts_cleanly(tmp_path, 
 
 def test_second_serve_refuses_while_a_live_daemon_owns_the_socket(tmp_path):
     with running_daemon(tmp_path) as d:
-        p = subprocess.run(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", str(d.config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=REPO,
-        )
+        p = run_cli("serve", "-c", str(d.config), timeout=30)
         assert p.returncode == 2
         assert str(d.pid) in p.stderr
         with Client(d.socket) as c:  # the first one is untouched
@@ -138,14 +130,7 @@ def test_workers_that_cannot_boot_stop_the_daemon_with_a_clear_error(tmp_path):
     cfg = write_config(tmp_path, daemon={"workers": 1})
     env = dict(os.environ, PYTHONPATH=f"{broken}{os.pathsep}{REPO}")
     t0 = time.monotonic()
-    p = subprocess.run(
-        [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=env,
-    )
+    p = run_cli("serve", "-c", str(cfg), env=env)
     assert p.returncode == 3, p.stderr
     assert "failed to boot 5 times" in p.stderr
     assert p.stderr.count("worker 0 started") == 5  # backoff, not a storm
@@ -204,30 +189,19 @@ def test_second_signal_during_drain_forces_a_quick_stop_that_still_cleans_up(tmp
     assert d.last_line() == f"downloaded {sum(r.ok for r in results)} URLs"
 
 
-def _stats(d: Daemon) -> dict:
-    with Client(d.socket, timeout=10) as c:
-        return c.stats()
-
-
-def _wait_for(pred, timeout: float, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
-
-
 def test_a_killed_worker_is_noticed_and_respawned_within_a_second(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2}) as d:
         time.sleep(2.5)  # past the boot window: this death is a crash, respawned without backoff
-        victim = _stats(d)["workers"][0]["pid"]
+        victim = daemon_stats(d.socket)["workers"][0]["pid"]
         t0 = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        w = _wait_for(
-            lambda: next((w for w in _stats(d)["workers"] if w["index"] == 0 and w["pid"] != victim), None),
+        w = wait_for(
+            lambda: next(
+                (w for w in daemon_stats(d.socket)["workers"] if w["index"] == 0 and w["pid"] != victim), None
+            ),
             timeout=5,
+            what="the replacement of worker 0",
+            step=0.01,
         )
         took = time.monotonic() - t0
         print(f"\nkilled worker 0 was replaced in {took * 1000:.0f} ms")
@@ -255,12 +229,19 @@ def test_a_request_whose_retry_dies_too_is_answered_worker_crashed(tmp_path, ori
 
         def holder(exclude: set[int]):
             return next(
-                (w["pid"] for w in _stats(d)["workers"] if w["in_flight"] and w["pid"] not in exclude), None
+                (
+                    w["pid"]
+                    for w in daemon_stats(d.socket)["workers"]
+                    if w["in_flight"] and w["pid"] not in exclude
+                ),
+                None,
             )
 
-        first = _wait_for(lambda: holder(set()), timeout=10)
+        first = wait_for(lambda: holder(set()), 10, "a worker holding the request", step=0.01)
         os.kill(first, signal.SIGKILL)
-        second = _wait_for(lambda: holder({first}), timeout=10)  # re-dispatched once, to a live worker
+        second = wait_for(
+            lambda: holder({first}), 10, "the re-dispatch", step=0.01
+        )  # re-dispatched once, to a live worker
         os.kill(second, signal.SIGKILL)
         t.join(15)
         assert not t.is_alive(), "the client was never answered"

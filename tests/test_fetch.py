@@ -17,6 +17,7 @@ from shmfetch.config import FetchConfig, SecurityConfig
 from shmfetch.fetch import Fetcher, Outcome
 from shmfetch.protocol import ERRORS
 
+from .helpers import proc_kib
 from .origin import Origin, _Handler, closed_port, origin_fixture, page_text  # noqa: F401 (origin is a fixture)
 
 LOOPBACK = SecurityConfig(allow_networks=("127.0.0.1/32",))
@@ -91,14 +92,6 @@ def test_retries_stay_inside_deadline(origin):
 # -- byte caps ----------------------------------------------------------------------------------------
 
 
-def _vm_hwm_kb() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
 def _reset_hwm() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -112,9 +105,9 @@ def test_bombs_stop_at_decoded_cap_without_inflating(origin, path):
     cap = 32 << 20  # the default
     fetcher = make(max_decoded_bytes=cap, max_bytes=32 << 20, timeout=5.0)
     _reset_hwm()
-    before = _vm_hwm_kb()
+    before = proc_kib("self", "VmHWM")
     out, took = timed(fetcher, origin.url(path))
-    grew_mb = (_vm_hwm_kb() - before) / 1024
+    grew_mb = (proc_kib("self", "VmHWM") - before) / 1024
     print(f"\n{path}: peak RSS grew by {grew_mb:.1f} MB (cap {cap >> 20} MB), {took:.2f} s")
     assert (out.ok, out.error, out.text) == (False, "too_large", "")
     assert "max_decoded_bytes" in (out.message or "")

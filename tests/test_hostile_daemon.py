@@ -12,18 +12,10 @@ import urllib.parse
 
 from shmfetch.client import Client
 
-from .helpers import running_daemon
+from .helpers import proc_kib, running_daemon
 from .origin import EXTRACT_CASES, SAMPLES, page_text, start_origin
 
 DECODED_CAP = 8 << 20
-
-
-def _vm_hwm_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def _cases(o) -> list[tuple[str, str | None, str | None]]:
@@ -75,7 +67,7 @@ def test_all_hostile_cases_at_once_then_a_normal_page(tmp_path):
             for r in c.fetch_many([u for u, _, _ in cases], concurrency=len(cases)):
                 by_url[r.url] = r
             took = time.monotonic() - t0
-            peak_mib = max(_vm_hwm_kib(p) for p in workers) / 1024
+            peak_mib = max(proc_kib(p, "VmHWM") for p in workers) / 1024
             print(f"\n{len(cases)} hostile cases in {took:.1f} s; worst worker peak RSS {peak_mib:.0f} MiB")
             stats = c.stats()
             normal = c.fetch(o.url("/page/7"))

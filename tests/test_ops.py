@@ -9,9 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,28 +18,7 @@ import requests
 from shmfetch import AsyncClient, Client
 from shmfetch.protocol import RESULT_FIELDS, encode_frame
 
-from .helpers import REPO, page_text, running_daemon, write_config
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "shmfetch", *args], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
-
-
-def _wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stats(sock: str) -> dict:
-    with Client(sock) as c:
-        return c.stats()
+from .helpers import REPO, daemon_stats, page_text, run_cli, running_daemon, wait_for, write_config
 
 
 def _free_port() -> int:
@@ -67,9 +44,9 @@ def test_stats_are_exact_after_known_traffic(tmp_path, origin):
         assert sum(r.ok for r in results) == 6
         assert {r.url: r.error for r in results if not r.ok} == bad
         # The worker bumps the shared counter just after committing the result: give it that moment.
-        _wait_for(lambda: _stats(d.socket)["downloaded"] == 6, 5, "the counter")
+        wait_for(lambda: daemon_stats(d.socket)["downloaded"] == 6, 5, "the counter")
 
-        p = _cli("stats", "-c", str(d.config), "--json")
+        p = run_cli("stats", "-c", str(d.config), "--json")
         assert p.returncode == 0, p.stderr
         st = json.loads(p.stdout)
         assert st["pid"] == d.pid and st["uptime_s"] > 0
@@ -86,7 +63,7 @@ def test_stats_are_exact_after_known_traffic(tmp_path, origin):
         assert st["pages_per_s_60s"] == pytest.approx(6 / 60, abs=1e-3)
         assert 0 < st["pages_per_s_10s"] <= 0.6
 
-        p = _cli("stats", "--socket", d.socket)
+        p = run_cli("stats", "--socket", d.socket)
         assert p.returncode == 0, p.stderr
         assert f"pid {d.pid}" in p.stdout and "downloaded 6" in p.stdout
         assert "failures: connect_error=1, http_status=2, unsupported_scheme=1" in p.stdout
@@ -100,7 +77,7 @@ def test_stats_show_in_flight_and_queued_per_worker(tmp_path, origin):
         s.sendall(b"".join(encode_frame({"id": i, "url": origin.url("/slow?s=1")}) for i in range(3)))
         with Client(d.socket) as c:
             # one thread: one fetch running in the worker, two waiting in its ring
-            st = _wait_for(
+            st = wait_for(
                 lambda: (x := c.stats())["workers"][0]["queued"] == 2 and x, 5, "the worker to take one"
             )
         assert st["in_flight"] == 3 and st["pending"] == 0
@@ -116,7 +93,7 @@ def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
         with Client(d.socket) as c:
             assert all(r.ok for r in c.fetch_many([origin.url(f"/page/{i}") for i in range(3)]))
             assert not c.fetch(origin.url("/status/404")).ok
-        p = _cli("stop", "-c", str(d.config))
+        p = run_cli("stop", "-c", str(d.config))
         assert p.returncode == 0, p.stderr
         assert p.stdout.strip() == "downloaded 3 URLs"
         d.proc.wait(timeout=20)
@@ -124,7 +101,7 @@ def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
         d.stdout, d.stderr = d.proc.communicate()
         assert d.last_line() == "downloaded 3 URLs"
     assert not os.path.exists(tmp_path / "shmfetch.pid") and not os.path.exists(d.socket)
-    p = _cli("stop", "-c", str(d.config))
+    p = run_cli("stop", "-c", str(d.config))
     assert p.returncode == 2 and "no running daemon" in p.stderr
 
 
@@ -133,7 +110,7 @@ def test_stop_refuses_a_stale_pidfile_naming_another_program(tmp_path):
     other = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / "shmfetch.pid").write_text(f"{other.pid}\n")  # a recycled pid, as after a crash
-        p = _cli("stop", "-c", str(cfg))
+        p = run_cli("stop", "-c", str(cfg))
         assert p.returncode == 2 and "not a running shmfetch" in p.stderr
         assert other.poll() is None  # not signalled
     finally:
@@ -198,7 +175,7 @@ def test_http_api_text_json_and_status_codes(tmp_path, origin):
         "http": {"listen": f"127.0.0.1:{port}"},
     }
     with running_daemon(tmp_path, **sections) as d, requests.Session() as s:
-        _wait_for(lambda: _connects(port), 20, "the HTTP port")
+        wait_for(lambda: _connects(port), 20, "the HTTP port")
 
         def get(url: str | None = None, path: str = "/fetch", **kw: object) -> requests.Response:
             return s.get(base + path, params={"url": url} if url is not None else None, timeout=20, **kw)
@@ -233,11 +210,13 @@ def test_http_api_text_json_and_status_codes(tmp_path, origin):
         raw = socket.socket(socket.AF_UNIX)
         raw.connect(d.socket)
         raw.sendall(b"".join(encode_frame({"id": i, "url": origin.url("/slow?s=0.8")}) for i in range(2)))
-        _wait_for(lambda: _stats(d.socket)["pending"] == 1, 5, "a queued request")
+        wait_for(lambda: daemon_stats(d.socket)["pending"] == 1, 5, "a queued request")
         r = get(origin.url("/page/5"), headers={"Accept": "application/json"})
         assert r.status_code == 503 and r.json()["error"] == "overloaded"
         raw.close()  # its queued request is dropped unfetched; the one in the worker completes
-        _wait_for(lambda: (x := _stats(d.socket))["in_flight"] == 0 and x["downloaded"] == 3, 10, "quiet")
+        wait_for(
+            lambda: (x := daemon_stats(d.socket))["in_flight"] == 0 and x["downloaded"] == 3, 10, "quiet"
+        )
 
         r = get(path="/stats")
         assert r.status_code == 200
@@ -254,13 +233,7 @@ def test_http_port_in_use_is_a_clean_exit_2(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         cfg = write_config(tmp_path, http={"listen": f"127.0.0.1:{busy.getsockname()[1]}"})
-        p = subprocess.run(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        p = run_cli("serve", "-c", str(cfg))
     assert p.returncode == 2, p.stderr
     assert "cannot listen for HTTP" in p.stderr
     assert not os.path.exists(tmp_path / "shmfetch.pid") and not os.path.exists(tmp_path / "shmfetch.sock")
@@ -280,22 +253,22 @@ def _connects(port: int) -> bool:
 def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, origin):
     log = tmp_path / "shmfetch.log"
     with running_daemon(tmp_path, daemon={"log_file": log, "log_level": "debug"}) as d:
-        _wait_for(lambda: "listening on" in log.read_text(), 5, "the start line")
+        wait_for(lambda: "listening on" in log.read_text(), 5, "the start line")
         first = log.read_text()
         assert "worker 0 started: pid" in first and "worker 1 started: pid" in first
         log.rename(tmp_path / "shmfetch.log.1")  # what logrotate does
         os.kill(d.pid, signal.SIGHUP)
-        _wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), 5, "a new log file")
+        wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), 5, "a new log file")
 
         url = origin.url("/page/9")
         with Client(d.socket) as c:
             assert c.fetch(url).ok
         # per-request line at debug level: url, worker, ok/error, elapsed
-        _wait_for(lambda: f"{url}: worker " in log.read_text(), 5, "the request line")
+        wait_for(lambda: f"{url}: worker " in log.read_text(), 5, "the request line")
         line = next(x for x in log.read_text().splitlines() if f"{url}: worker " in x)
         assert " ok in " in line and line.endswith(" ms") and "DEBUG" in line
         # the workers write to the same file, and follow it to the new one after the rotation
-        _wait_for(
+        wait_for(
             lambda: "[worker " in log.read_text() and f"{url}: fetched ok in " in log.read_text(),
             5,
             "a worker line",
@@ -303,7 +276,7 @@ def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, orig
 
         victim = d.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        _wait_for(lambda: "(respawned, restart 1)" in log.read_text(), 10, "the respawn line")
+        wait_for(lambda: "(respawned, restart 1)" in log.read_text(), 10, "the respawn line")
         text = log.read_text()
         assert f"(pid {victim}) died: killed by SIGKILL" in text
         rc, _ = d.stop()
