@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
-import posix_ipc
 
 from .protocol import FRAME_HDR, error_frame, pack_request
 from .ring import Ring, RingClosed
@@ -182,21 +181,12 @@ class Dispatcher:
     def _collect(self, w: WorkerHandle) -> None:
         res = w.res
         call = self.loop.call_soon_threadsafe
-        closed = False
         try:
-            while not closed:
+            while True:
                 try:
-                    batch = [res.get(_unpack_raw)]
+                    batch = res.get_many(_unpack_raw, COLLECT_BATCH)
                 except RingClosed:
                     break
-                while len(batch) < COLLECT_BATCH:
-                    try:
-                        batch.append(res.get(_unpack_raw, timeout=0))
-                    except posix_ipc.BusyError:
-                        break
-                    except RingClosed:
-                        closed = True
-                        break
                 call(self._on_batch, w, batch)
         except Exception:
             # A record we cannot read means the ring is not what the layout says: trust nothing more

@@ -276,15 +276,19 @@ class Ring:
 
         Raises RingClosed (and posix_ipc.BusyError) like ``get`` when there is no first message. A close
         wake-up met while draining ends the batch and is put back, so the next call raises RingClosed.
+        (Counting ``fill`` cannot say how many messages wait: a fragmented message posts once per record.
+        Once a message has started, ``get`` waits for its remaining fragments, as it always does.)
         """
         get = self.get
         out = [get(decode, timeout)]
-        more = min(self.fill.value, limit - 1)  # counts only grow behind our back: these never block
-        try:
-            for _ in range(more):
-                out.append(get(decode, None))
-        except RingClosed:
-            self._fill_release()  # give the wake-up back for the next call
+        while len(out) < limit:
+            try:
+                out.append(get(decode, 0))
+            except posix_ipc.BusyError:
+                break
+            except RingClosed:
+                self._fill_release()  # give the wake-up back for the next call
+                break
         return out
 
     def get(self, decode: Callable[[Any], Any] = bytes, timeout: float | None = None) -> Any:
