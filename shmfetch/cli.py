@@ -141,7 +141,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         client.close()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not names.pid_alive(pid):
             break
         time.sleep(0.05)
     else:
@@ -149,22 +149,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"downloaded {final if final is not None else '?'} URLs")
     return EXIT_OK
-
-
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie: a daemon that has exited stays a zombie until its parent
-    (a shell, a supervisor, a test) reaps it, and kill(pid, 0) still succeeds on a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, and someone else's
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False  # /proc entry gone: it was reaped between the two checks
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ OFF_JCOUNTER = 80
 OFF_JWORKER = 88
 OFF_JCOUNTED = 96
 # worker slot fields
-S_PID, S_GEN, S_COUNTED, S_SERVED, S_BUSY = 0, 4, 8, 16, 24
+S_PID, S_GEN, S_COUNTED, S_BUSY = 0, 4, 8, 24  # offset 16: reserved (docs/RING.md)
 
 
 class Control:

@@ -155,6 +155,14 @@ class Master:
             return
         log.info("HTTP API listening on %s", listen)
 
+    def _stop_accepting(self) -> None:
+        """No new work from now on: new requests are refused and the listening sockets close."""
+        self.stopping = True
+        self.dispatcher.accepting = False
+        for front in (self.listener, self.http):
+            if front is not None:
+                front.stop_accepting()
+
     def _record_signal(self, sig: int) -> None:
         self.signals.append(sig)
         self.wake.set()
@@ -184,11 +192,7 @@ class Master:
                         signal.Signals(sig).name,
                         self.cfg.daemon.drain_timeout,
                     )
-                    self.stopping = True
-                    self.dispatcher.accepting = False
-                    self.listener.stop_accepting()
-                    if self.http is not None:
-                        self.http.stop_accepting()
+                    self._stop_accepting()
                     drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
                 else:
                     log.info("got %s during drain: stopping now", signal.Signals(sig).name)
@@ -337,12 +341,7 @@ class Master:
         d = self.dispatcher
         if d is None:
             return
-        self.stopping = True
-        d.accepting = False
-        if self.listener is not None:
-            self.listener.stop_accepting()
-        if self.http is not None:
-            self.http.stop_accepting()
+        self._stop_accepting()
         live = [w for w in d.workers if w is not None and w.alive]
         if self.forced or d.inflight():
             for w in live:

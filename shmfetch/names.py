@@ -23,13 +23,19 @@ def ring_name(master_pid: int, index: int, generation: int, kind: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie: a process that has exited stays a zombie until its parent
+    (a shell, a supervisor, a test) reaps it, and kill(pid, 0) still succeeds on a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # alive, and someone else's
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False  # /proc entry gone: it was reaped between the two checks
 
 
 def is_shmfetch(pid: int) -> bool:

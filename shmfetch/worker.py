@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from .config import Config
-from .control import S_BUSY, S_SERVED, Control
+from .control import S_BUSY, Control
 from .fetch import Fetcher, Outcome
 from .protocol import pack_result, unpack
 from .ring import Ring, RingClosed
@@ -59,7 +59,6 @@ class Worker:
         self._put_lock = threading.Lock()
         self._closing = False
         self._busy = 0
-        self._served = 0
 
     def run(self) -> None:
         threads = [
@@ -135,8 +134,6 @@ class Worker:
         )
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
-            self._served += 1
-            self.ctl.set_slot(self.index, S_SERVED, self._served)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:

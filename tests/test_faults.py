@@ -30,15 +30,6 @@ def _killer(d: Daemon, stop: threading.Event, every: float, log: list[int]) -> N
                 pass
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (orphans are reaped by init, which may take its time in a container)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_path, origin):
     n = 3000
     urls = [origin.url(f"/page/{i}") for i in range(n)]
@@ -94,9 +85,9 @@ def test_master_killed_with_sigkill_then_a_fresh_serve_starts_cleanly(tmp_path, 
         first.proc.kill()
         first.proc.wait(10)
         deadline = time.monotonic() + 2.0
-        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        while any(names.pid_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not any(_running(p) for p in workers), "workers outlived the master by 2 s"
+        assert not any(names.pid_alive(p) for p in workers), "workers outlived the master by 2 s"
         assert names.owned_by(first.pid), "expected the dead master's objects to be left behind"
         assert sock.exists()
         second = Daemon(cfg, sock)
