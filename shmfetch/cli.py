@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from . import config as config_mod
 from . import names
 from .client import Client, DaemonUnavailable, ProtocolError
+from .pidfile import running_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
@@ -109,15 +110,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config or DEFAULT_CONFIG)
-    try:
-        with open(cfg.daemon.pidfile) as fh:
-            pid = int(fh.read().strip())
-    except (OSError, ValueError):
-        print(f"shmfetch: no running daemon (cannot read pidfile {cfg.daemon.pidfile})", file=sys.stderr)
+    # Only the lock on the pidfile says a daemon is alive: the pid written there may have been reused.
+    pid = running_pid(cfg.daemon.pidfile)
+    if pid is None:
+        print(f"shmfetch: no running daemon (pidfile {cfg.daemon.pidfile} is not locked)", file=sys.stderr)
         return EXIT_USAGE
-    if not names.is_shmfetch(pid):
-        # A stale pidfile whose pid now belongs to another program: do not signal that program.
-        print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not a running shmfetch", file=sys.stderr)
+    if pid == 0:
+        print(
+            f"shmfetch: the daemon holding {cfg.daemon.pidfile} has not written its pid yet", file=sys.stderr
+        )
         return EXIT_USAGE
     grace = cfg.daemon.drain_timeout + 15
     # Register for the final count first, then signal: the daemon answers just before it closes.

@@ -27,6 +27,7 @@ from .config import Config
 from .control import S_BUSY, Control
 from .dispatch import Dispatcher, WorkerHandle
 from .listener import Listener
+from .pidfile import AlreadyRunning, PidFile
 from .ring import Ring
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Master:
         self.cfg = cfg
         self.pid = os.getpid()
         self.log_handler = log_handler
+        self.pidfile: PidFile | None = None
         self.ctl: Control | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
@@ -78,31 +80,34 @@ class Master:
     # -- start ----------------------------------------------------------------------------------------
 
     def check_not_running(self) -> None:
-        """Refuse to start over a live daemon; clear what dead ones left (socket, pidfile, shm)."""
-        d = self.cfg.daemon
-        owner = _read_pid(d.pidfile)
-        if owner and owner != self.pid and names.is_shmfetch(owner):
-            raise StartupError(f"shmfetch is already running as pid {owner} (pidfile {d.pidfile})")
-        if os.path.exists(d.socket):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(d.socket)
-            except OSError:
-                os.unlink(d.socket)  # nobody listens: a crashed daemon's leftover
-            else:
-                who = f"pid {owner}" if owner else "an unknown process"
-                raise StartupError(f"socket {d.socket} is in use by a live daemon ({who})")
-            finally:
-                probe.close()
-        for entry in names.remove_stale():
-            log.info("removed stale shared object /dev/shm/%s", entry)
+        """Take the pidfile lock, or refuse to start; then clear what dead daemons left (socket, shm).
 
-    def write_pidfile(self) -> None:
-        path = self.cfg.daemon.pidfile
-        tmp = f"{path}.{self.pid}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{self.pid}\n")
-        os.replace(tmp, path)
+        The lock comes first, so two ``serve`` on one config cannot both get past here.
+        """
+        d = self.cfg.daemon
+        try:
+            self.pidfile = PidFile.acquire(d.pidfile)
+        except AlreadyRunning as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"cannot create pidfile {d.pidfile}: {e.strerror}") from None
+        try:
+            if os.path.exists(d.socket):
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(d.socket)
+                except OSError:
+                    os.unlink(d.socket)  # nobody listens: a crashed daemon's leftover
+                else:
+                    raise StartupError(f"socket {d.socket} is in use by a live process")
+                finally:
+                    probe.close()
+        except BaseException:
+            self.pidfile.release()
+            self.pidfile = None
+            raise
+        for entry in names.remove_stale(me=self.pid):
+            log.info("removed stale shared object /dev/shm/%s", entry)
 
     async def run(self) -> int:
         _raise_fd_limit(self.cfg.daemon.max_connections + 64 * self.cfg.daemon.workers + 64)
@@ -130,7 +135,6 @@ class Master:
                 os.umask(old_umask)
             if self.cfg.http.listen:
                 await self._start_http()
-            self.write_pidfile()
             log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
             await self._main_loop()
         finally:
@@ -372,13 +376,10 @@ class Master:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
-        for path in (self.cfg.daemon.socket, self.cfg.daemon.pidfile):
-            if path == self.cfg.daemon.pidfile and _read_pid(path) != self.pid:
-                continue
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(self.cfg.daemon.socket)
+        except FileNotFoundError:
+            pass
         if self.ctl is not None and self.ctl.counter != d.ok_total:
             log.error("counter %d differs from ok results delivered %d", self.ctl.counter, d.ok_total)
 
@@ -386,6 +387,8 @@ class Master:
         if self.ctl is not None:
             self.ctl.close()
             self.ctl.unlink()
+        if self.pidfile is not None:
+            self.pidfile.release()
 
     # -- misc -----------------------------------------------------------------------------------------
 
@@ -442,14 +445,6 @@ def _raise_fd_limit(want: int) -> None:
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as fh:
-            return int(fh.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -1,7 +1,8 @@
 """Names of the POSIX objects a master creates, and removal of those left by masters that died.
 
-Every name carries the creating master's pid (docs/RING.md, "Objects and names"), so an object whose pid
-is no longer alive belongs to nobody and may be unlinked.
+Every name carries the creating master's pid (docs/RING.md, "Objects and names"). Ownership is judged by
+the pid alone, never by a command line: an object whose pid names no live process belongs to nobody and
+may be unlinked; an object whose pid is alive is left alone, whoever that process is.
 """
 
 from __future__ import annotations
@@ -38,15 +39,10 @@ def pid_alive(pid: int) -> bool:
         return False  # /proc entry gone: it was reaped between the two checks
 
 
-def is_shmfetch(pid: int) -> bool:
-    """Alive and a shmfetch process; guards against a recycled pid now used by something else."""
-    if not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return PREFIX.encode() in fh.read()
-    except OSError:
-        return True  # alive but unreadable: assume it is ours rather than delete live objects
+def owner_pid(entry: str) -> int | None:
+    """The creating pid in a /dev/shm entry's name, or None if it is not a shmfetch object."""
+    m = _OWNED.match(entry)
+    return int(m.group(1)) if m else None
 
 
 def owned_by(pid: int) -> list[str]:
@@ -55,19 +51,24 @@ def owned_by(pid: int) -> list[str]:
         entries = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return []
-    return sorted(e for e in entries if (m := _OWNED.match(e)) and int(m.group(1)) == pid)
+    return sorted(e for e in entries if owner_pid(e) == pid)
 
 
-def remove_stale() -> list[str]:
-    """Unlink the objects of every shmfetch master that is no longer alive. Returns what was removed."""
+def remove_stale(me: int | None = None) -> list[str]:
+    """Unlink the objects whose creating process is gone. Returns what was removed.
+
+    ``me`` is the calling master's pid: objects named with it are stale too, because a master calls this
+    before it creates anything, so they were left by an earlier process that had the same pid (pids are
+    reused, quickly so in containers).
+    """
     try:
         entries = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return []
     removed = []
     for entry in entries:
-        m = _OWNED.match(entry)
-        if m and not is_shmfetch(int(m.group(1))):
+        pid = owner_pid(entry)
+        if pid is not None and (pid == me or not pid_alive(pid)):
             try:
                 os.unlink(os.path.join(SHM_DIR, entry))
                 removed.append(entry)

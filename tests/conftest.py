@@ -1,37 +1,41 @@
-"""Shared fixtures. Every test must leave /dev/shm and the process table as it found them."""
+"""Shared fixtures. Every test must leave /dev/shm and the process table as it found them.
+
+The checks are hermetic: they look only at what this test run created (objects named with this process's
+pid or with the pid of a daemon the test started, and this process's own children), so the suite passes
+while other shmfetch daemons, or another copy of the suite, run on the same machine.
+"""
 
 from __future__ import annotations
 
+import multiprocessing.resource_tracker
 import os
+import re
 
 import pytest
 
 from shmfetch import names
 
+from . import helpers
 from .helpers import Origin
 
+# Test objects are named like the daemon's (shmfetch.PID.…), plus shmfetch_itest.PID.… for the C interop.
+_TEST_OWNED = re.compile(r"^(?:sem\.)?shmfetch[a-z_]*\.(\d+)\.")
 
-def _shm_entries() -> set[str]:
+
+def _ours() -> set[str]:
+    """/dev/shm entries created by this process or by a process a test of this run started."""
+    mine = helpers.started_pids | {os.getpid()}
     try:
-        return {e for e in os.listdir(names.SHM_DIR) if names.PREFIX in e}
+        entries = os.listdir(names.SHM_DIR)
     except FileNotFoundError:
         return set()
+    return {e for e in entries if (m := _TEST_OWNED.match(e)) and int(m.group(1)) in mine}
 
 
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    """Fail any test that leaves shmfetch segments/semaphores or child processes behind."""
-    before = _shm_entries()
-    yield
-    leaked = _shm_entries() - before
-    assert not leaked, f"test left shared objects behind: {sorted(leaked)}"
-    kids = _live_children()
-    assert not kids, f"test left child processes behind: {kids}"
-
-
-def _live_children() -> list[str]:
+def _live_children() -> dict[int, str]:
+    """This process's children that are still running (not zombies), with their command lines."""
     me = os.getpid()
-    out = []
+    out = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -40,11 +44,31 @@ def _live_children() -> list[str]:
                 fields = fh.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{d}/cmdline", "rb") as fh:
                 cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        except (OSError, IndexError):
             continue
-        if int(fields[1]) == me and fields[0] != "Z" and "shmfetch" in cmd:
-            out.append(f"{d}: {cmd}")
+        if int(fields[1]) == me and fields[0] not in ("Z", "X"):
+            out[int(d)] = cmd
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker():
+    # multiprocessing starts its resource tracker on first use and keeps it for the session; start it up
+    # front so that no test sees it appear as a child that test left behind.
+    multiprocessing.resource_tracker.ensure_running()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Fail any test that leaves its shared objects or child processes behind."""
+    before = _ours()
+    kids_before = set(_live_children())
+    yield
+    leaked = _ours() - before
+    assert not leaked, f"test left shared objects behind: {sorted(leaked)}"
+    kids = {p: c for p, c in _live_children().items() if p not in kids_before}
+    assert not kids, f"test left child processes behind: {kids}"
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,9 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Pids of every shmfetch process a test started (conftest's leftover check looks only at their objects).
+started_pids: set[int] = set()
+
 
 def page_text(i: int) -> str:
     """The text of the origin's ``/page/I``."""
@@ -66,6 +69,7 @@ class Daemon:
             text=True,
             cwd=REPO,
         )
+        started_pids.add(self.proc.pid)
         self.stdout = ""
         self.stderr = ""
         if wait:
@@ -168,15 +172,24 @@ def run_cli(
     *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess:
     """``python -m shmfetch ARGS`` run to its end (``serve`` only where it is expected to exit by itself)."""
-    return subprocess.run(
-        [sys.executable, "-m", "shmfetch", *args],
-        input=stdin,
-        capture_output=True,
+    argv = [sys.executable, "-m", "shmfetch", *args]
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         cwd=REPO,
         env=env,
-    )
+    ) as proc:
+        started_pids.add(proc.pid)
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def wait_for(

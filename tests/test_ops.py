@@ -111,7 +111,7 @@ def test_stop_refuses_a_stale_pidfile_naming_another_program(tmp_path):
     try:
         (tmp_path / "shmfetch.pid").write_text(f"{other.pid}\n")  # a recycled pid, as after a crash
         p = run_cli("stop", "-c", str(cfg))
-        assert p.returncode == 2 and "not a running shmfetch" in p.stderr
+        assert p.returncode == 2 and "no running daemon" in p.stderr
         assert other.poll() is None  # not signalled
     finally:
         other.kill()
