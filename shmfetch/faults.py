@@ -1,0 +1,57 @@
+"""Fault injection for the crash-point tests: kill this process at one named step of a protocol.
+
+A test sets ``SHMFETCH_FAULT=POINT[:N[:MARKER]]`` in the daemon's environment. Only a process that calls
+``arm_from_env()`` at start (the worker does) reads it, once; elsewhere, and whenever the variable is unset,
+``ACTIVE`` stays False and a fault site costs one attribute load and a branch:
+
+    if faults.ACTIVE:
+        faults.hit("ring.put.after_head")
+
+``hit(POINT)`` SIGKILLs the process on the N-th time (default 1) that POINT is reached. With MARKER (a file
+path), the fault fires only if it can create MARKER exclusively first, so it fires once per test across
+every worker and every respawned generation, instead of killing each new worker again.
+
+Point names are listed in docs/RING.md ("Crash points"); a site names its own point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "SHMFETCH_FAULT"
+
+ACTIVE = False
+_point = ""
+_left = 0
+_marker: str | None = None
+
+
+def arm_from_env() -> None:
+    """Read ``SHMFETCH_FAULT`` once. Call at process start, before any fault site can run."""
+    global ACTIVE, _point, _left, _marker
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    parts = spec.split(":", 2)
+    _point = parts[0]
+    _left = int(parts[1]) if len(parts) > 1 and parts[1] else 1
+    _marker = parts[2] if len(parts) > 2 and parts[2] else None
+    ACTIVE = True
+
+
+def hit(point: str) -> None:
+    """Die here, by SIGKILL, if this is the armed point and its count is reached."""
+    global _left, ACTIVE
+    if point != _point:
+        return
+    _left -= 1
+    if _left > 0:
+        return
+    ACTIVE = False
+    if _marker is not None:
+        try:
+            os.close(os.open(_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return  # already fired once in this test (another worker, or an earlier generation)
+    os.kill(os.getpid(), signal.SIGKILL)
