@@ -34,6 +34,7 @@ SLOTS_OFFSET = 128
 _HDR = struct.Struct("<8sIIII")  # magic, version, nworkers, master_pid, slot_stride
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_FLOCK = struct.Struct("hhqqi4x")  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
 OFF_COUNTER = 64
 LOCK_START, LOCK_LEN = 64, 8  # the byte range the fcntl lock covers: the counter
 OFF_JVALID = 76
@@ -152,6 +153,12 @@ class Control:
         finally:
             if got:
                 self._release()
+
+    def lock_holder(self) -> int | None:
+        """The pid of another process holding the lock now (the kernel's answer, F_GETLK), or None."""
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, LOCK_START, LOCK_LEN, 0)
+        l_type, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(self._fd, fcntl.F_GETLK, probe))
+        return None if l_type == fcntl.F_UNLCK else pid
 
     def _roll_back_half_done(self) -> None:
         # Under the lock a valid journal can only be a dead holder's: a live one clears it before releasing.

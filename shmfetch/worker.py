@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from . import faults
 from .config import Config
 from .control import S_BUSY, Control
 from .fetch import Fetcher
@@ -115,6 +116,8 @@ class Worker:
         except (TypeError, IndexError, KeyError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return
+        if faults.ACTIVE:
+            faults.hit("worker.after_take")
         self._set_busy(+1)
         try:
             out = fetcher.fetch(url) if isinstance(url, str) else Outcome(False, error="invalid_url")
@@ -125,6 +128,8 @@ class Worker:
         out_ms = (time.perf_counter() - t0) * 1000.0
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
+        if faults.ACTIVE:
+            faults.hit("worker.after_commit")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:
@@ -139,6 +144,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faults.arm_from_env()  # first: a crash-point test may aim at anything after this
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     _die_with_parent(spec["master_pid"])

@@ -130,9 +130,9 @@ def test_concurrent_incrementers_killed_at_random_count_exactly(ctl, seed):
     for slot in range(nslots):
         start(slot)
     kills = 0
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + 15.0
     try:
-        while time.monotonic() < deadline:
+        while kills < 40 and time.monotonic() < deadline:
             time.sleep(rnd.uniform(0.002, 0.03))
             slot = rnd.randrange(nslots)
             bury(slot)
@@ -141,5 +141,5 @@ def test_concurrent_incrementers_killed_at_random_count_exactly(ctl, seed):
     finally:
         for slot in list(procs):
             bury(slot)
-    assert kills > 20 and committed > kills
+    assert kills >= 10 and committed > kills
     assert ctl.counter == committed
