@@ -134,8 +134,9 @@ class Ring:
         per_full = -(-(frag + REC_HDR.size) // self.slot_size)
         return (nfrag - 1) * per_full + -(-(last + REC_HDR.size) // self.slot_size)
 
-    def put(self, payload: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
-        """Publish one message. Blocks (in the kernel) while the ring is full.
+    def put(self, payload: bytes | bytearray | memoryview, timeout: float | None = None) -> int:
+        """Publish one message and return its end position (``head`` after it). Blocks (in the kernel)
+        while the ring is full.
 
         With a timeout, raises posix_ipc.BusyError if a fragment could not get its slots in time; slots
         already taken for that fragment are given back, but earlier fragments stay published.
@@ -165,7 +166,7 @@ class Ring:
             self._head = head = head + k
             _pack_u64(mm, OFF_HEAD, head)
             self._fill_release()
-            return
+            return head
         mv = memoryview(payload).cast("B")
         n = len(mv)
         frag = self.max_fragment
@@ -175,7 +176,7 @@ class Ring:
             pos += len(chunk)
             self._put_record(chunk, FLAG_MORE if pos < n else 0, timeout)
             if pos >= n:
-                return
+                return self._head
 
     def _take_slots(self, k: int, timeout: float | None) -> None:
         """sem_wait(free) k times; on timeout give back the slots already taken."""
