@@ -16,6 +16,7 @@ import struct
 import posix_ipc
 
 from .ring import acquire
+from .segment import create_segment
 
 MAGIC = b"SHMFCTRL"
 VERSION = 1
@@ -49,11 +50,7 @@ class Control:
     @classmethod
     def create(cls, name: str, nworkers: int) -> Control:
         size = SLOTS_OFFSET + nworkers * SLOT_STRIDE
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
+        mm = create_segment(name, size)
         _HDR.pack_into(mm, 0, MAGIC, VERSION, nworkers, os.getpid(), SLOT_STRIDE)
         try:
             lock = posix_ipc.Semaphore(name + ".lock", posix_ipc.O_CREX, 0o600, 1)
