@@ -112,11 +112,11 @@ class Master:
     async def run(self) -> int:
         """Start the workers and serve until stopped. Whatever a start creates is removed if it fails."""
         try:
-            await self._start()
             try:
+                await self._start()
                 await self._main_loop()
             finally:
-                await self._teardown()
+                await self._teardown()  # reaps the workers a failed start had already spawned
             print(f"downloaded {self.ctl.counter} URLs", flush=True)
             return self.exit_code
         except StartupError as e:
