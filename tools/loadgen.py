@@ -562,8 +562,16 @@ class PrivateDaemon:
         with open(path, "w") as fh:
             for sec, kv in conf.items():
                 fh.write(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()))
+        # The checkout's shmfetch, the one loadgen itself imports, whether or not a copy is installed.
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", path], stdout=subprocess.DEVNULL, cwd=self.dir
+            [sys.executable, "-m", "shmfetch", "serve", "-c", path],
+            stdout=subprocess.DEVNULL,
+            cwd=self.dir,
+            env=env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
