@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import posix_ipc
 
 from . import faults
+from .segment import create_segment
 
 MAGIC = b"SHMFCTRL"
 VERSION = 2
@@ -62,15 +63,9 @@ class Control:
     @classmethod
     def create(cls, name: str, nworkers: int) -> Control:
         size = SLOTS_OFFSET + nworkers * SLOT_STRIDE
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        except BaseException:
-            shm.close_fd()
-            posix_ipc.unlink_shared_memory(name)
-            raise
+        mm, fd = create_segment(name, size, keep_fd=True)  # allocated in full: see segment.py
         _HDR.pack_into(mm, 0, MAGIC, VERSION, nworkers, os.getpid(), SLOT_STRIDE)
-        return cls(name, mm, shm.fd)
+        return cls(name, mm, fd)
 
     @classmethod
     def attach(cls, name: str) -> Control:

@@ -26,9 +26,10 @@ from . import names
 from .config import Config
 from .control import S_BUSY, Control
 from .dispatch import Dispatcher, WorkerHandle
-from .listener import Listener
+from .listener import Listener, SocketInUse, bind_exclusive
 from .pidfile import AlreadyRunning, PidFile
 from .ring import Ring
+from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
     from .http_api import HttpApi
@@ -62,6 +63,8 @@ class Master:
         self.pid = os.getpid()
         self.log_handler = log_handler
         self.pidfile: PidFile | None = None
+        self.sock: socket.socket | None = None  # the listening socket, bound by check_not_running
+        self._sock_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file at its path
         self.ctl: Control | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
@@ -84,9 +87,11 @@ class Master:
     # -- start ----------------------------------------------------------------------------------------
 
     def check_not_running(self) -> None:
-        """Take the pidfile lock, or refuse to start; then clear what dead daemons left (socket, shm).
+        """Claim this config, or refuse to start; then clear what dead daemons left in /dev/shm.
 
-        The lock comes first, so two ``serve`` on one config cannot both get past here.
+        The pidfile lock comes first, so two ``serve`` on one config cannot both get past here; then the
+        socket is bound without ever replacing a live one (``bind_exclusive``), so two configs that share
+        a socket path cannot both run either. A refusal gives back what was claimed before it.
         """
         d = self.cfg.daemon
         try:
@@ -94,33 +99,48 @@ class Master:
         except AlreadyRunning as e:
             raise StartupError(str(e)) from None
         except OSError as e:
-            raise StartupError(f"cannot create pidfile {d.pidfile}: {e.strerror}") from None
+            raise StartupError(f"cannot create pidfile {d.pidfile}: {e.strerror or e}") from None
         try:
-            if os.path.exists(d.socket):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(d.socket)
-                except OSError:
-                    os.unlink(d.socket)  # nobody listens: a crashed daemon's leftover
-                else:
-                    raise StartupError(f"socket {d.socket} is in use by a live process")
-                finally:
-                    probe.close()
-        except BaseException:
-            self.pidfile.release()
-            self.pidfile = None
-            raise
+            self.sock = bind_exclusive(d.socket)
+            st = os.stat(d.socket)
+            self._sock_id = (st.st_dev, st.st_ino)
+        except SocketInUse as e:
+            self._release_control()
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            self._release_control()
+            raise StartupError(f"cannot listen on {d.socket}: {e.strerror or e}") from None
         for entry in names.remove_stale(me=self.pid):
             log.info("removed stale shared object /dev/shm/%s", entry)
 
     async def run(self) -> int:
+        """Start the workers and serve until stopped. Whatever a start creates is removed if it fails."""
+        try:
+            try:
+                await self._start()
+                await self._main_loop()
+            finally:
+                await self._teardown()  # reaps the workers a failed start had already spawned
+            print(f"downloaded {self.ctl.counter} URLs", flush=True)
+            return self.exit_code
+        except StartupError as e:
+            log.error("cannot start: %s", e)
+            print(f"shmfetch: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            self._release_control()
+
+    async def _start(self) -> None:
         _raise_fd_limit(self.cfg.daemon.max_connections + 64 * self.cfg.daemon.workers + 64)
         loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         d = self.cfg.daemon
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             loop.add_signal_handler(sig, self._record_signal, sig)
-        self.ctl = Control.create(names.control_name(self.pid), d.workers)
+        try:
+            self.ctl = Control.create(names.control_name(self.pid), d.workers)
+        except SharedMemoryFull as e:
+            raise StartupError(str(e)) from None
         self.dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
         self.dispatcher.workers = [None] * d.workers
         self.dispatcher.on_idle = self.wake.set
@@ -129,23 +149,16 @@ class Master:
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
         )
+        # From here on a failure is cleaned up by _teardown (workers already up) and _release_control.
         try:
             for i in range(d.workers):
                 self.spawn(i)
-            old_umask = os.umask(0o177)  # the socket is created 0600
-            try:
-                await self.listener.start(d.socket)
-            finally:
-                os.umask(old_umask)
-            if self.cfg.http.listen:
-                await self._start_http()
-            log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
-            await self._main_loop()
-        finally:
-            await self._teardown()
-        print(f"downloaded {self.ctl.counter} URLs", flush=True)
-        self._release_control()
-        return self.exit_code
+        except SharedMemoryFull as e:
+            raise StartupError(str(e)) from None
+        await self.listener.start(self.sock)
+        if self.cfg.http.listen:
+            await self._start_http()
+        log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
     async def _start_http(self) -> None:
         d, listen = self.cfg.daemon, self.cfg.http.listen
@@ -214,33 +227,73 @@ class Master:
     # -- workers --------------------------------------------------------------------------------------
 
     def spawn(self, index: int) -> None:
+        """Start worker ``index`` on new rings (next generation). On any failure, nothing it made is left."""
         r = self.cfg.ring
         self.generations[index] += 1
         gen = self.generations[index]
-        req = Ring.create(names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size)
-        res = Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
-        w = WorkerHandle(index, gen, req, res)
-        self.ctl.init_slot(index, 0, gen)
-        spec = {
-            "index": index,
-            "generation": gen,
-            "master_pid": self.pid,
-            "req": req.name,
-            "res": res.name,
-            "ctl": self.ctl.name,
-            "config": self.cfg.to_dict(),
-        }
-        argv = [sys.executable, "-m", "shmfetch.worker", json.dumps(spec)]
-        w.pid = os.posix_spawn(sys.executable, argv, WORKER_ENV)
+        rings: list[Ring] = []
+        pid = None
+        try:
+            rings.append(
+                Ring.create(
+                    names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size
+                )
+            )
+            rings.append(
+                Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
+            )
+            w = WorkerHandle(index, gen, rings[0], rings[1])
+            self.ctl.init_slot(index, 0, gen)
+            pid = self._start_worker_process(w)
+            self.dispatcher.start_collector(w)
+        except BaseException:
+            if pid is not None:
+                _kill(pid, signal.SIGKILL)  # reaped by reap(), which ignores pids it does not know
+            for ring in rings:
+                ring.close()
+                ring.unlink()
+            raise
+        w.pid = pid
         w.alive = True
         self.ctl.init_slot(index, w.pid, gen)
         self.by_pid[w.pid] = w
         self.dispatcher.workers[index] = w
-        self.dispatcher.start_collector(w)
         # "started" on every spawn (tests and log greps count those); a respawn says so as well.
         again = f" (respawned, restart {self.restarts[index]})" if gen > 1 else ""
         log.info("worker %d started: pid %d, generation %d%s", index, w.pid, gen, again)
         self.dispatcher.pump()
+
+    def _start_worker_process(self, w: WorkerHandle) -> int:
+        """``python -m shmfetch.worker INDEX``, its spec (ring names, config) as JSON on its stdin.
+
+        Not on the command line, where ``ps`` would show the whole config. The pipe is written in full and
+        closed before the spawn (a config is a few KiB; a pipe holds 64 KiB), so nothing here can block.
+        """
+        spec = {
+            "index": w.index,
+            "generation": w.generation,
+            "master_pid": self.pid,
+            "req": w.req.name,
+            "res": w.res.name,
+            "ctl": self.ctl.name,
+            "config": self.cfg.to_dict(),
+        }
+        data = json.dumps(spec).encode()
+        rfd, wfd = os.pipe()
+        try:
+            os.set_blocking(wfd, False)
+            if os.write(wfd, data) != len(data):
+                raise OSError(errno.EMSGSIZE, f"worker spec of {len(data)} bytes does not fit in a pipe")
+            os.close(wfd)
+            wfd = -1
+            argv = [sys.executable, "-m", "shmfetch.worker", str(w.index)]
+            return os.posix_spawn(
+                sys.executable, argv, WORKER_ENV, file_actions=[(os.POSIX_SPAWN_DUP2, rfd, 0)]
+            )
+        finally:
+            os.close(rfd)
+            if wfd >= 0:
+                os.close(wfd)
 
     def reap(self) -> None:
         """Collect every dead child without blocking, and start the burial of each worker among them."""
@@ -314,21 +367,23 @@ class Master:
 
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
-        lived = time.monotonic() - w.started
-        # A worker that exits by itself, early, having served nothing, failed to boot (bad install,
-        # cannot attach). One killed by a signal did not: a kill storm must not look like a boot loop.
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and w.served == 0:
+        if _is_boot_failure(status, time.monotonic() - w.started, w.served):
             self.boot_failures[i] += 1
         else:
             self.boot_failures[i] = 0
+        self._schedule_respawn(i, _describe_status(status))
+
+    def _schedule_respawn(self, i: int, last: str) -> None:
+        """Respawn worker ``i`` after the boot-failure backoff, or stop (exit 3) after too many failures."""
         if self.boot_failures[i] >= MAX_BOOT_FAILURES:
             log.error(
                 "worker %d failed to boot %d times in a row (last: %s); shutting down",
                 i,
                 self.boot_failures[i],
-                _describe_status(status),
+                last,
             )
             self.exit_code = EXIT_WORKER_BOOT
+            self.wake.set()
             return
         delay = 0.0 if self.boot_failures[i] == 0 else min(5.0, 0.1 * 2 ** self.boot_failures[i])
         self.restarts[i] += 1
@@ -339,10 +394,10 @@ class Master:
             return
         try:
             self.spawn(index)
-        except OSError as e:
+        except Exception as e:  # whatever it was, spawn left nothing behind: try again later
             log.error("cannot respawn worker %d: %s", index, e)
-            self.exit_code = EXIT_WORKER_BOOT
-            self.wake.set()
+            self.boot_failures[index] += 1
+            self._schedule_respawn(index, f"cannot respawn: {e}")
 
     def _arm_watchdog(self) -> None:
         """Check for hung workers only while some worker has work: an idle daemon keeps no timer."""
@@ -447,11 +502,24 @@ class Master:
             )
 
     def _release_control(self) -> None:
+        """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
+        (last, so that the next daemon starts only once everything of ours is gone). Safe to call twice."""
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                st = os.stat(self.cfg.daemon.socket)
+                if (st.st_dev, st.st_ino) == self._sock_id:
+                    os.unlink(self.cfg.daemon.socket)
+            except FileNotFoundError:
+                pass
+            self.sock = None
         if self.ctl is not None:
             self.ctl.close()
             self.ctl.unlink()
+            self.ctl = None
         if self.pidfile is not None:
             self.pidfile.release()
+            self.pidfile = None
 
     # -- misc -----------------------------------------------------------------------------------------
 
@@ -527,6 +595,16 @@ def _wait_any() -> tuple[int, int] | None:
     except ChildProcessError:
         return None
     return (pid, status) if pid else None
+
+
+def _is_boot_failure(status: int, lived: float, served: int) -> bool:
+    """A worker that exits by itself, early, having served nothing, failed to boot (bad install, cannot
+    attach). One killed by a signal did not: a kill storm must not look like a boot loop. Except SIGBUS,
+    at any age: it is what touching shared memory that /dev/shm cannot back gives, and a new worker on new
+    rings would meet the same full /dev/shm."""
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+        return True
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and served == 0
 
 
 def _describe_status(status: int) -> str:
