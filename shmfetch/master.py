@@ -490,10 +490,6 @@ class Master:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
-        try:
-            os.unlink(self.cfg.daemon.socket)
-        except FileNotFoundError:
-            pass
 
     def _check_count(self) -> None:
         if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
