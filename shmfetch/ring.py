@@ -50,6 +50,12 @@ OFF_PRODUCER_SLEEPING = 196
 _Q_HEAD, _Q_TAIL = OFF_HEAD // 8, OFF_TAIL // 8
 _I_FLAGS, _I_CSLEEP, _I_PSLEEP = OFF_FLAGS // 4, OFF_CONSUMER_SLEEPING // 4, OFF_PRODUCER_SLEEPING // 4
 
+# Re-checks, each after sched_yield (which releases the GIL and lets any runnable thread have this CPU),
+# before a side sleeps in the kernel: a stream where the consumer keeps up then costs no wake-up per
+# record. Measured in docs/BENCHMARKS.md; Ring.spin overrides it per ring (0: sleep at once).
+SPIN = 8
+_yield = os.sched_yield
+
 if sys.byteorder != "little":  # the views are native-endian; the layout is little-endian
     raise ImportError("shmfetch.ring implements a little-endian layout and has no byte-swapping path")
 
@@ -74,21 +80,16 @@ def acquire(sem: posix_ipc.Semaphore, timeout: float | None = None) -> None:
             continue
 
 
-def _full_fence() -> Callable[[], None]:
-    """A full memory barrier callable from Python: acquire and release a private, uncontended lock.
+def _full_fence() -> tuple[Callable[..., Any], Callable[[], None]]:
+    """A full memory barrier for Python code: acquire and release a private, uncontended lock.
 
-    CPython 3.11 implements ``threading.Lock`` with a POSIX semaphore; glibc's ``sem_trywait`` and
-    ``sem_post`` are atomic read-modify-writes, which on x86-64 are ``lock``-prefixed instructions, and a
-    locked instruction orders every earlier store before every later load (docs/RING.md, "Fences").
+    CPython 3.11 implements ``threading.Lock`` with a POSIX semaphore (3.13: an atomic byte); glibc's
+    ``sem_trywait`` and ``sem_post`` are atomic read-modify-writes, which on x86-64 are ``lock``-prefixed
+    instructions, and a locked instruction orders every earlier store before every later load
+    (docs/RING.md, "Fences"). Returned as the two bound methods, called back to back on the hot path.
     """
     lock = threading.Lock()
-    take, give = lock.acquire, lock.release
-
-    def fence() -> None:
-        take()
-        give()
-
-    return fence
+    return lock.acquire, lock.release
 
 
 class Ring:
@@ -121,7 +122,13 @@ class Ring:
         self._head = self._head_published = self._head_seen = self._u64[_Q_HEAD]
         self._tail = self._tail_published = self._tail_seen = self._u64[_Q_TAIL]
         self._partial: bytearray | None = None
-        self._fence = _full_fence()
+        self._fence_take, self._fence_give = _full_fence()
+        # The producer sleeps until a quarter of the ring is free, and the consumer wakes it only then:
+        # one wake-up per quarter ring, not one per record, when the consumer is the slower side. Any one
+        # record fits in a quarter (k <= nslots / 4, see max_fragment), so that is always enough room.
+        self._wake_free = max(1, self.nslots // 4)
+        self._need_tail = 0  # producer, while waiting: the tail that makes room for its record
+        self.spin = SPIN
         # Hot-path constants, computed once (put/get run once per request and per result).
         self._end = HEADER_SIZE + self._data_bytes  # first byte after the data area
         self._k_round = REC_HDR.size + self.slot_size - 1  # k = (n + _k_round) >> _shift
@@ -255,12 +262,17 @@ class Ring:
         return head
 
     def _publish(self, head: int) -> None:
-        """Store ``head``, then wake the consumer if it announced it sleeps (docs/RING.md)."""
+        """Store ``head``; then, after a full fence, wake the consumer if it announced it sleeps."""
         self._u64[_Q_HEAD] = head
         self._head_published = head
         if faults.ACTIVE:
             faults.hit("ring.put.after_head")
-        self._wake(_I_CSLEEP, self.fill)
+        self._fence_take()  # the head store above before the load of consumer_sleeping below
+        self._fence_give()
+        words = self._u32
+        if words[_I_CSLEEP]:
+            words[_I_CSLEEP] = 0  # one post per announced sleep, not one per record
+            self.fill.release()
         if faults.ACTIVE:
             faults.hit("ring.put.after_post")
 
@@ -269,15 +281,15 @@ class Ring:
         wrote and has not published is published first: the consumer may need it to make room."""
         if self._head != self._head_published:
             self._publish(self._head)
-
-        def room() -> bool:
-            closed = self._u32[_I_FLAGS] & RING_CLOSED
-            self._tail_seen = self._u64[_Q_TAIL]
-            return self._tail_seen >= need_tail or bool(closed)
-
-        self._wait(room, _I_PSLEEP, self.free, timeout)
+        self._need_tail = need_tail
+        self._wait(self._room, _I_PSLEEP, self.free, timeout)
         if self._tail_seen < need_tail:
             raise RingClosed(self.name)
+
+    def _room(self) -> bool:
+        closed = self._u32[_I_FLAGS] & RING_CLOSED
+        self._tail_seen = self._u64[_Q_TAIL]
+        return self._tail_seen >= self._need_tail or bool(closed)
 
     # -- consumer -------------------------------------------------------------------------------------
 
@@ -370,48 +382,60 @@ class Ring:
         return decode(buf)
 
     def _release(self) -> None:
-        """Publish the private ``tail``, then wake the producer if it announced it sleeps."""
+        """Store ``tail``; then, after a full fence, wake the producer if it announced it sleeps and a
+        quarter of the ring is free (the producer's own re-check before sleeping asks for no more)."""
         if faults.ACTIVE:
             faults.hit("ring.get.after_read")
-        self._u64[_Q_TAIL] = self._tail
-        self._tail_published = self._tail
+        tail = self._tail
+        self._u64[_Q_TAIL] = tail
+        self._tail_published = tail
         if faults.ACTIVE:
             faults.hit("ring.get.after_tail")
-        self._wake(_I_PSLEEP, self.free)
+        self._fence_take()  # the tail store above before the load of producer_sleeping below
+        self._fence_give()
+        words = self._u32
+        if words[_I_PSLEEP] and self.nslots - (self._u64[_Q_HEAD] - tail) >= self._wake_free:
+            words[_I_PSLEEP] = 0
+            self.free.release()
 
     def _wait_data(self, timeout: float | None) -> None:
         """Consumer: wait until ``head`` moves past the private ``tail``; RingClosed if the ring is closed
         and there is nothing left (a partly received message is dropped then: it was never committed)."""
         if self._tail != self._tail_published:
             self._release()  # a producer may be waiting for these slots to finish a message
-
-        def readable() -> bool:
-            closed = self._u32[_I_FLAGS] & RING_CLOSED  # flags before head: CLOSED follows the last head
-            self._head_seen = self._u64[_Q_HEAD]
-            return self._head_seen != self._tail or bool(closed)
-
-        self._wait(readable, _I_CSLEEP, self.fill, timeout)
+        self._wait(self._readable, _I_CSLEEP, self.fill, timeout)
         if self._head_seen == self._tail:
             self._partial = None
             raise RingClosed(self.name)
 
-    # -- sleeping and waking (docs/RING.md, "Sleeping and waking") --------------------------------------
+    def _readable(self) -> bool:
+        closed = self._u32[_I_FLAGS] & RING_CLOSED  # flags before head: CLOSED follows the last head
+        self._head_seen = self._u64[_Q_HEAD]
+        return self._head_seen != self._tail or bool(closed)
+
+    # -- sleeping (docs/RING.md, "Sleeping and waking") ---------------------------------------------------
 
     def _wait(
         self, ready: Callable[[], bool], sleeping: int, sem: posix_ipc.Semaphore, timeout: float | None
     ) -> None:
-        """Return once ``ready()`` (which loads the other side's position); otherwise announce in our
-        ``sleeping`` word, fence, re-check, and sleep on ``sem``. posix_ipc.BusyError after ``timeout``."""
+        """Return once ``ready()`` (which loads the other side's position). Otherwise re-check up to
+        ``spin`` times, yielding the CPU (and the GIL) between checks; then announce in our ``sleeping``
+        word, fence, re-check, and sleep on ``sem``. posix_ipc.BusyError after ``timeout``."""
         if ready():
             return
         if timeout is not None and timeout <= 0:
             raise posix_ipc.BusyError(f"{self.name}: would wait")
+        for _ in range(self.spin):
+            _yield()
+            if ready():
+                return
         deadline = None if timeout is None else time.monotonic() + timeout
         words = self._u32
         try:
             while True:
                 words[sleeping] = 1
-                self._fence()  # our sleeping word before our re-load of the other side's position
+                self._fence_take()  # the sleeping store above before ready()'s loads below
+                self._fence_give()
                 if ready():
                     return
                 left = None if deadline is None else deadline - time.monotonic()
@@ -426,14 +450,6 @@ class Ring:
         finally:
             words[sleeping] = 0
 
-    def _wake(self, sleeping: int, sem: posix_ipc.Semaphore) -> None:
-        """After our position store: fence, and post ``sem`` if the other side announced it sleeps."""
-        self._fence()  # our position store before our load of the other side's sleeping word
-        words = self._u32
-        if words[sleeping]:
-            words[sleeping] = 0  # one post per announced sleep, not one per record
-            sem.release()
-
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def close_wake(self) -> None:
@@ -441,7 +457,8 @@ class Ring:
         a producer waiting for room raises RingClosed. Stale wake-ups only cost the woken side a re-check.
         """
         self._u32[_I_FLAGS] |= RING_CLOSED
-        self._fence()
+        self._fence_take()
+        self._fence_give()
         self.fill.release()
         self.free.release()
 
