@@ -6,7 +6,8 @@
 Python part: a producer process packs ``[ticket, url, None]`` (exactly 64 bytes of msgpack) and sends it;
 a consumer process receives it and unpacks it, over
 
-* shmfetch.ring (semaphore mode, the daemon's request-ring geometry 1024 x 256 B),
+* shmfetch.ring, ``put``/``get`` one record per call (protocol v2, the daemon's request-ring geometry
+  1024 x 256 B),
 * multiprocessing.Queue (bytes put/get),
 * multiprocessing.Pipe (send_bytes/recv_bytes).
 
@@ -15,8 +16,8 @@ between processes). Transports take turns within each repetition so that machine
 alike; the figure reported is the median over repetitions, and ratios are between medians of this run.
 
 Native part: builds native_bench with make and runs ``native_bench/build/ring_bench`` (see its header).
-Targets: P3 ring >= 3x Queue and >= 1.5x Pipe; P4 C ring >= 10 M records/s at 64 B and batched >= 2x
-semaphore mode.
+Targets (issue 9): Python ring >= 3x Queue and >= 1.5x Pipe; C ring (the daemon's protocol v2) >= 10 M
+records/s at 64 B, idle round trip p50 <= 10 us.
 """
 
 from __future__ import annotations
