@@ -52,9 +52,9 @@ _Q_HEAD, _Q_TAIL = OFF_HEAD // 8, OFF_TAIL // 8
 _I_FLAGS, _I_CSLEEP, _I_PSLEEP = OFF_FLAGS // 4, OFF_CONSUMER_SLEEPING // 4, OFF_PRODUCER_SLEEPING // 4
 
 # Re-checks, each after sched_yield (which releases the GIL and lets any runnable thread have this CPU),
-# before a side sleeps in the kernel: a stream where the consumer keeps up then costs no wake-up per
-# record. Measured in docs/BENCHMARKS.md; Ring.spin overrides it per ring (0: sleep at once).
-SPIN = 8
+# before a side sleeps in the kernel. Off: on this 2-core machine it bought nothing (docs/BENCHMARKS.md,
+# `tools/bench_ipc.py --spin N`); Ring.spin overrides it per ring.
+SPIN = 0
 _yield = os.sched_yield
 
 if sys.byteorder != "little":  # the views are native-endian; the layout is little-endian

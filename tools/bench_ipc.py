@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+import shmfetch.ring
 from shmfetch.ring import Ring, RingClosed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported (default 5)")
     ap.add_argument("--seconds", type=float, default=0.3, help="seconds per native run (default 0.3)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument(
+        "--spin", type=int, default=None, help="Ring.spin for the Python ring (default: shmfetch.ring.SPIN)"
+    )
     ap.add_argument("--no-native", action="store_true", help="skip the C table")
     ap.add_argument(
         "--transports",
@@ -315,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     if a.micro:
-        import shmfetch.ring as current
-
+        current = shmfetch.ring
         old = ring_at(a.micro)
         res = {}
         for _ in range(3):  # alternate, so that machine noise hits both alike
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<14} {p:>8.2f} {g:>15.2f}")
         return 0
 
+    if a.spin is not None:
+        shmfetch.ring.SPIN = a.spin  # before the consumers fork: both ends read it when they attach
     py = python_table(a.records, a.reps, a.transports.split(","))
     native = None if a.no_native else native_table(a.reps, a.seconds, a.json)
     if a.json:
