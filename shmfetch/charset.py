@@ -139,7 +139,7 @@ def detect(body: bytes) -> str:
         return FALLBACK
 
 
-def choose(body: bytes, http_charset: str | None, markup: bool = True) -> tuple[str, int]:
+def choose(body: bytes | bytearray, http_charset: str | None, markup: bool = True) -> tuple[str, int]:
     """(codec, number of leading BOM bytes to skip) for ``body``."""
     b = bom(body)
     if b:
@@ -158,8 +158,13 @@ def choose(body: bytes, http_charset: str | None, markup: bool = True) -> tuple[
     return detect(body), 0
 
 
-def decode(body: bytes, http_charset: str | None = None, markup: bool = True) -> tuple[str, str]:
+def decode(body: bytes | bytearray, http_charset: str | None = None, markup: bool = True) -> tuple[str, str]:
     """(text, codec used). Never raises for any input bytes."""
     enc, skip = choose(body, http_charset, markup)
+    return decode_as(body, enc, skip), enc
+
+
+def decode_as(body: bytes | bytearray, enc: str, skip: int = 0) -> str:
+    """``body`` without its first ``skip`` bytes, decoded with codec ``enc``. Never raises for any bytes."""
     # str() reads any buffer: no copy of a multi-MB body just to drop a BOM (or to get bytes).
-    return str(memoryview(body)[skip:] if skip else body, enc, "replace"), enc
+    return str(memoryview(body)[skip:] if skip else body, enc, "replace")

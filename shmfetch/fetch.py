@@ -544,16 +544,17 @@ class Fetcher:
         return Outcome(True, status, url, ctype, text)
 
     def _extract(
-        self, body: bytes, http_charset: str | None, kind: str
+        self, body: bytes | bytearray, http_charset: str | None, kind: str
     ) -> tuple[str, tuple[str, str] | None]:
         try:
-            text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
             if kind == "html":
-                text = html_to_text(text_in, self.cfg.noscript)
-            elif kind == "xml":
-                text = xml_to_text(text_in)
+                # The bytes go to the parser as they are (no str copy, no re-encoding) when they are UTF-8.
+                enc, skip = charset.choose(body, http_charset)
+                text = html_to_text(body[skip:] if skip else body, self.cfg.noscript, encoding=enc)
             else:
-                text = text_in
+                text, _enc = charset.decode(body, http_charset, markup=kind != "text")
+                if kind == "xml":
+                    text = xml_to_text(text)
         except (ValueError, LookupError) as e:
             return "", ("decode_error", f"cannot decode or parse the body: {e}")
         return text, None
