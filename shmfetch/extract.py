@@ -13,13 +13,20 @@ Rules (docs/FETCH.md has the full list and the reasons):
   elsewhere runs of whitespace collapse to one space and lines are stripped;
 * entities are decoded; ``&nbsp;`` becomes a plain space and collapses like one.
 
-How: lxml parses into a tree in C; a small XSLT stylesheet (libxslt, also C) drops the unwanted elements
-and writes the text with marker characters (Unicode noncharacters, which we strip from the input) where
-blocks, cells and <pre> whitespace are; one Python pass turns markers into newlines and tabs. No Python
-code runs per element, which made it the fastest of the designs we measured (markers set from Python,
-a Python tree walk, an lxml parser target; tools/bench_extract.py, numbers in docs/FETCH.md). libxml2 refuses
-documents nested deeper than 2048 levels and silently drops the rest, so for those we fall back to the
-standard library's streaming html.parser, which applies the same rules without building a tree.
+How, in two steps so that other passes can share the tree (parse once):
+
+* ``parse_html(body, encoding)``: lxml parses the body bytes into a tree in C. UTF-8 bytes (most of the
+  web) go to libxml2 as they are, with control bytes deleted; other encodings are decoded with the codec
+  shmfetch.charset chose and handed over as UTF-8.
+* ``tree_to_text(root)``: a small XSLT stylesheet (libxslt, also C) drops the unwanted elements and writes
+  the text with marker characters (Unicode noncharacters, which we strip from the input) where blocks,
+  cells and <pre> whitespace are; whole-string passes turn markers into newlines and tabs.
+
+No Python code runs per element or per line, which made it the fastest of the designs we measured
+(markers set from Python, a Python tree walk, an lxml parser target; tools/bench_extract.py, numbers in
+docs/FETCH.md). libxml2 refuses documents nested deeper than 2048 levels and silently drops the rest
+(``parse_html`` raises TooDeep), so for those ``html_to_text`` falls back to the standard library's
+streaming html.parser, which applies the same rules without building a tree.
 """
 
 from __future__ import annotations
