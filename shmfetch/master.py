@@ -31,6 +31,7 @@ from .pidfile import AlreadyRunning, PidFile
 from .ring import Ring
 
 if TYPE_CHECKING:
+    from .cluster.intake import ClusterIntake
     from .http_api import HttpApi
 
 log = logging.getLogger("shmfetch.master")
@@ -63,6 +64,7 @@ class Master:
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
+        self.cluster: ClusterIntake | None = None  # the optional Redis Streams intake ([cluster] redis)
         self.by_pid: dict[int, WorkerHandle] = {}
         self.generations = [0] * cfg.daemon.workers
         self.restarts = [0] * cfg.daemon.workers
@@ -135,6 +137,8 @@ class Master:
                 os.umask(old_umask)
             if self.cfg.http.listen:
                 await self._start_http()
+            if self.cfg.cluster.redis:
+                self._start_cluster()
             log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
             await self._main_loop()
         finally:
@@ -159,11 +163,18 @@ class Master:
             return
         log.info("HTTP API listening on %s", listen)
 
+    def _start_cluster(self) -> None:
+        from .cluster.intake import ClusterIntake  # imported only when configured
+        from .cluster.streams import claim_idle
+
+        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg))
+        self.cluster.start()
+
     def _stop_accepting(self) -> None:
         """No new work from now on: new requests are refused and the listening sockets close."""
         self.stopping = True
         self.dispatcher.accepting = False
-        for front in (self.listener, self.http):
+        for front in (self.listener, self.http, self.cluster):
             if front is not None:
                 front.stop_accepting()
 
@@ -370,6 +381,8 @@ class Master:
             await asyncio.gather(*list(self._tasks))
         if n := d.fail_all("shutting_down"):
             log.warning("answered %d unfinished request(s) with shutting_down", n)
+        if self.cluster is not None:  # commit the results of finished jobs before the final count
+            await self.cluster.close(self.cfg.daemon.drain_timeout)
         if self.listener is not None:
             for conn, req_id in self.listener.exit_waiters:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
@@ -436,6 +449,7 @@ class Master:
             "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
             "workers": workers,
+            "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
 
