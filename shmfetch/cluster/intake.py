@@ -44,6 +44,7 @@ log = logging.getLogger("shmfetch.cluster")
 BLOCK_MS = 2000
 COMMIT_BATCH = 256
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
+CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
 RELEASE_CODES = ("shutting_down", "overloaded")  # answers that leave the job to another daemon
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -238,6 +239,7 @@ class ClusterIntake:
         if not frame.get("ok") and frame.get("error") in RELEASE_CODES:
             self.held.pop(sink.entry, None)
             self.counts["released"] += 1
+            self._capacity.set()
             return
         self.backlog.append((sink, frame))
         self._results.set()
@@ -267,11 +269,12 @@ class ClusterIntake:
 
     async def _commit_call(self, client: Any, sink: StreamSink, frame: dict[str, Any], dead: bool) -> Any:
         jobs, results, total, dead_key = self.keys
-        fields = streams.result_fields(sink.entry, sink.job_id, frame)
-        fields += ["consumer", self.consumer]
+        fields = streams.result_fields(sink.entry, sink.job_id, self.consumer, frame)
         args = [self.cfg.group, self.consumer, sink.entry, self.cfg.results_maxlen]
         args += ["1" if frame.get("ok") else "0", "1" if dead else "0", *fields]
-        return await self._commit(keys=[jobs, sink.reply_to or results, total, dead_key], args=args, client=client)
+        return await self._commit(
+            keys=[jobs, sink.reply_to or results, total, dead_key], args=args, client=client
+        )
 
     def _committed(self, sink: StreamSink, frame: dict[str, Any], reply: Any) -> None:
         if isinstance(reply, ResponseError):
@@ -327,7 +330,10 @@ class ClusterIntake:
         """Take over entries idle longer than ``claim_idle``: their consumer died or stopped."""
         cursor: Any = "0-0"
         for _ in range(CLAIM_ROUNDS):
-            free = self.free_capacity()
+            # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
+            # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
+            d = self.dispatcher
+            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - len(d.pending)))
             if free <= 0:
                 return
             reply = await self.redis.execute_command(

@@ -9,8 +9,8 @@ Keys (``[cluster]`` in the config; the defaults in brackets):
     cluster total    <jobs>:ok            INCR'ed with every ok result, in the step that acks the job
 
 A result entry has the fields of the JSON Lines output (``protocol.RESULT_FIELDS``) plus ``job`` (the
-jobs-stream entry id) and ``id`` (the client's job id, when it gave one). A field whose value is None is
-left out; booleans are ``1``/``0``.
+jobs-stream entry id), ``id`` (the client's job id, when it gave one) and ``consumer`` (host:pid of the
+daemon that committed it). A field whose value is None is left out; booleans are ``1``/``0``.
 
 Exactly one result per job: ``COMMIT`` below stores the result, acks the job and counts it in one
 script, and only if the entry is still in the group's pending list *under the committing consumer*. A
@@ -160,9 +160,9 @@ _INT_FIELDS = {"status", "worker"}
 _FLOAT_FIELDS = {"elapsed_ms"}
 
 
-def result_fields(job: str, job_id: str | None, frame: dict[str, Any]) -> list[str]:
+def result_fields(job: str, job_id: str | None, consumer: str, frame: dict[str, Any]) -> list[str]:
     """A result frame (the dispatcher's, with str values) as the flat field list of a results entry."""
-    out = ["job", job]
+    out = ["job", job, "consumer", consumer]
     if job_id is not None:
         out += ["id", job_id]
     for name in RESULT_FIELDS:
@@ -176,9 +176,10 @@ def result_fields(job: str, job_id: str | None, frame: dict[str, Any]) -> list[s
 
 
 def parse_result(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """A results entry as the dict of the JSON Lines output, plus ``job`` and ``id`` (None when absent)."""
+    """A results entry as the dict of the JSON Lines output, plus ``job``, ``id`` and ``consumer`` (the
+    daemon that committed it; None when absent)."""
     f = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
-    out: dict[str, Any] = {"job": f.get("job"), "id": f.get("id")}
+    out: dict[str, Any] = {"job": f.get("job"), "id": f.get("id"), "consumer": f.get("consumer")}
     for name in RESULT_FIELDS:
         v = f.get(name)
         if v is not None:
