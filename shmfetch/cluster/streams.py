@@ -8,9 +8,9 @@ Keys (``[cluster]`` in the config; the defaults in brackets):
     dead letters     <jobs>:dead          jobs delivered more than ``max_deliveries`` times
     cluster total    <jobs>:ok            INCR'ed with every ok result, in the step that acks the job
 
-A result entry has the fields of the JSON Lines output (``protocol.RESULT_FIELDS``) plus ``job`` (the
-jobs-stream entry id), ``id`` (the client's job id, when it gave one) and ``consumer`` (host:pid of the
-daemon that committed it). A field whose value is None is left out; booleans are ``1``/``0``.
+A result entry has the fields of the JSON Lines output (``protocol.RESULT_FIELDS``), each as JSON, plus
+``job`` (the jobs-stream entry id), ``id`` (the client's job id, when it gave one) and ``consumer``
+(host:pid of the daemon that committed it).
 
 Exactly one result per job: ``COMMIT`` below stores the result, acks the job and counts it in one
 script, and only if the entry is still in the group's pending list *under the committing consumer*. A
@@ -20,6 +20,7 @@ its result; a commit retried after a lost reply finds the entry acked and also g
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.parse
@@ -155,43 +156,29 @@ def reply_key(fields: dict[bytes, bytes] | None) -> str | None:
 
 # -- results ----------------------------------------------------------------------------------------------
 
-_BOOL_FIELDS = {"ok"}
-_INT_FIELDS = {"status", "worker"}
-_FLOAT_FIELDS = {"elapsed_ms"}
-
-
 def result_fields(job: str, job_id: str | None, consumer: str, frame: dict[str, Any]) -> list[str]:
-    """A result frame (the dispatcher's, with str values) as the flat field list of a results entry."""
+    """A result frame (the dispatcher's, with str values) as the flat field list of a results entry.
+
+    Each field of ``protocol.Result`` is stored as JSON, so that a field the schema gains (of any type)
+    travels without a change here; ``job``, ``id`` and ``consumer`` are plain strings.
+    """
     out = ["job", job, "consumer", consumer]
     if job_id is not None:
         out += ["id", job_id]
     for name in RESULT_FIELDS:
-        v = frame.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            v = "1" if v else "0"
-        out += [name, str(v)]
+        if name in frame:
+            out += [name, json.dumps(frame[name], ensure_ascii=False)]
     return out
 
 
 def parse_result(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """A results entry as the dict of the JSON Lines output, plus ``job``, ``id`` and ``consumer`` (the
-    daemon that committed it; None when absent)."""
+    """A results entry as a dict: the ``Result`` fields it has, plus ``job``, ``id`` and ``consumer``
+    (None when absent). ``protocol.Result.from_frame`` turns it into a ``Result``."""
     f = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
     out: dict[str, Any] = {"job": f.get("job"), "id": f.get("id"), "consumer": f.get("consumer")}
     for name in RESULT_FIELDS:
-        v = f.get(name)
-        if v is not None:
-            if name in _BOOL_FIELDS:
-                v = v == "1"
-            elif name in _INT_FIELDS:
-                v = int(v)
-            elif name in _FLOAT_FIELDS:
-                v = float(v)
-        elif name == "text":
-            v = ""
-        out[name] = v
+        if name in f:
+            out[name] = json.loads(f[name])
     return out
 
 
