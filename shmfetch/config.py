@@ -85,7 +85,7 @@ class ClusterConfig:
     jobs: str = "shmfetch:jobs"
     group: str = "shmfetch"
     results: str = "shmfetch:results"
-    results_maxlen: int = field(default=1_000_000, metadata=_check(1, 1 << 40))
+    results_maxlen: int = field(default=100_000, metadata=_check(1, 1 << 40))
     # 0: twice the longest a job can take, [fetch] timeout x (retries + 1) + [daemon] hang_grace
     claim_idle: float = field(default=0.0, metadata=_check(0, 86400))
     max_deliveries: int = field(default=5, metadata=_check(1, 1000))

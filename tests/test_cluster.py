@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shmfetch import Client
 from shmfetch.cluster import streams
 from shmfetch.cluster.client import RedisClient, enqueue
 
@@ -102,6 +103,8 @@ def test_three_daemons_one_killed_every_job_one_result(tmp_path, origin, redis_s
         wait_for(lambda: _pending_of(r, consumer) == 0, timeout=4 * claim_idle, what="reclaim", step=0.02)
         reclaim_s = time.monotonic() - killed_at
         wait_for(lambda: r.xlen(RESULTS) >= n, timeout=120, what="all results")
+        # acknowledged jobs are trimmed from the front of the stream (MINID ~ keeps up to one node of 100)
+        wait_for(lambda: r.xlen(JOBS) <= 100, timeout=10, what="the jobs stream trimmed")
         stats = [daemon_stats(d.socket)["cluster"] for d in daemons[1:]]
     finally:
         stop_all(*daemons)
@@ -128,7 +131,16 @@ def test_redis_restart_mid_run_nothing_lost_or_duplicated(tmp_path, origin, redi
     try:
         wait_for(lambda: r.xlen(RESULTS) >= 200, timeout=60, what="200 results")
         r.close()
-        redis_server.restart(down_for=1.0)
+        redis_server.stop()
+        # Redis is down: the daemons say so, and their local clients are served as before.
+        wait_for(
+            lambda: all(daemon_stats(d.socket)["cluster"]["state"] == "down" for d in daemons),
+            timeout=20,
+            what="both daemons to report Redis down",
+        )
+        with Client(daemons[0].socket, timeout=30) as c:
+            local = c.fetch(origin.url("/page/9"))
+        redis_server.start()
         r = redis_server.client()
         wait_for(lambda: r.xlen(RESULTS) >= n, timeout=120, what="all results after the restart")
         wait_for(lambda: r.xpending(JOBS, GROUP)["pending"] == 0, timeout=20, what="an empty PEL")
@@ -141,6 +153,7 @@ def test_redis_restart_mid_run_nothing_lost_or_duplicated(tmp_path, origin, redi
     oks = sum(v[0]["ok"] for v in got.values())
     assert oks == n and int(r.get(streams.total_key(JOBS))) == oks
     assert all(s["state"] == "up" for s in stats)
+    assert local.ok and local.text == page_text(9)
     assert any("is down" in d.stderr for d in daemons), "no daemon noticed the outage"
 
 

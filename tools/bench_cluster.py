@@ -62,6 +62,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
     r = connect(redis_url)
     try:
         time.sleep(0.5)  # both consumers joined and block in XREADGROUP
+        cpu0 = redis_cpu(r)
         t0 = time.perf_counter()
         for _ in enqueue(r, jobs, itertools.islice(itertools.cycle(urls), n)):
             pass
@@ -74,12 +75,22 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
                     seen += 1
                     ok += fields.get(b"ok") == b"true"
         wall = time.perf_counter() - t0
+        cpu = redis_cpu(r) - cpu0
     finally:
         for d in daemons:
             d.close()
         r.close()
     assert seen == n, f"only {seen} of {n} results"
-    return {"n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1)}
+    return {
+        "n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1),
+        "redis_cpu_us_per_job": round(cpu / n * 1e6, 1),
+    }  # fmt: skip
+
+
+def redis_cpu(r: Any) -> float:
+    """CPU seconds the Redis server used so far (user + system, main thread and children)."""
+    info = r.info("cpu")
+    return sum(float(info[k]) for k in ("used_cpu_sys", "used_cpu_user"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"round {i + 1}: local 1x2 workers {local['per_s']:.1f} pages/s | cluster 2x1 workers "
                 f"{cluster['per_s']:.1f} pages/s | ratio {rnd['ratio']:.3f} | empty pages: cluster "
-                f"{empty['per_s']:.1f} jobs/s, local {empty_local['per_s']:.1f}, ratio {rnd['empty_ratio']:.3f}",
+                f"{empty['per_s']:.1f} jobs/s, local {empty_local['per_s']:.1f}, ratio {rnd['empty_ratio']:.3f} | "
+                f"Redis CPU per job {cluster['redis_cpu_us_per_job']:.0f} us (pages), "
+                f"{empty['redis_cpu_us_per_job']:.0f} us (empty)",
                 flush=True,
             )
     finally:
@@ -124,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         "empty_jobs_s": statistics.median(r["empty"]["per_s"] for r in rounds),
         "empty_local_s": statistics.median(r["empty_local"]["per_s"] for r in rounds),
         "empty_ratio": statistics.median(r["empty_ratio"] for r in rounds),
+        "redis_cpu_us_per_job_pages": statistics.median(r["cluster"]["redis_cpu_us_per_job"] for r in rounds),
+        "redis_cpu_us_per_job_empty": statistics.median(r["empty"]["redis_cpu_us_per_job"] for r in rounds),
     }
     print(
         f"median of {len(rounds)}: local {med['local_pages_s']:.1f} pages/s, cluster {med['cluster_pages_s']:.1f} "
         f"pages/s, cluster/local {med['ratio']:.3f}; empty pages: cluster {med['empty_jobs_s']:.1f} jobs/s, "
-        f"local {med['empty_local_s']:.1f}, cluster/local {med['empty_ratio']:.3f}"
+        f"local {med['empty_local_s']:.1f}, cluster/local {med['empty_ratio']:.3f}; Redis CPU per job "
+        f"{med['redis_cpu_us_per_job_pages']:.0f} us (pages), {med['redis_cpu_us_per_job_empty']:.0f} us (empty)"
     )
     if args.json:
         Path(args.json).write_text(

@@ -13,7 +13,8 @@ It runs on the master's event loop with ``redis.asyncio``, in three tasks, none 
   and a retry never stores twice.
 - ``_maintain_loop``, every ``claim_idle / 4``: ``REFRESH`` the entries held longer than ``claim_idle / 3``
   (a slow job is not stolen from a live daemon; one already stolen is dropped), ``XAUTOCLAIM`` entries idle
-  longer than ``claim_idle`` (a dead daemon's jobs), and read the group's figures for ``stats``.
+  longer than ``claim_idle`` (a dead daemon's jobs), read the group's figures for ``stats``, and trim
+  the jobs stream of the entries the group has acknowledged.
 
 A job answered ``shutting_down`` or ``overloaded`` is not acknowledged: it stays pending and another
 daemon reclaims it. If Redis is down, local clients do not notice; the intake logs the state once,
@@ -29,7 +30,8 @@ from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -76,8 +78,14 @@ class ClusterIntake:
         self.dispatcher = dispatcher
         self.claim_idle = claim_idle
         self.consumer = streams.consumer_name()
+        # One immediate retry (a pooled connection may be stale after a Redis restart); past that the
+        # loops below back off themselves, and report the outage at once instead of after redis-py's own
+        # backoff schedule.
         self.redis = aioredis.Redis.from_url(
-            cfg.redis, socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5, retry_on_timeout=False
+            cfg.redis,
+            socket_timeout=BLOCK_MS / 1000 + 5,
+            socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 1),
         )
         # XAUTOCLAIM's reply differs between Redis 6.2 and 7; streams.autoclaim_reply reads both raw.
         self.redis.set_response_callback("XAUTOCLAIM", lambda reply, **_: reply)
@@ -384,6 +392,7 @@ class ClusterIntake:
         sink.send(frame)
 
     async def _read_group_info(self) -> None:
+        """The group's figures for ``stats``; then trim the jobs stream of what the group is done with."""
         groups = await self.redis.xinfo_groups(self.cfg.jobs)
         total = await self.redis.get(self.keys[2])
         for g in groups:
@@ -395,6 +404,16 @@ class ClusterIntake:
                     "consumers": g.get("consumers"),
                     "cluster_total": int(total or 0),
                 }
+                await self._trim_jobs(g["last-delivered-id"])
+
+    async def _trim_jobs(self, last_delivered: bytes) -> None:
+        """Drop acknowledged jobs: every entry older than both the oldest pending one and the group's
+        last delivered one is done (XTRIM MINID only cuts from the front, so the group's lag stays exact)."""
+        summary = await self.redis.xpending(self.cfg.jobs, self.cfg.group)
+        oldest = summary.get("min") or last_delivered
+        minid = min(_id_key(oldest), _id_key(last_delivered))
+        if minid > (0, 0):
+            await self.redis.xtrim(self.cfg.jobs, minid=f"{minid[0]}-{minid[1]}", approximate=True)
 
     # -- stats ------------------------------------------------------------------------------------------
 
@@ -413,6 +432,12 @@ class ClusterIntake:
             "commit_backlog": len(self.backlog),
             **self.counts,
         }
+
+
+def _id_key(eid: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair."""
+    ms, _, seq = (eid.decode() if isinstance(eid, bytes) else eid).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _log_crash(task: asyncio.Task) -> None:

@@ -8,9 +8,9 @@ Keys (``[cluster]`` in the config; the defaults in brackets):
     dead letters     <jobs>:dead          jobs delivered more than ``max_deliveries`` times
     cluster total    <jobs>:ok            INCR'ed with every ok result, in the step that acks the job
 
-A result entry has the fields of the JSON Lines output (``protocol.RESULT_FIELDS``), each as JSON, plus
-``job`` (the jobs-stream entry id), ``id`` (the client's job id, when it gave one) and ``consumer``
-(host:pid of the daemon that committed it).
+A result entry has the fields of the JSON Lines output (``protocol.RESULT_FIELDS``; str fields as they
+are, the others as JSON, absent when None), plus ``job`` (the jobs-stream entry id), ``id`` (the
+client's job id, when it gave one) and ``consumer`` (host:pid of the daemon that committed it).
 
 Exactly one result per job: ``COMMIT`` below stores the result, acks the job and counts it in one
 script, and only if the entry is still in the group's pending list *under the committing consumer*. A
@@ -20,13 +20,14 @@ its result; a commit retried after a lost reply finds the entry acked and also g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import urllib.parse
 from typing import Any
 
-from ..protocol import RESULT_FIELDS
+from ..protocol import RESULT_FIELDS, Result
 
 DEFAULT_JOBS = "shmfetch:jobs"
 DEFAULT_GROUP = "shmfetch"
@@ -156,18 +157,24 @@ def reply_key(fields: dict[bytes, bytes] | None) -> str | None:
 
 # -- results ----------------------------------------------------------------------------------------------
 
-def result_fields(job: str, job_id: str | None, consumer: str, frame: dict[str, Any]) -> list[str]:
+
+# Str fields travel as they are (the page text is most of a result: no JSON escaping on the master's
+# loop); every other field as JSON, so a field the schema gains, of any type, needs no change here.
+_STR_FIELDS = frozenset(f.name for f in dataclasses.fields(Result) if f.type in ("str", "str | None"))
+
+
+def result_fields(job: str, job_id: str | None, consumer: str, frame: dict[str, Any]) -> list[Any]:
     """A result frame (the dispatcher's, with str values) as the flat field list of a results entry.
 
-    Each field of ``protocol.Result`` is stored as JSON, so that a field the schema gains (of any type)
-    travels without a change here; ``job``, ``id`` and ``consumer`` are plain strings.
+    A field whose value is None is left out; ``job``, ``id`` and ``consumer`` are plain strings.
     """
-    out = ["job", job, "consumer", consumer]
+    out: list[Any] = ["job", job, "consumer", consumer]
     if job_id is not None:
         out += ["id", job_id]
     for name in RESULT_FIELDS:
-        if name in frame:
-            out += [name, json.dumps(frame[name], ensure_ascii=False)]
+        v = frame.get(name)
+        if v is not None:
+            out += [name, v if name in _STR_FIELDS else json.dumps(v)]
     return out
 
 
@@ -178,7 +185,7 @@ def parse_result(fields: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {"job": f.get("job"), "id": f.get("id"), "consumer": f.get("consumer")}
     for name in RESULT_FIELDS:
         if name in f:
-            out[name] = json.loads(f[name])
+            out[name] = f[name] if name in _STR_FIELDS else json.loads(f[name])
     return out
 
 
