@@ -223,6 +223,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_redis_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-c", "--config", help="read [cluster] from this config")
+    s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,15 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("enqueue", help="append jobs to the cluster's job stream; print their entry ids")
-    s.add_argument("-c", "--config", help="read [cluster] from this config")
-    s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
+    _add_redis_args(s)
     s.add_argument("--jobs", metavar="KEY", help="job stream (default: [cluster] jobs)")
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
     s.set_defaults(func=cmd_enqueue)
 
     s = sub.add_parser("results", help="print the cluster's results stream")
-    s.add_argument("-c", "--config", help="read [cluster] from this config")
-    s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
+    _add_redis_args(s)
     s.add_argument("--stream", metavar="KEY", help="results stream (default: [cluster] results)")
     s.add_argument("--follow", action="store_true", help="then wait for new results until interrupted")
     s.add_argument("--json", action="store_true", help="JSON Lines, with the job's entry id and client id")
