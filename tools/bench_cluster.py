@@ -11,7 +11,10 @@ loadgen's own origin (tools/origin_server.py: 200 seeded pages of 12-282 KB). Ea
   extraction cost next to nothing and jobs/s shows what the broker path (XREADGROUP, COMMIT script,
   results stream) sustains; next to it the same small page through one two-worker daemon's socket.
 
-It prints pages/s per run and the ratio cluster ÷ local of each repetition, then the medians.
+It prints pages/s per run and the ratio cluster ÷ local of each repetition, then the medians. It also
+sums the CPU time of every daemon process (and, for the cluster, of Redis) over each run: on a machine
+whose cores are all busy, pages/s = cores ÷ CPU per page, so local ÷ cluster CPU per page is the pages/s
+ratio an otherwise idle machine would show, and it does not depend on what else runs.
 
     python tools/bench_cluster.py                       # -n 2000 --repeat 5 --empty-n 5000
 """
@@ -35,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 # The daemons run from a temporary directory: let them import this checkout, installed or not.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from loadgen import OwnOrigin, PrivateDaemon  # noqa: E402
+from loadgen import OwnOrigin, PrivateDaemon, cpu_seconds, daemon_pids  # noqa: E402
 from origin_server import SMALL_PATH  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
@@ -43,16 +46,30 @@ from shmfetch.cluster.client import connect, enqueue  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 
+def daemons_cpu(daemons: list[PrivateDaemon]) -> float:
+    """CPU seconds used so far by the masters and workers of ``daemons``."""
+    total = 0.0
+    for d in daemons:
+        pids = daemon_pids(d.socket)
+        total += sum(cpu_seconds(p) or 0.0 for p in [pids["master"], *pids["workers"]])
+    return total
+
+
 def run_local(urls: list[str], n: int, threads: int, conc: int) -> dict[str, Any]:
     d = PrivateDaemon(2, threads)
     try:
         with Client(d.socket) as c:
+            cpu0 = daemons_cpu([d])
             t0 = time.perf_counter()
             ok = sum(r.ok for r in c.fetch_many(itertools.islice(itertools.cycle(urls), n), concurrency=conc))
             wall = time.perf_counter() - t0
+            cpu = daemons_cpu([d]) - cpu0
     finally:
         d.close()
-    return {"n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1)}
+    return {
+        "n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1),
+        "cpu_ms_per_page": round(cpu / n * 1e3, 3),
+    }  # fmt: skip
 
 
 def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int) -> dict[str, Any]:
@@ -62,7 +79,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
     r = connect(redis_url)
     try:
         time.sleep(0.5)  # both consumers joined and block in XREADGROUP
-        cpu0 = redis_cpu(r)
+        cpu0, dcpu0 = redis_cpu(r), daemons_cpu(daemons)
         t0 = time.perf_counter()
         for _ in enqueue(r, jobs, itertools.islice(itertools.cycle(urls), n)):
             pass
@@ -75,7 +92,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
                     seen += 1
                     ok += fields.get(b"ok") == b"true"
         wall = time.perf_counter() - t0
-        cpu = redis_cpu(r) - cpu0
+        cpu, dcpu = redis_cpu(r) - cpu0, daemons_cpu(daemons) - dcpu0
     finally:
         for d in daemons:
             d.close()
@@ -85,6 +102,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
     return {
         "n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1),
         "redis_cpu_us_per_job": round(cpu / n * 1e6, 1),
+        "cpu_ms_per_page": round((cpu + dcpu) / n * 1e3, 3),  # daemons and Redis
     }  # fmt: skip
 
 
@@ -127,11 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             empty_local = run_local(small, args.empty_n, args.threads, args.c)
             rnd = {"local": local, "cluster": cluster, "empty": empty, "empty_local": empty_local}
             rnd["ratio"] = round(cluster["per_s"] / local["per_s"], 3)
+            # On a CPU-bound box pages/s = cores / CPU per page, so this is the ratio an idle box would show.
+            rnd["cpu_ratio"] = round(local["cpu_ms_per_page"] / cluster["cpu_ms_per_page"], 3)
             rnd["empty_ratio"] = round(empty["per_s"] / empty_local["per_s"], 3)
             rounds.append(rnd)
             print(
                 f"round {i + 1}: local 1x2 workers {local['per_s']:.1f} pages/s | cluster 2x1 workers "
-                f"{cluster['per_s']:.1f} pages/s | ratio {rnd['ratio']:.3f} | empty pages: cluster "
+                f"{cluster['per_s']:.1f} pages/s | ratio {rnd['ratio']:.3f} | CPU per page local "
+                f"{local['cpu_ms_per_page']:.2f} ms, cluster {cluster['cpu_ms_per_page']:.2f} ms (incl. Redis), "
+                f"ratio {rnd['cpu_ratio']:.3f} | empty pages: cluster "
                 f"{empty['per_s']:.1f} jobs/s, local {empty_local['per_s']:.1f}, ratio {rnd['empty_ratio']:.3f} | "
                 f"Redis CPU per job {cluster['redis_cpu_us_per_job']:.0f} us (pages), "
                 f"{empty['redis_cpu_us_per_job']:.0f} us (empty)",
@@ -145,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_pages_s": statistics.median(r["local"]["per_s"] for r in rounds),
         "cluster_pages_s": statistics.median(r["cluster"]["per_s"] for r in rounds),
         "ratio": statistics.median(r["ratio"] for r in rounds),
+        "cpu_ratio": statistics.median(r["cpu_ratio"] for r in rounds),
         "empty_jobs_s": statistics.median(r["empty"]["per_s"] for r in rounds),
         "empty_local_s": statistics.median(r["empty_local"]["per_s"] for r in rounds),
         "empty_ratio": statistics.median(r["empty_ratio"] for r in rounds),
@@ -153,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"median of {len(rounds)}: local {med['local_pages_s']:.1f} pages/s, cluster {med['cluster_pages_s']:.1f} "
-        f"pages/s, cluster/local {med['ratio']:.3f}; empty pages: cluster {med['empty_jobs_s']:.1f} jobs/s, "
+        f"pages/s, cluster/local {med['ratio']:.3f} (by CPU per page {med['cpu_ratio']:.3f}); empty pages: cluster {med['empty_jobs_s']:.1f} jobs/s, "
         f"local {med['empty_local_s']:.1f}, cluster/local {med['empty_ratio']:.3f}; Redis CPU per job "
         f"{med['redis_cpu_us_per_job_pages']:.0f} us (pages), {med['redis_cpu_us_per_job_empty']:.0f} us (empty)"
     )
