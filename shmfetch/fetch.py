@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -40,6 +39,7 @@ from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
 from .extract import html_to_text, xml_to_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
+from .protocol import Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -54,19 +54,6 @@ BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining 
 # of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
-
-
-@dataclass
-class Outcome:
-    """What the worker sends back for one URL (docs/RING.md, result message)."""
-
-    ok: bool
-    status: int | None = None
-    final_url: str | None = None
-    content_type: str | None = None
-    text: str = ""
-    error: str | None = None
-    message: str | None = None
 
 
 class FetchError(Exception):

@@ -47,7 +47,10 @@ EXIT_WORKER_BOOT = 3
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1", **os.environ}
 BOOT_WINDOW = 2.0  # a worker that dies sooner than this after spawn counts as a boot failure
 MAX_BOOT_FAILURES = 5
-WORKER_EXIT_GRACE = 5.0
+WORKER_EXIT_GRACE = 5.0  # a worker with nothing to do leaves this long after its request ring closes
+MIN_EXIT_GRACE = 0.5
+KILL_GRACE = 5.0  # SIGKILL takes effect at once unless the process is stuck in the kernel
+BURY_GRACE = 1.0  # after every worker is dead, the burials wait on nothing of ours
 
 
 class StartupError(RuntimeError):
@@ -75,6 +78,7 @@ class Master:
         self.wake: asyncio.Event | None = None
         self.stopping = False
         self.forced = False
+        self.drain_deadline: float | None = None  # monotonic; set by the first stop signal
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -187,11 +191,10 @@ class Master:
     # -- main loop ------------------------------------------------------------------------------------
 
     async def _main_loop(self) -> None:
-        drain_deadline = None
         while True:
             timeout = None
-            if drain_deadline is not None:
-                timeout = max(0.0, drain_deadline - time.monotonic())
+            if self.drain_deadline is not None:
+                timeout = max(0.0, self.drain_deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except TimeoutError:
@@ -210,14 +213,14 @@ class Master:
                         self.cfg.daemon.drain_timeout,
                     )
                     self._stop_accepting()
-                    drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+                    self.drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
                 else:
                     log.info("got %s during drain: stopping now", signal.Signals(sig).name)
                     self.forced = True
             if self.exit_code == EXIT_WORKER_BOOT:
                 self.stopping = self.forced = True
             if self.stopping and (
-                self.forced or not self.dispatcher.inflight() or time.monotonic() >= drain_deadline
+                self.forced or not self.dispatcher.inflight() or time.monotonic() >= self.drain_deadline
             ):
                 return
 
@@ -293,13 +296,9 @@ class Master:
                 os.close(wfd)
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        """Collect every dead child without blocking, and start the burial of each worker among them."""
+        while (dead := _wait_any()) is not None:
+            pid, status = dead
             w = self.by_pid.pop(pid, None)
             if w is None:
                 continue
@@ -309,34 +308,62 @@ class Master:
                 log.info("worker %d (pid %d) exited: %s", w.index, pid, how)
             else:
                 log.warning("worker %d (pid %d) died: %s", w.index, pid, how)
-            if self.ctl.repair_after(pid):
-                log.warning("worker %d (pid %d) died holding the counter lock; lock repaired", w.index, pid)
             task = asyncio.get_running_loop().create_task(self._bury(w, status))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _bury(self, w: WorkerHandle, status: int) -> None:
-        """Drain what the dead worker committed, fix the counter, re-home its jobs, respawn it."""
-        w.res.close_wake()
-        await w.drained.wait()
-        delta = self.ctl.reconcile(w.index, w.ok_received)
-        self.served_before[w.index] += w.served
-        if delta:
-            log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
-        orphans = self.dispatcher.orphans(w)
-        if self.dispatcher.workers[w.index] is w:
-            self.dispatcher.workers[w.index] = None
-        for ring in (w.req, w.res):
-            ring.close()
-            ring.unlink()
-        if self.stopping and (self.forced or not any(x and x.alive for x in self.dispatcher.workers)):
-            for job in orphans:
-                self.dispatcher.fail(job, "shutting_down")
-        else:
-            self.dispatcher.redispatch(orphans)
+        """The steps after a worker's death, in order. None waits on a live peer: the worker is reaped, its
+        collector stops at the closed ring, and the counter lock is tried without blocking."""
+        await self._drain_results(w)
+        self._rehome_jobs(w)
+        self._free_rings(w)
+        await self._count_results(w)
         if not self.stopping:
             self._respawn_later(w, status)
         self.wake.set()
+
+    async def _drain_results(self, w: WorkerHandle) -> None:
+        """Let the collector deliver every result the dead worker committed, then stop."""
+        w.res.close_wake()
+        await w.drained.wait()
+
+    def _rehome_jobs(self, w: WorkerHandle) -> None:
+        """The dead worker's unanswered jobs: back to the queue, or ``shutting_down`` if nobody is left."""
+        d = self.dispatcher
+        orphans = d.orphans(w)
+        if d.workers[w.index] is w:
+            d.workers[w.index] = None
+        if self.stopping and (self.forced or not any(x and x.alive for x in d.workers)):
+            for job in orphans:
+                d.fail(job, "shutting_down")
+        else:
+            d.redispatch(orphans)
+
+    @staticmethod
+    def _free_rings(w: WorkerHandle) -> None:
+        for ring in (w.req, w.res):
+            ring.close()
+            ring.unlink()
+
+    async def _count_results(self, w: WorkerHandle) -> None:
+        self.served_before[w.index] += w.served
+        delta = await self._reconcile(w)
+        if delta:
+            log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
+
+    async def _reconcile(self, w: WorkerHandle) -> int:
+        """Count the dead worker's committed results, taking the counter lock without blocking the loop.
+
+        The lock is held for microseconds by a running process, so tries back off from 1 ms to 50 ms; a
+        holder that is stopped keeps us polling (no thread parked in the kernel for it), while ``stats``
+        and signals go on being served.
+        """
+        delay = 0.001
+        while (delta := self.ctl.reconcile(w.index, w.ok_received, blocking=False)) is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return delta
 
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
@@ -397,37 +424,69 @@ class Master:
     # -- stop -----------------------------------------------------------------------------------------
 
     async def _teardown(self) -> None:
-        d = self.dispatcher
-        if d is None:
+        """Stop in steps, each bounded in time: workers, their burials, the last answers, the front ends."""
+        if self.dispatcher is None:
             return
         self._stop_accepting()
-        live = [w for w in d.workers if w is not None and w.alive]
-        if self.forced or d.inflight():
-            for w in live:
-                _kill(w.pid, signal.SIGKILL)
-        else:
+        await self._stop_workers()
+        await self._await_burials()
+        self._answer_leftovers()
+        await self._close_fronts()
+        self._check_count()
+
+    async def _stop_workers(self) -> None:
+        """Staged, as gunicorn's arbiter: with nothing left to do, close the request rings and give the
+        workers what is left of the drain time (``WORKER_EXIT_GRACE`` if no signal set one, at least
+        ``MIN_EXIT_GRACE``) to leave; then (at once, when forced or work remains) SIGKILL."""
+        live = [w for w in self.dispatcher.workers if w is not None and w.alive]
+        if not (self.forced or self.dispatcher.inflight()):
             for w in live:
                 w.req.close_wake()
-        deadline = time.monotonic() + WORKER_EXIT_GRACE
+            grace = WORKER_EXIT_GRACE
+            if self.drain_deadline is not None:
+                grace = max(MIN_EXIT_GRACE, self.drain_deadline - time.monotonic())
+            if not await self._reap_until_gone(live, grace):
+                log.warning("worker(s) %s did not exit: killing them", [w.pid for w in live if w.alive])
+        for w in live:
+            if w.alive:
+                _kill(w.pid, signal.SIGKILL)
+        if not await self._reap_until_gone(live, KILL_GRACE):
+            log.error("worker(s) %s survive SIGKILL; leaving them", [w.pid for w in live if w.alive])
+
+    async def _reap_until_gone(self, live: list[WorkerHandle], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         while any(w.alive for w in live) and time.monotonic() < deadline:
             self.reap()
             await asyncio.sleep(0.02)
-        for w in live:
-            if w.alive:
-                log.warning("worker %d (pid %d) did not exit: killing it", w.index, w.pid)
-                _kill(w.pid, signal.SIGKILL)
-        while any(w.alive for w in live):
-            self.reap()
-            await asyncio.sleep(0.02)
-        for w in live:
-            await w.drained.wait()
-        while self._tasks:  # let the _bury tasks finish: they reconcile the counter
-            await asyncio.gather(*list(self._tasks))
-        if n := d.fail_all("shutting_down"):
+        return not any(w.alive for w in live)
+
+    async def _await_burials(self) -> None:
+        """Let the burials finish (they count the dead workers' results), within ``BURY_GRACE``.
+
+        Every worker is dead by now, so only a process that is not ours can still hold the counter lock.
+        """
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=BURY_GRACE)
+        if late:
+            log.error(
+                "%d worker burial(s) unfinished after %.1fs (counter lock holder: pid %s); count may be short",
+                len(late),
+                BURY_GRACE,
+                self.ctl.lock_holder(),
+            )
+            for task in late:
+                task.cancel()
+
+    def _answer_leftovers(self) -> None:
+        if n := self.dispatcher.fail_all("shutting_down"):
             log.warning("answered %d unfinished request(s) with shutting_down", n)
         if self.listener is not None:
             for conn, req_id in self.listener.exit_waiters:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
+
+    async def _close_fronts(self) -> None:
+        if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
@@ -435,8 +494,12 @@ class Master:
             os.unlink(self.cfg.daemon.socket)
         except FileNotFoundError:
             pass
-        if self.ctl is not None and self.ctl.counter != d.ok_total:
-            log.error("counter %d differs from ok results delivered %d", self.ctl.counter, d.ok_total)
+
+    def _check_count(self) -> None:
+        if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
+            log.error(
+                "counter %d differs from ok results delivered %d", self.ctl.counter, self.dispatcher.ok_total
+            )
 
     def _release_control(self) -> None:
         """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
@@ -523,6 +586,15 @@ def _kill(pid: int, sig: int) -> None:
     except OSError as e:
         if e.errno != errno.ESRCH:
             raise
+
+
+def _wait_any() -> tuple[int, int] | None:
+    """(pid, status) of a child that has exited, or None if none has (or there are no children)."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return (pid, status) if pid else None
 
 
 def _is_boot_failure(status: int, lived: float, served: int) -> bool:

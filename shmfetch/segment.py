@@ -27,10 +27,12 @@ def shm_free_bytes() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def create_segment(name: str, size: int) -> mmap.mmap:
+def create_segment(name: str, size: int, keep_fd: bool = False) -> tuple[mmap.mmap, int | None]:
     """Create segment ``name`` (O_EXCL, mode 0600) of ``size`` bytes, allocated in full, and map it.
 
-    Raises SharedMemoryFull when it does not fit; the segment is then unlinked again.
+    Returns the mapping and, with ``keep_fd``, the segment's open descriptor (the caller closes it; the
+    control segment keeps it for its fcntl lock). Raises SharedMemoryFull when it does not fit; the
+    segment is then unlinked again.
     """
     shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
     try:
@@ -43,9 +45,12 @@ def create_segment(name: str, size: int) -> mmap.mmap:
                 e.errno,
                 f"/dev/shm is full: {name} needs {size} bytes, {shm_free_bytes()} bytes are free in {SHM_DIR}",
             ) from None
-        return mmap.mmap(shm.fd, size)
+        mm = mmap.mmap(shm.fd, size)
     except BaseException:
+        shm.close_fd()
         posix_ipc.unlink_shared_memory(name)
         raise
-    finally:
-        shm.close_fd()
+    if keep_fd:
+        return mm, shm.fd
+    shm.close_fd()
+    return mm, None

@@ -23,10 +23,11 @@ import threading
 import time
 from typing import Any
 
+from . import faults
 from .config import Config
 from .control import S_BUSY, Control
-from .fetch import Fetcher, Outcome
-from .protocol import pack_result, unpack
+from .fetch import Fetcher
+from .protocol import Outcome, pack_result, unpack
 from .ring import Ring, RingClosed
 
 log = logging.getLogger("shmfetch.worker")
@@ -125,25 +126,20 @@ class Worker:
         except (TypeError, IndexError, KeyError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return
+        if faults.ACTIVE:
+            faults.hit("worker.after_take")
         self._set_busy(+1)
         try:
             out = fetcher.fetch(url) if isinstance(url, str) else Outcome(False, error="invalid_url")
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
             log.exception("worker %d: fetch of %r raised", self.index, url)
             out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
-        payload = pack_result(
-            ticket,
-            out.ok,
-            out.status,
-            out.final_url,
-            out.content_type,
-            out.text,
-            out.error,
-            out.message,
-            out_ms := (time.perf_counter() - t0) * 1000.0,
-        )
+        payload = pack_result(ticket, out)
+        out_ms = (time.perf_counter() - t0) * 1000.0
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
+        if faults.ACTIVE:
+            faults.hit("worker.after_commit")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:
@@ -158,6 +154,7 @@ class Worker:
 
 
 def main() -> int:
+    faults.arm_from_env()  # first: a crash-point test may aim at anything after this
     spec = json.loads(sys.stdin.buffer.read())  # the master wrote it whole and closed the pipe
     _die_with_parent(spec["master_pid"])
     _set_process_name(spec["index"])
