@@ -32,6 +32,7 @@ from .ring import Ring
 from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
+    from .cluster.intake import ClusterIntake
     from .http_api import HttpApi
 
 log = logging.getLogger("shmfetch.master")
@@ -69,6 +70,7 @@ class Master:
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
+        self.cluster: ClusterIntake | None = None  # the optional Redis Streams intake ([cluster] redis)
         self.by_pid: dict[int, WorkerHandle] = {}
         self.generations = [0] * cfg.daemon.workers
         self.restarts = [0] * cfg.daemon.workers
@@ -158,6 +160,8 @@ class Master:
         await self.listener.start(self.sock)
         if self.cfg.http.listen:
             await self._start_http()
+        if self.cfg.cluster.redis:
+            self._start_cluster()
         log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
     async def _start_http(self) -> None:
@@ -176,11 +180,18 @@ class Master:
             return
         log.info("HTTP API listening on %s", listen)
 
+    def _start_cluster(self) -> None:
+        from .cluster.intake import ClusterIntake  # imported only when configured
+        from .cluster.streams import claim_idle
+
+        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg))
+        self.cluster.start()
+
     def _stop_accepting(self) -> None:
         """No new work from now on: new requests are refused and the listening sockets close."""
         self.stopping = True
         self.dispatcher.accepting = False
-        for front in (self.listener, self.http):
+        for front in (self.listener, self.http, self.cluster):
             if front is not None:
                 front.stop_accepting()
 
@@ -486,11 +497,12 @@ class Master:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
 
     async def _close_fronts(self) -> None:
+        if self.cluster is not None:  # commit the results of finished jobs (bounded by drain_timeout)
+            await self.cluster.close(self.cfg.daemon.drain_timeout)
         if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
-        self._unlink_socket()
 
     def _check_count(self) -> None:
         if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
@@ -568,6 +580,7 @@ class Master:
             "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
             "workers": workers,
+            "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
 
