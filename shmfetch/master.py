@@ -512,17 +512,21 @@ class Master:
                 "counter %d differs from ok results delivered %d", self.ctl.counter, self.dispatcher.ok_total
             )
 
+    def _unlink_socket(self) -> None:
+        """Remove our socket's name, only if it is still ours (the file we linked there)."""
+        try:
+            st = os.stat(self.cfg.daemon.socket)
+            if (st.st_dev, st.st_ino) == self._sock_id:
+                os.unlink(self.cfg.daemon.socket)
+        except FileNotFoundError:
+            pass
+
     def _release_control(self) -> None:
         """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
         (last, so that the next daemon starts only once everything of ours is gone). Safe to call twice."""
         if self.sock is not None:
             self.sock.close()
-            try:
-                st = os.stat(self.cfg.daemon.socket)
-                if (st.st_dev, st.st_ino) == self._sock_id:
-                    os.unlink(self.cfg.daemon.socket)
-            except FileNotFoundError:
-                pass
+            self._unlink_socket()
             self.sock = None
         if self.ctl is not None:
             self.ctl.close()
