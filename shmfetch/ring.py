@@ -179,10 +179,11 @@ class Ring:
     def put(self, payload: Payload, timeout: float | None = None) -> int:
         """Publish one message and return the ring position just past it (``head`` after it).
 
-        Blocks (in the kernel) while the ring is full. With a timeout, raises posix_ipc.BusyError if the
-        first fragment found no room in time (nothing was published). Once a message has started, its
-        remaining fragments wait for room without a timeout: a live consumer makes room, and a close
-        wakes the producer with RingClosed. Raises RingClosed if it must wait on a closed ring.
+        Blocks (in the kernel) while the ring is full; raises RingClosed if it must wait on a closed ring.
+        With a timeout, each wait for room is bounded by it and raises posix_ipc.BusyError. If that happens
+        after the first fragment of a long message was published, the message is left incomplete: the
+        consumer is not draining, and the ring is only good for closing (the daemon passes no timeout;
+        tests do, so that a dead peer fails them instead of hanging them).
         """
         if type(payload) is not bytes:
             payload = memoryview(payload).cast("B")
@@ -235,7 +236,6 @@ class Ring:
                 return head
             if faults.ACTIVE:
                 faults.hit("ring.put.between_fragments")
-            timeout = None  # the message has started: finish it (see put)
 
     def _write_record(self, payload: Payload, n: int, flags: int, timeout: float | None) -> int:
         """The one record write: wait for ``k`` free slots, copy the payload, then the header, at the
