@@ -206,10 +206,11 @@ class ClusterIntake:
                 reply = await self.redis.xreadgroup(
                     self.cfg.group, self.consumer, {self.cfg.jobs: ">"}, count=free, block=BLOCK_MS
                 )
-            except ResponseError as e:
+            except ResponseError as e:  # Redis answers, but not as expected: say so, and back off
                 if "NOGROUP" in str(e):  # Redis lost the group (restarted without persistence)
                     group_ready = False
-                await self._down(e)
+                log.warning("cluster: reading %s: %s", self.cfg.jobs, e)
+                await asyncio.sleep(self._backoff.compute(1))
                 continue
             except _DOWN as e:
                 await self._down(e)
