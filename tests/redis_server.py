@@ -29,6 +29,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.unix_url = f"unix://{self.dir / 'redis.sock'}?db=0"
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -36,6 +37,7 @@ class RedisServer:
         argv = [
             REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+            "--unixsocket", str(self.dir / "redis.sock"), "--unixsocketperm", "700",
         ]  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started_pids.add(self.proc.pid)

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
         t0 = time.perf_counter()
         for _ in enqueue(r, jobs, itertools.islice(itertools.cycle(urls), n)):
             pass
-        seen, cursor, ok = 0, "0-0", 0
+        seen, cursor, ok, errors = 0, "0-0", 0, Counter()
         deadline = time.monotonic() + 600
         while seen < n and time.monotonic() < deadline:
             for _stream, entries in r.xread({results: cursor}, count=1000, block=1000) or []:
@@ -91,6 +92,8 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
                     cursor = eid
                     seen += 1
                     ok += fields.get(b"ok") == b"true"
+                    if fields.get(b"ok") != b"true":
+                        errors[fields.get(b"error", b"?").decode()] += 1
         wall = time.perf_counter() - t0
         cpu, dcpu = redis_cpu(r) - cpu0, daemons_cpu(daemons) - dcpu0
     finally:
@@ -103,6 +106,7 @@ def run_cluster(redis_url: str, tag: str, urls: list[str], n: int, threads: int)
         "n": n, "ok": ok, "wall_s": round(wall, 3), "per_s": round(n / wall, 1),
         "redis_cpu_us_per_job": round(cpu / n * 1e6, 1),
         "cpu_ms_per_page": round((cpu + dcpu) / n * 1e3, 3),  # daemons and Redis
+        "errors": dict(errors),
     }  # fmt: skip
 
 
