@@ -29,6 +29,7 @@ import queue
 import re
 from typing import Any
 
+import lxml.html
 from lxml import etree
 
 BLOCK_TAGS = (
@@ -61,8 +62,10 @@ MAX_LIBXML_DEPTH = 2048
 
 
 def _parser() -> etree.HTMLParser:
-    # huge_tree: without it libxml2 silently drops text nodes over 10 MB.
-    return etree.HTMLParser(
+    # huge_tree: without it libxml2 silently drops text nodes over 10 MB. lxml.html's parser gives
+    # HtmlElement nodes, which trafilatura requires of a tree handed to it (content modes, maintext.py);
+    # parsing costs the same, the element classes only matter where Python touches a node.
+    return lxml.html.HTMLParser(
         encoding="utf-8", huge_tree=True, remove_comments=True, remove_pis=True, no_network=True
     )
 
@@ -95,6 +98,20 @@ def _clean_title(t: str) -> str:
     return " ".join(t.split())
 
 
+def parse_html(html: str) -> tuple[Any, bool]:
+    """Parse a decoded HTML document once: ``(root or None, too_deep)``.
+
+    ``too_deep`` is true when libxml2 refused levels past MAX_LIBXML_DEPTH (the tree then lacks them):
+    full text then comes from the streaming parser instead.
+    """
+    html = _BAD_CHARS.sub("", html)
+    if not html.strip():
+        return None, False
+    parser = _parser()
+    root = etree.fromstring(html.encode("utf-8", "replace"), parser)
+    return root, any("Excessive depth" in e.message for e in parser.error_log)
+
+
 def html_to_text(html: bytes | str, noscript: str = "drop", keep_title: bool = True) -> str:
     """Plain text of an HTML/XHTML document, laid out as described in the module docstring.
 
@@ -104,13 +121,16 @@ def html_to_text(html: bytes | str, noscript: str = "drop", keep_title: bool = T
         from .charset import decode
 
         html = decode(html)[0]
-    html = _BAD_CHARS.sub("", html)
-    if not html.strip():
-        return ""
-    parser = _parser()
-    root = etree.fromstring(html.encode("utf-8", "replace"), parser)
-    if any("Excessive depth" in e.message for e in parser.error_log):
-        return _stream_to_text(html, noscript, keep_title)
+    root, too_deep = parse_html(html)
+    return tree_to_text(root, too_deep, html, noscript, keep_title)
+
+
+def tree_to_text(
+    root: Any, too_deep: bool, html: str, noscript: str = "drop", keep_title: bool = True
+) -> str:
+    """Full text of a tree from ``parse_html`` (``html`` is its source, for the streaming fallback)."""
+    if too_deep:
+        return _stream_to_text(_BAD_CHARS.sub("", html), noscript, keep_title)
     if root is None:
         return ""
     title = ""
@@ -123,7 +143,7 @@ def html_to_text(html: bytes | str, noscript: str = "drop", keep_title: bool = T
     try:
         result = _transform(root, noscript)
     except etree.XSLTApplyError:  # e.g. libxslt's template recursion limit: the stream has none
-        return _stream_to_text(html, noscript, keep_title)
+        return _stream_to_text(_BAD_CHARS.sub("", html), noscript, keep_title)
     raw = bytes(result).decode("utf-8", "replace")
     return _finish(raw, title)
 

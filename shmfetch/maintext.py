@@ -1,0 +1,71 @@
+"""The ``main`` and ``markdown`` content modes: a page's main content, boilerplate removed, by trafilatura.
+
+``main_content(root, url, "main" | "markdown")`` takes the tree the worker parsed (extract.parse_html,
+HtmlElement nodes), so the page is parsed once. trafilatura never changes a tree handed to it: 2.3 copies
+it before cleaning (``bare_extraction``: ``if tree is filecontent: tree = copy(tree)``), so we add no copy
+of our own; tests/test_modes.py checks that the tree is unchanged afterwards.
+
+Settings (EXTRACT_OPTIONS): ``fast=True`` skips trafilatura's second opinion (readability/justext
+comparison), which costs more than the main pass and gained nothing on our evaluation pages
+(docs/BENCHMARKS.md, "Content modes"); comments are boilerplate here (a pipeline wants the article);
+tables stay. Markdown adds formatting and links so that emphasis, links and code blocks survive.
+
+trafilatura (and what it imports) is loaded on the first main/markdown request: a worker that only ever
+serves full text does not pay its memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .extract import parse_html, tree_to_text
+
+MODES = ("text", "main", "markdown")
+
+EXTRACT_OPTIONS: dict[str, Any] = {
+    "fast": True,
+    "include_comments": False,
+    "include_tables": True,
+    "deduplicate": False,
+    "with_metadata": False,
+}
+MARKDOWN_OPTIONS: dict[str, Any] = {
+    "output_format": "markdown",
+    "include_formatting": True,
+    "include_links": True,
+}
+
+_extract: Any = None
+
+
+def _trafilatura_extract() -> Any:
+    global _extract
+    if _extract is None:
+        import trafilatura
+
+        # "discarding data" and similar per-page warnings would flood the daemon's log.
+        logging.getLogger("trafilatura").setLevel(logging.ERROR)
+        _extract = trafilatura.extract
+    return _extract
+
+
+def html_text(html: str, mode: str, url: str | None, noscript: str = "drop") -> tuple[str, Any]:
+    """A decoded HTML page's text in ``mode``, parsed once: ``(text, root)``; the worker goes on to read
+    metadata and links from ``root`` (None for an empty page)."""
+    root, too_deep = parse_html(html)
+    if mode == "text":
+        return tree_to_text(root, too_deep, html, noscript), root
+    return main_content(root, url, mode), root
+
+
+def main_content(root: Any, url: str | None, mode: str) -> str:
+    """Main content of a parsed page as plain text (``main``) or Markdown (``markdown``); "" if none."""
+    if root is None:
+        return ""
+    extract = _trafilatura_extract()
+    if mode == "markdown":
+        out = extract(root, url=url, **EXTRACT_OPTIONS, **MARKDOWN_OPTIONS)
+    else:
+        out = extract(root, url=url, **EXTRACT_OPTIONS)
+    return out or ""
