@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from . import config as config_mod
 from . import names
 from .client import Client, DaemonUnavailable, ProtocolError
+from .config import MODES
+from .options import NAMES as OPTION_NAMES
 from .pidfile import running_pid
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -69,12 +71,23 @@ def _read_urls(items: list[str]) -> Iterator[str]:
             yield item
 
 
+def _add_option_arguments(s: argparse.ArgumentParser) -> None:
+    """The per-request options (shmfetch/options.py); unset ones take the daemon's config defaults."""
+    s.add_argument("--mode", choices=MODES, help="text (all visible text), main (main content), markdown")
+    s.add_argument("--metadata", action="store_true", default=None, help="also the publication date")
+    s.add_argument("--links", action="store_true", default=None, help="also the page's links")
+    s.add_argument("--timeout", type=float, help="seconds per URL (at most the config's)")
+    s.add_argument("--accept-language", help="Accept-Language header sent upstream")
+    s.add_argument("--max-bytes", type=int, help="bytes received per URL (at most the config's)")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     path = _socket_path(args)
     failed = 0
     out = sys.stdout
     with Client(path) as client:
-        for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
+        options = {name: getattr(args, name) for name in OPTION_NAMES}
+        for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency, **options):
             if not r.ok:
                 failed += 1
             if args.json:
@@ -166,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--socket", help="the daemon's Unix socket")
     s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
     s.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    _add_option_arguments(s)
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
     s.set_defaults(func=cmd_submit)
 

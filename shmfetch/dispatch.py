@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .protocol import FRAME_HDR, error_frame, pack_request
+from .protocol import FRAME_HDR, PAGE_FIELDS, error_frame, pack_request
 from .ring import Ring, RingClosed
 
 log = logging.getLogger("shmfetch.master")
@@ -42,7 +42,8 @@ def _unpack_raw(buf: Any) -> Any:
 # str type, so a client receives exactly the bytes that packing the decoded strings produced. Used on the
 # event loop thread only (a Packer is not thread-safe).
 _result_packer = msgpack.Packer(use_bin_type=False)
-_STR_FIELDS = ("final_url", "content_type", "text", "error", "message")
+_STR_FIELDS = ("final_url", "content_type", "text", "error", "message", *PAGE_FIELDS[:-2])
+_NO_PAGE = (None,) * len(PAGE_FIELDS)
 
 
 def _decoded(frame: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +52,9 @@ def _decoded(frame: dict[str, Any]) -> dict[str, Any]:
         v = frame[k]
         if type(v) is bytes:
             frame[k] = v.decode("utf-8", "replace")
+    if frame["links"]:  # [{b"url": bytes, b"internal": bool}] as the raw unpacker left them
+        frame["links"] = [{"url": d[b"url"].decode("utf-8", "replace"), "internal": d[b"internal"]}
+                          for d in frame["links"]]  # fmt: skip
     return frame
 
 
@@ -67,12 +71,13 @@ class Sink(Protocol):
 
 
 class Job:
-    __slots__ = ("sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload")
+    __slots__ = ("sink", "req_id", "url", "options", "attempts", "t0", "ticket", "slots", "payload")
 
-    def __init__(self, sink: Sink, req_id: Any, url: str):
+    def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
         self.sink = sink
         self.req_id = req_id
         self.url = url
+        self.options = options  # checked by options.check; forwarded to the worker as given
         self.attempts = 0
         self.t0 = time.perf_counter()
         self.ticket = 0
@@ -156,7 +161,7 @@ class Dispatcher:
                 return  # no live worker; respawn will pump again
             if not job.payload:
                 job.ticket = next(self._tickets)
-                job.payload = pack_request(job.ticket, job.url)
+                job.payload = pack_request(job.ticket, job.url, job.options)
                 job.slots = w.req.slots_for(len(job.payload))
             if len(w.outstanding) >= self.max_inflight or w.credit_used + job.slots > w.req.nslots:
                 return  # strict round robin: wait for this worker's credit
@@ -204,7 +209,7 @@ class Dispatcher:
         debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
         pack = _result_packer.pack
         hdr = FRAME_HDR.pack
-        for ticket, ok, status, final_url, ctype, text, error, message, _fetch_ms in batch:
+        for ticket, ok, status, final_url, ctype, text, error, message, _fetch_ms, page in batch:
             job = w.outstanding.pop(ticket, None)
             w.served += 1
             if job is None:
@@ -230,6 +235,7 @@ class Dispatcher:
                 "worker": w.index,
                 "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
             }
+            frame.update(zip(PAGE_FIELDS, page or _NO_PAGE, strict=True))
             sink = job.sink
             send_encoded = getattr(sink, "send_encoded", None)
             if send_encoded is not None:

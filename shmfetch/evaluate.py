@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .maintext import EXTRACT_OPTIONS, MODES, html_text
+from .config import MODES
+from .maintext import EXTRACT_OPTIONS, html_text
 
 
 def token_scores(got: str, expected: str) -> tuple[float, float, float]:

@@ -37,8 +37,11 @@ from urllib3.util import connection as u3conn
 from . import charset
 from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
-from .extract import html_to_text, xml_to_text
+from .extract import xml_to_text
+from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
+from .options import Options, effective
+from .pagemeta import page_fields
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -52,6 +55,9 @@ BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining 
 # loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
 # of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
+# Main content and Markdown (trafilatura) take 3-5x as long per page as full text: they get slots of their
+# own, so that pages in those modes queue behind each other and never hold up a full-text page.
+_EXTRACTING_MAIN = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -66,6 +72,7 @@ class Outcome:
     text: str = ""
     error: str | None = None
     message: str | None = None
+    page: list[Any] | None = None  # protocol.PAGE_FIELDS of an HTML page
 
 
 class FetchError(Exception):
@@ -273,14 +280,18 @@ class Fetcher:
         adapter = _PinnedAdapter(self._ctx)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.defaults = effective(None, cfg)
+        self.opts = self.defaults  # those of the fetch in progress (a Fetcher serves one thread)
 
     def close(self) -> None:
         self.session.close()
 
     # The public entry point: everything below may raise; here it becomes an Outcome.
-    def fetch(self, url: str) -> Outcome:
+    def fetch(self, url: str, opts: Options | None = None) -> Outcome:
+        """Fetch ``url`` with the request's options (shmfetch.options.effective), else the config's."""
+        self.opts = opts = opts or self.defaults
         start = time.monotonic()
-        deadline = start + self.cfg.timeout
+        deadline = start + opts.timeout
         ctx = self._ctx
         gen = ctx.generation
         _watchdog.arm(deadline + WATCHDOG_GRACE, ctx, gen)
@@ -354,7 +365,8 @@ class Fetcher:
         while True:
             state["url"] = url
             # Pin the host exactly as urllib3 will see it (IDNA-encoded by requests, trailing dot dropped).
-            prep = self.session.prepare_request(requests.Request("GET", url))
+            headers = {"Accept-Language": self.opts.accept_language} if self.opts.accept_language else None
+            prep = self.session.prepare_request(requests.Request("GET", url, headers=headers))
             self._pin(urllib.parse.urlsplit(prep.url), deadline)
             left = self._remaining(deadline)
             try:
@@ -425,6 +437,7 @@ class Fetcher:
     def _read_body(self, r: requests.Response, deadline: float, first: bytes = b"") -> bytearray:
         """The decoded body, within the deadline and the byte caps."""
         cfg = self.cfg
+        max_bytes = self.opts.max_bytes
         raw = r.raw
         enc = content_codings(r.headers.get("Content-Encoding", ""))
         decoder = Decoder(enc, cfg.max_decoded_bytes) if enc else None
@@ -434,8 +447,8 @@ class Fetcher:
         while True:
             if chunk:
                 received += len(chunk)
-                if received > cfg.max_bytes:
-                    raise FetchError("too_large", f"body exceeds max_bytes={cfg.max_bytes}", r.status_code)
+                if received > max_bytes:
+                    raise FetchError("too_large", f"body exceeds max_bytes={max_bytes}", r.status_code)
                 if decoder is not None:
                     decoder.feed_into(chunk, out)
                 elif received > cfg.max_decoded_bytes:
@@ -492,8 +505,8 @@ class Fetcher:
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
         try:
-            with _EXTRACTING:
-                text, fail = self._extract(body, http_charset, kind)
+            with _EXTRACTING if self.opts.mode == "text" or kind != "html" else _EXTRACTING_MAIN:
+                text, fail, page = self._extract(body, http_charset, kind, url)
         finally:
             del body
         if fail:
@@ -509,20 +522,24 @@ class Fetcher:
                 False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"
             )
         if status_err:
-            return Outcome(False, status, url, ctype, text, *status_err)
-        return Outcome(True, status, url, ctype, text)
+            return Outcome(False, status, url, ctype, text, *status_err, page=page)
+        return Outcome(True, status, url, ctype, text, page=page)
 
     def _extract(
-        self, body: bytes, http_charset: str | None, kind: str
-    ) -> tuple[str, tuple[str, str] | None]:
+        self, body: bytes, http_charset: str | None, kind: str, url: str
+    ) -> tuple[str, tuple[str, str] | None, list[Any] | None]:
+        """``(text, (code, message) of a failure or None, PAGE_FIELDS of an HTML page or None)``."""
+        opts = self.opts
+        page = None
         try:
             text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
             if kind == "html":
-                text = html_to_text(text_in, self.cfg.noscript)
+                text, root = html_text(text_in, opts.mode, url, self.cfg.noscript)
+                page = page_fields(root, url, opts.metadata, opts.links, self.cfg.max_links)
             elif kind == "xml":
                 text = xml_to_text(text_in)
             else:
                 text = text_in
         except (ValueError, LookupError) as e:
-            return "", ("decode_error", f"cannot decode or parse the body: {e}")
-        return text, None
+            return "", ("decode_error", f"cannot decode or parse the body: {e}"), None
+        return text, None, page

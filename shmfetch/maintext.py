@@ -21,8 +21,6 @@ from typing import Any
 
 from .extract import parse_html, tree_to_text
 
-MODES = ("text", "main", "markdown")
-
 EXTRACT_OPTIONS: dict[str, Any] = {
     "fast": True,
     "include_comments": False,

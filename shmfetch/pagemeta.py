@@ -27,7 +27,7 @@ from typing import Any
 
 from lxml import etree
 
-PAGE_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
+METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
 
 _META = etree.XPath(
     "//meta[@property or @name or @http-equiv][@content]", smart_strings=False
@@ -83,9 +83,9 @@ def _absolute(base: str, href: str) -> str | None:
 
 
 def metadata(root: Any, final_url: str, published: bool = False) -> dict[str, str | None]:
-    """The PAGE_FIELDS of a parsed page (None where the page declares nothing)."""
+    """The METADATA_FIELDS of a parsed page (None where the page declares nothing)."""
     if root is None:
-        return dict.fromkeys(PAGE_FIELDS)
+        return dict.fromkeys(METADATA_FIELDS)
     metas = _metas(root)
     canonical = _CANONICAL(root)
     lang = root.get("lang") if root.tag == "html" else None
@@ -131,3 +131,11 @@ def links(root: Any, final_url: str, cap: int) -> tuple[list[dict[str, Any]], bo
             continue
         out.append({"url": url, "internal": internal})
     return out, False
+
+
+def page_fields(root: Any, final_url: str, published: bool, with_links: bool, max_links: int) -> list[Any]:
+    """protocol.PAGE_FIELDS of a parsed page, in order: metadata, then links and links_truncated (None
+    unless ``with_links``)."""
+    meta = metadata(root, final_url, published)
+    found, truncated = links(root, final_url, max_links) if with_links else (None, None)
+    return [*(meta[k] for k in METADATA_FIELDS), found, truncated]

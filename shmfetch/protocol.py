@@ -4,7 +4,8 @@ Client protocol. Each frame is a 4-byte big-endian length followed by that many 
 one map. A client may pipeline any number of requests; responses carry the request's ``id`` and may arrive
 in any order.
 
-    request   {"id": int, "url": str}                    -> one result map (fields of ``Result``)
+    request   {"id": int, "url": str[, "options": map]}  -> one result map (fields of ``Result``);
+                                                            options: shmfetch/options.py
               {"id": int, "op": "stats"}                 -> {"id": ..., "ok": true, "stats": {...}}
               {"id": int, "op": "await_exit"}            -> {"id": ..., "ok": true, "downloaded": N},
                                                             sent only when the daemon stops
@@ -57,6 +58,20 @@ RESULT_FIELDS = (
     "worker",
     "elapsed_ms",
 )
+# What the worker read from the page besides its text (shmfetch/pagemeta.py): the last element of a result
+# message, in this order, and keys of every result frame (null when the page declares nothing, or for
+# `published`, `links` and `links_truncated`, when the request did not ask).
+PAGE_FIELDS = (
+    "title",
+    "lang",
+    "canonical_url",
+    "description",
+    "site_name",
+    "published",
+    "links",
+    "links_truncated",
+)
+RESULT_FIELDS += PAGE_FIELDS
 
 
 @dataclass
@@ -73,6 +88,14 @@ class Result:
     message: str | None = None
     worker: int | None = None
     elapsed_ms: float | None = None
+    title: str | None = None
+    lang: str | None = None
+    canonical_url: str | None = None
+    description: str | None = None
+    site_name: str | None = None
+    published: str | None = None
+    links: list[dict[str, Any]] | None = None  # [{"url": str, "internal": bool}], with links=true
+    links_truncated: bool | None = None
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
@@ -146,6 +169,7 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
     }
     if url is not None:
         frame.update(url=url, status=None, final_url=None, content_type=None, text="", worker=None)
+        frame.update(dict.fromkeys(PAGE_FIELDS))
     return frame
 
 
@@ -172,6 +196,8 @@ def pack_result(
     error: str | None,
     message: str | None,
     fetch_ms: float,
+    page: list[Any] | None = None,
 ) -> bytes:
+    """``page``: the PAGE_FIELDS values in order, or None for a result without a parsed page."""
     # A fresh Packer per call: the worker packs from several threads, and Packer is not thread-safe.
-    return msgpack.packb([ticket, ok, status, final_url, content_type, text, error, message, fetch_ms])
+    return msgpack.packb([ticket, ok, status, final_url, content_type, text, error, message, fetch_ms, page])
