@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -42,6 +41,7 @@ from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
 from .options import Options, effective
 from .pagemeta import page_fields
+from .protocol import Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -59,20 +59,6 @@ _EXTRACTING = threading.BoundedSemaphore(2)
 # own, so that pages in those modes queue behind each other and never hold up a full-text page.
 _EXTRACTING_MAIN = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
-
-
-@dataclass
-class Outcome:
-    """What the worker sends back for one URL (docs/RING.md, result message)."""
-
-    ok: bool
-    status: int | None = None
-    final_url: str | None = None
-    content_type: str | None = None
-    text: str = ""
-    error: str | None = None
-    message: str | None = None
-    page: list[Any] | None = None  # protocol.PAGE_FIELDS of an HTML page
 
 
 class FetchError(Exception):
@@ -522,15 +508,15 @@ class Fetcher:
                 False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"
             )
         if status_err:
-            return Outcome(False, status, url, ctype, text, *status_err, page=page)
-        return Outcome(True, status, url, ctype, text, page=page)
+            return Outcome(False, status, url, ctype, text, *status_err, **page)
+        return Outcome(True, status, url, ctype, text, **page)
 
     def _extract(
         self, body: bytes, http_charset: str | None, kind: str, url: str
-    ) -> tuple[str, tuple[str, str] | None, list[Any] | None]:
-        """``(text, (code, message) of a failure or None, PAGE_FIELDS of an HTML page or None)``."""
+    ) -> tuple[str, tuple[str, str] | None, dict[str, Any]]:
+        """``(text, (code, message) of a failure or None, metadata and links of an HTML page or {})``."""
         opts = self.opts
-        page = None
+        page: dict[str, Any] = {}
         try:
             text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
             if kind == "html":
@@ -541,5 +527,5 @@ class Fetcher:
             else:
                 text = text_in
         except (ValueError, LookupError) as e:
-            return "", ("decode_error", f"cannot decode or parse the body: {e}"), None
+            return "", ("decode_error", f"cannot decode or parse the body: {e}"), {}
         return text, None, page

@@ -133,9 +133,11 @@ def links(root: Any, final_url: str, cap: int) -> tuple[list[dict[str, Any]], bo
     return out, False
 
 
-def page_fields(root: Any, final_url: str, published: bool, with_links: bool, max_links: int) -> list[Any]:
-    """protocol.PAGE_FIELDS of a parsed page, in order: metadata, then links and links_truncated (None
-    unless ``with_links``)."""
-    meta = metadata(root, final_url, published)
-    found, truncated = links(root, final_url, max_links) if with_links else (None, None)
-    return [*(meta[k] for k in METADATA_FIELDS), found, truncated]
+def page_fields(
+    root: Any, final_url: str, published: bool, with_links: bool, max_links: int
+) -> dict[str, Any]:
+    """The Outcome fields a parsed page fills: its metadata, and its links when asked."""
+    fields: dict[str, Any] = metadata(root, final_url, published)
+    if with_links:
+        fields["links"], fields["links_truncated"] = links(root, final_url, max_links)
+    return fields

@@ -16,6 +16,7 @@ Ring messages are msgpack arrays, specified in docs/RING.md ("Messages on the ri
 
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -46,39 +47,18 @@ ERRORS: dict[str, str] = {
     "internal_error": "an unexpected error in the worker; see the daemon's log",
 }
 
-RESULT_FIELDS = (
-    "url",
-    "ok",
-    "status",
-    "final_url",
-    "content_type",
-    "text",
-    "error",
-    "message",
-    "worker",
-    "elapsed_ms",
-)
-# What the worker read from the page besides its text (shmfetch/pagemeta.py): the last element of a result
-# message, in this order, and keys of every result frame (null when the page declares nothing, or for
-# `published`, `links` and `links_truncated`, when the request did not ask).
-PAGE_FIELDS = (
-    "title",
-    "lang",
-    "canonical_url",
-    "description",
-    "site_name",
-    "published",
-    "links",
-    "links_truncated",
-)
-RESULT_FIELDS += PAGE_FIELDS
-
 
 @dataclass
-class Result:
-    """One fetched URL, as the CLI's JSON Lines and the Python client present it."""
+class Outcome:
+    """What the worker found for one URL: the result fields the worker fills.
 
-    url: str
+    This class and ``Result`` below are the one definition of the result schema. Everything else derives
+    from them: the result ring message is ``[ticket, *OUTCOME_FIELDS values]`` (``pack_result``), the
+    master turns it into a client frame by name (``result_frame``), and ``Result`` is what the clients,
+    the JSON Lines output and the HTTP API present. Adding a result field is one line here (with a
+    default, so older records and error frames still make a whole result); the fetcher fills it.
+    """
+
     ok: bool
     status: int | None = None
     final_url: str | None = None
@@ -86,24 +66,38 @@ class Result:
     text: str = ""
     error: str | None = None
     message: str | None = None
-    worker: int | None = None
-    elapsed_ms: float | None = None
+    # What the page declares about itself (shmfetch/pagemeta.py): HTML pages only, null when absent.
     title: str | None = None
     lang: str | None = None
     canonical_url: str | None = None
     description: str | None = None
     site_name: str | None = None
-    published: str | None = None
+    published: str | None = None  # YYYY-MM-DD, with metadata=true (request or [fetch] metadata)
     links: list[dict[str, Any]] | None = None  # [{"url": str, "internal": bool}], with links=true
-    links_truncated: bool | None = None
+    links_truncated: bool | None = None  # with links=true: more than [fetch] max_links links
+
+
+@dataclass
+class Result(Outcome):
+    """One fetched URL, as the CLI's JSON Lines, the HTTP API and the Python clients present it: the
+    worker's ``Outcome`` plus the fields the master adds."""
+
+    url: str = ""
+    worker: int | None = None  # the worker slot that fetched it
+    elapsed_ms: float | None = None  # from the master taking the request to the answer
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in frame.items() if k in names})
+        return cls(**{k: v for k, v in frame.items() if k in _RESULT_NAMES})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+OUTCOME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+_RESULT_NAMES = frozenset(RESULT_FIELDS)
+_OUTCOME_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Outcome) if f.name != "ok"}
 
 
 class FrameError(ValueError):
@@ -167,9 +161,8 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
         "error": code,
         "message": message or ERRORS.get(code, code),
     }
-    if url is not None:
-        frame.update(url=url, status=None, final_url=None, content_type=None, text="", worker=None)
-        frame.update(dict.fromkeys(PAGE_FIELDS))
+    if url is not None:  # an answer to a fetch request: a whole result, every field present
+        frame = {**_OUTCOME_DEFAULTS, **frame, "url": url, "worker": None, "elapsed_ms": None}
     return frame
 
 
@@ -186,18 +179,24 @@ def unpack(buf: Any) -> Any:
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
 
 
-def pack_result(
-    ticket: int,
-    ok: bool,
-    status: int | None,
-    final_url: str | None,
-    content_type: str | None,
-    text: str,
-    error: str | None,
-    message: str | None,
-    fetch_ms: float,
-    page: list[Any] | None = None,
-) -> bytes:
-    """``page``: the PAGE_FIELDS values in order, or None for a result without a parsed page."""
+_outcome_values = operator.attrgetter(*OUTCOME_FIELDS)
+
+
+def pack_result(ticket: int, out: Outcome) -> bytes:
+    """The result ring message for ``out``: ``[ticket, *values in OUTCOME_FIELDS order]``."""
     # A fresh Packer per call: the worker packs from several threads, and Packer is not thread-safe.
-    return msgpack.packb([ticket, ok, status, final_url, content_type, text, error, message, fetch_ms, page])
+    return msgpack.packb([ticket, *_outcome_values(out)])
+
+
+def result_frame(req_id: Any, url: str, worker: int, elapsed_ms: float, record: list[Any]) -> dict[str, Any]:
+    """The client frame (the fields of ``Result`` plus ``id``) for one result ring ``record``.
+
+    The values are passed through as they are: the master reads records with ``raw=True``, so strings stay
+    UTF-8 bytes and reach the client without being decoded and encoded again (dispatch.py, ``_unpack_raw``).
+    """
+    frame = dict(zip(OUTCOME_FIELDS, record[1:], strict=False))
+    frame["id"] = req_id
+    frame["url"] = url
+    frame["worker"] = worker
+    frame["elapsed_ms"] = elapsed_ms
+    return frame

@@ -25,9 +25,9 @@ from typing import Any
 
 from .config import Config
 from .control import S_BUSY, Control
-from .fetch import Fetcher, Outcome
+from .fetch import Fetcher
 from .options import effective
-from .protocol import pack_result, unpack
+from .protocol import Outcome, pack_result, unpack
 from .ring import Ring, RingClosed
 
 log = logging.getLogger("shmfetch.worker")
@@ -124,18 +124,8 @@ class Worker:
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
             log.exception("worker %d: fetch of %r raised", self.index, url)
             out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
-        payload = pack_result(
-            ticket,
-            out.ok,
-            out.status,
-            out.final_url,
-            out.content_type,
-            out.text,
-            out.error,
-            out.message,
-            out_ms := (time.perf_counter() - t0) * 1000.0,
-            out.page,
-        )
+        payload = pack_result(ticket, out)
+        out_ms = (time.perf_counter() - t0) * 1000.0
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
         if log.isEnabledFor(logging.DEBUG):
