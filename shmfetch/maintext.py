@@ -16,6 +16,7 @@ serves full text does not pay its memory.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -35,17 +36,37 @@ MARKDOWN_OPTIONS: dict[str, Any] = {
 }
 
 _extract: Any = None
+_settings: dict[str, Any] = {}  # mode -> trafilatura Extractor, built once per process
 
 
-def _trafilatura_extract() -> Any:
+def _load() -> None:
+    """Import trafilatura and build one Extractor (its settings object) per mode.
+
+    ``extract()`` otherwise builds an Extractor from keyword arguments on every call, reading its
+    defaults through configparser: about 1 ms a page, a tenth of the main-mode cost (py-spy and cProfile,
+    docs/BENCHMARKS.md "Content modes"). Each call gets a shallow copy carrying its own URL.
+    """
     global _extract
-    if _extract is None:
-        import trafilatura
+    import trafilatura
+    from trafilatura.settings import Extractor
 
-        # "discarding data" and similar per-page warnings would flood the daemon's log.
-        logging.getLogger("trafilatura").setLevel(logging.ERROR)
-        _extract = trafilatura.extract
-    return _extract
+    # "discarding data" and similar per-page warnings would flood the daemon's log.
+    logging.getLogger("trafilatura").setLevel(logging.ERROR)
+    common = {
+        "fast": EXTRACT_OPTIONS["fast"],
+        "comments": EXTRACT_OPTIONS["include_comments"],
+        "tables": EXTRACT_OPTIONS["include_tables"],
+        "dedup": EXTRACT_OPTIONS["deduplicate"],
+        "with_metadata": EXTRACT_OPTIONS["with_metadata"],
+    }
+    _settings["main"] = Extractor(**common)
+    _settings["markdown"] = Extractor(
+        output_format=MARKDOWN_OPTIONS["output_format"],
+        formatting=MARKDOWN_OPTIONS["include_formatting"],
+        links=MARKDOWN_OPTIONS["include_links"],
+        **common,
+    )
+    _extract = trafilatura.extract
 
 
 def html_text(html: str, mode: str, url: str | None, noscript: str = "drop") -> tuple[str, Any]:
@@ -61,9 +82,8 @@ def main_content(root: Any, url: str | None, mode: str) -> str:
     """Main content of a parsed page as plain text (``main``) or Markdown (``markdown``); "" if none."""
     if root is None:
         return ""
-    extract = _trafilatura_extract()
-    if mode == "markdown":
-        out = extract(root, url=url, **EXTRACT_OPTIONS, **MARKDOWN_OPTIONS)
-    else:
-        out = extract(root, url=url, **EXTRACT_OPTIONS)
-    return out or ""
+    if _extract is None:
+        _load()
+    settings = copy.copy(_settings[mode])
+    settings.url = settings.source = url
+    return _extract(root, options=settings) or ""

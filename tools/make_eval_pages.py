@@ -175,12 +175,50 @@ MOST_READ = [
 ]
 
 
+def _bulk(seed: int) -> str:
+    """What real article pages carry in bulk (most of a 100-200 KB news page): inline CSS, an inline
+    script bundle, JSON-LD and an analytics snippet; deterministic, about 60 KB."""
+    css = "".join(
+        f".c{seed}-{i}{{margin:{i % 7}px {i % 5}px;padding:{i % 3}px;color:#{(i * 7919) % 0xFFFFFF:06x};"
+        f"font:{12 + i % 6}px/1.{i % 9} sans-serif}}\n"
+        for i in range(300)
+    )
+    js = "".join(
+        f"function m{seed}_{i}(a,b){{var x=a*{i}+b;if(x<{i * 3}&&a>b){{return '<div>'+x+'</div>';}}"
+        f"return window.__state&&window.__state['k{i}']||null;}}\n"
+        for i in range(250)
+    )
+    ld = json.dumps(
+        {
+            "@context": "https://schema.org",
+            "@type": "NewsArticle",
+            "publisher": {"@type": "Organization", "name": "The Daily Meridian"},
+            "keywords": [f"topic-{i}" for i in range(40)],
+        }
+    )
+    return (
+        f"<style>{css}</style><script>{js}</script>"
+        f'<script type="application/ld+json">{ld}</script>'
+        "<script>(function(w,d){var s=d.createElement('script');s.async=1;s.src='/a.js';"
+        "d.head.appendChild(s);})(window,document);</script>"
+    )
+
+
 def _esc(s: str) -> str:
     return html.escape(s, quote=True)
 
 
 def _nav() -> str:
-    items = "".join(f'<li><a href="/{s.lower()}/">{s}</a></li>' for s in SECTIONS)
+    # A mega-menu: each section with its sub-sections, as most news sites have.
+    items = "".join(
+        f'<li><a href="/{s.lower()}/">{s}</a><ul class="sub">'
+        + "".join(
+            f'<li><a href="/{s.lower()}/{k}/">{s} {k}</a></li>'
+            for k in ("latest", "analysis", "features", "local", "world", "archive")
+        )
+        + "</ul></li>"
+        for s in SECTIONS
+    )
     return (
         '<header class="site-header"><a class="logo" href="/">The Daily Meridian</a>'
         f'<nav class="main-nav"><ul>{items}</ul></nav>'
@@ -293,7 +331,8 @@ def page(a: dict) -> str:
         f'<meta property="article:published_time" content="2026-03-1{len(a["name"]) % 9}T08:30:00Z">'
         f'<link rel="canonical" href="https://meridian.example/news/{a["name"]}">'
         '<link rel="stylesheet" href="/static/site.css"><script src="/static/app.js"></script>'
-        "<script>window.dataLayer=window.dataLayer||[];dataLayer.push({page:'article'});</script></head><body>"
+        + _bulk(len(a["name"]))
+        + "<script>window.dataLayer=window.dataLayer||[];dataLayer.push({page:'article'});</script></head><body>"
     )
     standfirst = f'<p class="standfirst">{_esc(a["standfirst"])}</p>' if a["standfirst"] else ""
     byline = (
