@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,38 @@ def test_http_api_modes_accept_markdown_and_bad_options(tmp_path, origin):
         assert "speed" in bad.text
         bad = requests.get(base, params={"url": url, "max_bytes": "-1"}, timeout=30)
         assert bad.status_code == 400 and "max_bytes" in bad.text
+
+
+def test_main_mode_has_its_own_extraction_slots(origin):
+    """Two main-content pages in extraction (both main slots taken) hold up neither a full-text page nor
+    anything but the next main-content page."""
+    from shmfetch import fetch as fetch_mod
+    from shmfetch.config import SecurityConfig
+    from shmfetch.fetch import Fetcher
+    from shmfetch.options import effective
+
+    cfg = FetchConfig(timeout=5.0)
+    sec = SecurityConfig(allow_networks=("127.0.0.1/32",))
+    url = origin.url(f"/pages/{ARTICLE}")
+    text_fetcher, main_fetcher = Fetcher(cfg, sec), Fetcher(cfg, sec)
+    held = 0
+    got: list = []
+    waiter = threading.Thread(
+        target=lambda: got.append(main_fetcher.fetch(url, effective({"mode": "main"}, cfg)))
+    )
+    try:
+        while held < 2 and fetch_mod._EXTRACTING_MAIN.acquire(timeout=5):
+            held += 1
+        assert held == 2
+        out = text_fetcher.fetch(url)
+        assert out.ok and "Subscribe" in out.text
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not got  # the main page waits for a main slot
+    finally:
+        for _ in range(held):
+            fetch_mod._EXTRACTING_MAIN.release()
+    waiter.join(10)
+    assert got and got[0].ok and "Subscribe" not in got[0].text
+    text_fetcher.close()
+    main_fetcher.close()

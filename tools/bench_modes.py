@@ -108,6 +108,17 @@ def run_daemon(sock: str, urls: list[str]) -> tuple[float, dict[str, str]]:
     return asyncio.run(go())
 
 
+def peak_rss_kib(pid: int) -> list[int]:
+    """VmHWM (peak RSS, KiB) of each child of ``pid``: the daemon's workers."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]))
+    return out
+
+
 # -- peer ---------------------------------------------------------------------------------------------
 
 _session = None
@@ -173,6 +184,7 @@ def main() -> int:
                 rate, texts = run_peer(pool, urls)
                 rates["peer"].append(rate)
                 f1["peer"] = mean_f1(texts, expected)
+        worker_rss = peak_rss_kib(daemon.pid)
     finally:
         daemon.send_signal(signal.SIGUSR1)
         try:
@@ -190,6 +202,7 @@ def main() -> int:
         f"daemon main  {d:8.1f} pages/s  F1={f1['daemon']:.4f}  runs={[round(x, 1) for x in rates['daemon']]}"
     )
     print(f"mp.Pool peer {p:8.1f} pages/s  F1={f1['peer']:.4f}  runs={[round(x, 1) for x in rates['peer']]}")
+    print(f"daemon workers' peak RSS: {', '.join(f'{k / 1024:.1f} MiB' for k in worker_rss)}")
     print(f"ratio daemon/peer = {d / p:.2f}x, F1 difference = {f1['daemon'] - f1['peer']:+.4f}")
     return 0
 
