@@ -12,8 +12,10 @@ One run, same machine, same URLs, same origin:
 * **peer**: ``multiprocessing.Pool(N)`` mapping ``requests.Session.get(url)`` +
   ``trafilatura.extract(r.text, fast=True, ...)`` with the same trafilatura options (maintext.EXTRACT_OPTIONS).
 
-Runs alternate (daemon, peer, daemon, peer, ...) so that drift on a shared box hits both; the median
-pages/s of each is reported with the ratio, and the F1 of each against tests/pages/expected.jsonl
+Runs alternate (daemon, peer, daemon, peer, ...) so that drift on a shared box hits both. Reported: the
+median pages/s of each, the median of the per-round ratios, the CPU time per page of each (daemon: master
++ workers + this client; peer: the pool's processes + this parent; utime+stime from /proc), which a busy box disturbs
+far less than wall-clock rates, and the F1 of each against tests/pages/expected.jsonl
 (shmfetch.evaluate.token_scores, mean over the pages). N defaults to the number of cores.
 """
 
@@ -108,14 +110,28 @@ def run_daemon(sock: str, urls: list[str]) -> tuple[float, dict[str, str]]:
     return asyncio.run(go())
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
 def peak_rss_kib(pid: int) -> list[int]:
     """VmHWM (peak RSS, KiB) of each child of ``pid``: the daemon's workers."""
     out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    out.append(int(line.split()[1]))
+    for child in children(pid):
+        for line in Path(f"/proc/{child}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out.append(int(line.split()[1]))
     return out
 
 
@@ -162,6 +178,7 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
+    load0 = f"{os.getloadavg()[0]:.1f}"
     ctx = mp.get_context("spawn")
     port_q = ctx.Queue()
     origin = ctx.Process(target=_origin, args=(port_q, args.latency_ms / 1000.0), daemon=True)
@@ -173,15 +190,22 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_modes."))
     daemon, sock = start_daemon(tmp, args.workers)
     rates: dict[str, list[float]] = {"daemon": [], "peer": []}
+    cpu: dict[str, list[float]] = {"daemon": [], "peer": []}
     f1: dict[str, float] = {}
     try:
         with ctx.Pool(args.workers, initializer=_peer_init) as pool:
             list(pool.imap_unordered(_peer_fetch, urls[: 4 * args.workers]))  # warm-up
+            daemon_pids = [daemon.pid, *children(daemon.pid)]
+            pool_pids = [p.pid for p in pool._pool]
             for _ in range(args.rounds):
+                c0, m0 = cpu_seconds(daemon_pids), time.process_time()
                 rate, texts = run_daemon(sock, urls)
+                cpu["daemon"].append((cpu_seconds(daemon_pids) - c0 + time.process_time() - m0) / len(urls))
                 rates["daemon"].append(rate)
                 f1["daemon"] = mean_f1(texts, expected)
+                c0, m0 = cpu_seconds(pool_pids), time.process_time()
                 rate, texts = run_peer(pool, urls)
+                cpu["peer"].append((cpu_seconds(pool_pids) - c0 + time.process_time() - m0) / len(urls))
                 rates["peer"].append(rate)
                 f1["peer"] = mean_f1(texts, expected)
         worker_rss = peak_rss_kib(daemon.pid)
@@ -195,15 +219,22 @@ def main() -> int:
         origin.terminate()
         origin.join(5)
     d, p = statistics.median(rates["daemon"]), statistics.median(rates["peer"])
+    ratios = [a / b for a, b in zip(rates["daemon"], rates["peer"], strict=True)]
+    dc, pc = (statistics.median(cpu[k]) * 1e3 for k in ("daemon", "peer"))
     print(
         f"requests={args.requests} rounds={args.rounds} latency_ms={args.latency_ms} workers={args.workers}"
     )
-    print(
-        f"daemon main  {d:8.1f} pages/s  F1={f1['daemon']:.4f}  runs={[round(x, 1) for x in rates['daemon']]}"
-    )
-    print(f"mp.Pool peer {p:8.1f} pages/s  F1={f1['peer']:.4f}  runs={[round(x, 1) for x in rates['peer']]}")
+    print(f"load average before/after: {load0} / {os.getloadavg()[0]:.1f}")
+    for name, rate, c in (("daemon main", d, dc), ("mp.Pool peer", p, pc)):
+        key = "daemon" if name.startswith("daemon") else "peer"
+        runs = [round(x, 1) for x in rates[key]]
+        print(f"{name:13s} {rate:7.1f} pages/s {c:6.2f} CPU ms/page  F1={f1[key]:.4f}  runs={runs}")
     print(f"daemon workers' peak RSS: {', '.join(f'{k / 1024:.1f} MiB' for k in worker_rss)}")
-    print(f"ratio daemon/peer = {d / p:.2f}x, F1 difference = {f1['daemon'] - f1['peer']:+.4f}")
+    print(
+        f"per-round ratios daemon/peer: {[round(r, 2) for r in ratios]}, median {statistics.median(ratios):.2f}x"
+    )
+    print(f"ratio of medians {d / p:.2f}x; CPU per page peer/daemon {pc / dc:.2f}x")
+    print(f"F1 difference daemon - peer = {f1['daemon'] - f1['peer']:+.4f}")
     return 0
 
 
