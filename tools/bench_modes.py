@@ -6,7 +6,7 @@ One run, same machine, same URLs, same origin:
 
 * an origin process (aiohttp) serves the shipped article pages (tests/pages) under many URLs, after
   ``--latency-ms`` of simulated network latency per response;
-* **daemon**: ``shmfetch serve`` (N workers, 16 threads), driven by ``AsyncClient.fetch_many(urls,
+* **daemon**: ``shmfetch serve`` (N workers, ``--threads`` threads each, default 16), driven by ``AsyncClient.fetch_many(urls,
   mode="main")`` at concurrency 64: download, parse once, trafilatura on the tree, result over shared
   memory and the socket;
 * **peer**: ``multiprocessing.Pool(N)`` mapping ``requests.Session.get(url)`` +
@@ -76,11 +76,11 @@ def _origin(port_q: Any, latency: float) -> None:
 # -- daemon -------------------------------------------------------------------------------------------
 
 
-def start_daemon(tmp: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_daemon(tmp: Path, workers: int, threads: int = 16) -> tuple[subprocess.Popen, str]:
     sock = str(tmp / "bench.sock")
     cfg = tmp / "bench.ini"
     cfg.write_text(
-        f"[daemon]\nworkers = {workers}\nthreads = 16\nsocket = {sock}\npidfile = {tmp / 'bench.pid'}\n"
+        f"[daemon]\nworkers = {workers}\nthreads = {threads}\nsocket = {sock}\npidfile = {tmp / 'bench.pid'}\n"
         "log_level = warning\n[fetch]\ntimeout = 30\n[security]\nallow_networks = 127.0.0.1/32\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)], cwd=REPO)
@@ -177,6 +177,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--threads", type=int, default=16, help="the daemon's threads per worker (default 16)")
     args = ap.parse_args()
     load0 = f"{os.getloadavg()[0]:.1f}"
     ctx = mp.get_context("spawn")
@@ -188,7 +189,7 @@ def main() -> int:
     names = sorted(expected)
     urls = [f"http://127.0.0.1:{port}/p/{i}/{names[i % len(names)]}" for i in range(args.requests)]
     tmp = Path(tempfile.mkdtemp(prefix="bench_modes."))
-    daemon, sock = start_daemon(tmp, args.workers)
+    daemon, sock = start_daemon(tmp, args.workers, args.threads)
     rates: dict[str, list[float]] = {"daemon": [], "peer": []}
     cpu: dict[str, list[float]] = {"daemon": [], "peer": []}
     f1: dict[str, float] = {}
@@ -222,7 +223,7 @@ def main() -> int:
     ratios = [a / b for a, b in zip(rates["daemon"], rates["peer"], strict=True)]
     dc, pc = (statistics.median(cpu[k]) * 1e3 for k in ("daemon", "peer"))
     print(
-        f"requests={args.requests} rounds={args.rounds} latency_ms={args.latency_ms} workers={args.workers}"
+        f"requests={args.requests} rounds={args.rounds} latency_ms={args.latency_ms} workers={args.workers} threads={args.threads}"
     )
     print(f"load average before/after: {load0} / {os.getloadavg()[0]:.1f}")
     for name, rate, c in (("daemon main", d, dc), ("mp.Pool peer", p, pc)):
