@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import heapq
 import itertools
 import logging
@@ -141,6 +142,23 @@ def _pin_host(host: str) -> str:
     return host.lower().strip("[]").rstrip(".")
 
 
+def _connect_failure(e: OSError, addr: str, port: int) -> str:
+    """``connection refused: 127.0.0.1:1``: what failed and where, without urllib3's wrappers."""
+    reason = "connection refused" if e.errno == errno.ECONNREFUSED else (e.strerror or str(e)).lower()
+    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return f"{reason}: {where}"
+
+
+def _new_connection_reason(e: BaseException) -> str | None:
+    """The message of the NewConnectionError inside requests' ConnectionError(MaxRetryError(...)), if any."""
+    cur: object = e
+    for _ in range(4):
+        if isinstance(cur, NewConnectionError):
+            return cur._message
+        cur = getattr(cur, "reason", None) or (cur.args[0] if getattr(cur, "args", None) else None)
+    return None
+
+
 class _PinMixin:
     """Connect only to the addresses Fetcher vetted for this host; keep the name for Host, SNI and certs."""
 
@@ -164,7 +182,7 @@ class _PinMixin:
             except TimeoutError as e:
                 raise ConnectTimeoutError(self, f"connect to {addr}:{port} timed out") from e
             except OSError as e:
-                last = NewConnectionError(self, f"Failed to establish a new connection to {addr}: {e}")  # type: ignore[arg-type]
+                last = NewConnectionError(self, _connect_failure(e, addr, port))  # type: ignore[arg-type]
                 continue
             with self._ctx.lock:
                 self._ctx.sock = sock
@@ -317,7 +335,11 @@ class Fetcher:
         if isinstance(e, requests.exceptions.InvalidSchema):
             return "unsupported_scheme", msg
         if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            return "connect_error", msg
+            short = _new_connection_reason(e)
+            if short is None:
+                return "connect_error", msg
+            log.debug("connect_error detail: %s", msg)  # requests' chain of wrappers, for the log only
+            return "connect_error", short
         if isinstance(e, (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, ConnectionError)):
             return "connect_error", msg
         return "internal_error", msg
