@@ -1,9 +1,12 @@
 """Write the content-mode evaluation pages: tests/pages/*.html and tests/pages/expected.jsonl.
 
-Six news-like article pages, each with its own article text and its own layout of boilerplate: a long
-navigation bar, a cookie banner, a sidebar of "most read" headlines, related-link lists, reader comments,
-a newsletter box, a footer of site links, and one article split over several sibling <div>s. The expected
-text of a page is its article: headline, standfirst, body paragraphs and subheadings, one per line.
+Six news-like article pages (about 66 KB each), each with its own article text and its own layout of
+boilerplate: a bulk of inline CSS, script and JSON-LD in the head, a mega-menu, a cookie banner, a sidebar
+of "most read" headlines, related-link lists, reader comments, a newsletter box, a footer of site links;
+two articles are split over several sibling <div>s with an advert and a "read more" box between them.
+The expected text of a page is its article body (what schema.org calls ``articleBody`` and
+article-extraction benchmarks score): body paragraphs and subheadings, one per line. The headline and
+standfirst sit in the article's <header>; the headline is the page's ``title`` metadata.
 
     python tools/make_eval_pages.py            # rewrites tests/pages (the files are committed)
     python -m shmfetch.evaluate tests/pages tests/pages/expected.jsonl --mode main
