@@ -20,7 +20,9 @@ import copy
 import logging
 from typing import Any
 
-from .extract import parse_html, tree_to_text
+from lxml import etree
+
+from .extract import TooDeep, html_to_text, parse_html, tree_to_text
 
 EXTRACT_OPTIONS: dict[str, Any] = {
     "fast": True,
@@ -69,12 +71,21 @@ def _load() -> None:
     _extract = trafilatura.extract
 
 
-def html_text(html: str, mode: str, url: str | None, noscript: str = "drop") -> tuple[str, Any]:
-    """A decoded HTML page's text in ``mode``, parsed once: ``(text, root)``; the worker goes on to read
-    metadata and links from ``root`` (None for an empty page)."""
-    root, too_deep = parse_html(html)
-    if mode == "text":
-        return tree_to_text(root, too_deep, html, noscript), root
+def html_text(
+    html: bytes | bytearray | str, mode: str, url: str | None, noscript: str = "drop", encoding: str = "utf-8"
+) -> tuple[str, Any]:
+    """A page's text in ``mode``, parsed once: ``(text, root)``. ``html`` is markup in ``encoding`` (as
+    shmfetch.charset.choose names it) or a str. The worker goes on to read metadata and links from
+    ``root``; it is None for an empty page, and for one nested too deep for libxml2, whose full text then
+    comes from extract's streaming parser, in every mode."""
+    if isinstance(html, str):
+        html, encoding = html.encode("utf-8", "replace"), "utf-8"
+    try:
+        root = parse_html(html, encoding)
+        if mode == "text":
+            return tree_to_text(root, noscript), root
+    except (TooDeep, etree.XSLTApplyError):
+        return html_to_text(html, noscript, encoding=encoding), None
     return main_content(root, url, mode), root
 
 

@@ -1,11 +1,13 @@
 """The master: owns every shared object, supervises the workers, and runs the client-facing loop.
 
 Shaped after gunicorn's arbiter. Signal handlers only record the signal and wake the main loop, which does
-the work. Children are reaped with waitpid(-1, WNOHANG) in a loop. A dead worker's lock is repaired, its
-committed results drained, its counter contribution reconciled, its unanswered jobs re-dispatched once,
-and it is respawned on fresh rings, with a backoff when it dies while booting. Shutdown is staged:
-stop accepting, drain until ``drain_timeout``, then force (SIGKILL), and either way reap, unlink, and
-print ``downloaded N URLs`` as the last line of stdout.
+the work. Children are reaped with waitpid(-1, WNOHANG) in a loop (``reap``), and each dead worker is buried
+in steps (``_bury``): its committed results drained, its unanswered jobs re-homed (those it never took
+without a strike), its rings freed, its counter contribution reconciled, and it is respawned on fresh rings,
+with a backoff when it dies while booting. Shutdown is staged (``_teardown``): stop accepting, drain until
+``drain_timeout``, ask the workers to leave within what is left of it, then SIGKILL, reap, finish the
+burials, and print ``downloaded N URLs`` as the last line of stdout. Nothing here waits without bound on a
+peer that may be dead: every wait is on a reaped process's ring, a non-blocking lock try, or a deadline.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .ring import Ring
 from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
+    from .cluster.intake import ClusterIntake
     from .http_api import HttpApi
 
 log = logging.getLogger("shmfetch.master")
@@ -69,6 +72,7 @@ class Master:
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
+        self.cluster: ClusterIntake | None = None  # the optional Redis Streams intake ([cluster] redis)
         self.by_pid: dict[int, WorkerHandle] = {}
         self.generations = [0] * cfg.daemon.workers
         self.restarts = [0] * cfg.daemon.workers
@@ -159,6 +163,8 @@ class Master:
         await self.listener.start(self.sock)
         if self.cfg.http.listen:
             await self._start_http()
+        if self.cfg.cluster.redis:
+            self._start_cluster()
         log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
     async def _start_http(self) -> None:
@@ -177,11 +183,18 @@ class Master:
             return
         log.info("HTTP API listening on %s", listen)
 
+    def _start_cluster(self) -> None:
+        from .cluster.intake import ClusterIntake  # imported only when configured
+        from .cluster.streams import claim_idle
+
+        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg))
+        self.cluster.start()
+
     def _stop_accepting(self) -> None:
         """No new work from now on: new requests are refused and the listening sockets close."""
         self.stopping = True
         self.dispatcher.accepting = False
-        for front in (self.listener, self.http):
+        for front in (self.listener, self.http, self.cluster):
             if front is not None:
                 front.stop_accepting()
 
@@ -487,14 +500,12 @@ class Master:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
 
     async def _close_fronts(self) -> None:
+        if self.cluster is not None:  # commit the results of finished jobs (bounded by drain_timeout)
+            await self.cluster.close(self.cfg.daemon.drain_timeout)
         if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
-        try:
-            os.unlink(self.cfg.daemon.socket)
-        except FileNotFoundError:
-            pass
 
     def _check_count(self) -> None:
         if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
@@ -502,17 +513,21 @@ class Master:
                 "counter %d differs from ok results delivered %d", self.ctl.counter, self.dispatcher.ok_total
             )
 
+    def _unlink_socket(self) -> None:
+        """Remove our socket's name, only if it is still ours (the file we linked there)."""
+        try:
+            st = os.stat(self.cfg.daemon.socket)
+            if (st.st_dev, st.st_ino) == self._sock_id:
+                os.unlink(self.cfg.daemon.socket)
+        except FileNotFoundError:
+            pass
+
     def _release_control(self) -> None:
         """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
         (last, so that the next daemon starts only once everything of ours is gone). Safe to call twice."""
         if self.sock is not None:
             self.sock.close()
-            try:
-                st = os.stat(self.cfg.daemon.socket)
-                if (st.st_dev, st.st_ino) == self._sock_id:
-                    os.unlink(self.cfg.daemon.socket)
-            except FileNotFoundError:
-                pass
+            self._unlink_socket()
             self.sock = None
         if self.ctl is not None:
             self.ctl.close()
@@ -568,6 +583,7 @@ class Master:
             "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
             "workers": workers,
+            "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
 

@@ -7,9 +7,11 @@ while other shmfetch daemons, or another copy of the suite, run on the same mach
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing.resource_tracker
 import os
 import re
+import sys
 
 import pytest
 
@@ -59,6 +61,18 @@ def _resource_tracker():
     yield
 
 
+# A backstop for blocking calls that lack their own bound (a ring put, a join): a test still running
+# after TEST_LIMIT is stuck, so dump every thread's stack and end the run rather than hang a CI job.
+TEST_LIMIT = 600.0
+
+
+@pytest.fixture(autouse=True)
+def bounded_test():
+    faulthandler.dump_traceback_later(TEST_LIMIT, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     """Fail any test that leaves its shared objects or child processes behind."""
@@ -76,3 +90,15 @@ def origin():
     o = Origin()
     yield o
     o.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of this test's own (tests/redis_server.py), stopped afterwards."""
+    from .redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

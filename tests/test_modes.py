@@ -77,7 +77,7 @@ def test_evaluate_command_prints_scores():
 
 
 def test_trafilatura_leaves_the_workers_tree_unchanged():
-    root, _ = parse_html((PAGES / ARTICLE).read_text())
+    root = parse_html((PAGES / ARTICLE).read_text().encode())
     before = etree.tostring(root)
     main_content(root, "http://127.0.0.1/a", "main")
     main_content(root, "http://127.0.0.1/a", "markdown")
@@ -154,7 +154,7 @@ META_PAGE = """<!DOCTYPE html><html lang="de-AT"><head><title>  Page   title </t
 
 
 def test_metadata_fields_and_nulls():
-    root, _ = parse_html(META_PAGE)
+    root = parse_html(META_PAGE.encode())
     meta = metadata(root, "http://127.0.0.1:8000/news/story?id=3")
     assert meta == {
         "title": "Page title",
@@ -164,18 +164,18 @@ def test_metadata_fields_and_nulls():
         "site_name": "Example News",
         "published": None,
     }
-    bare, _ = parse_html("<html><body><p>nothing declared</p></body></html>")
+    bare = parse_html(b"<html><body><p>nothing declared</p></body></html>")
     assert set(metadata(bare, "http://127.0.0.1/").values()) == {None}
 
 
 def test_published_only_when_asked():
-    root, _ = parse_html((PAGES / ARTICLE).read_text())
+    root = parse_html((PAGES / ARTICLE).read_text().encode())
     assert metadata(root, "http://127.0.0.1/")["published"] is None
     assert metadata(root, "http://127.0.0.1/", published=True)["published"] == "2026-03-12"
 
 
 def test_links_resolved_against_base_without_fragments_deduplicated_in_order():
-    root, _ = parse_html(META_PAGE)
+    root = parse_html(META_PAGE.encode())
     found, truncated = links(root, "http://127.0.0.1:8000/news/story?id=3", 100)
     assert truncated is False
     assert found == [
@@ -363,7 +363,7 @@ def test_main_mode_has_its_own_extraction_slots(origin):
         target=lambda: got.append(main_fetcher.fetch(url, effective({"mode": "main"}, cfg)))
     )
     try:
-        while held < 2 and fetch_mod._EXTRACTING_MAIN.acquire(timeout=5):
+        while held < 2 and fetch_mod.MAIN_EXTRACT_GATE.acquire(5):
             held += 1
         assert held == 2
         out = text_fetcher.fetch(url)
@@ -373,7 +373,7 @@ def test_main_mode_has_its_own_extraction_slots(origin):
         assert waiter.is_alive() and not got  # the main page waits for a main slot
     finally:
         for _ in range(held):
-            fetch_mod._EXTRACTING_MAIN.release()
+            fetch_mod.MAIN_EXTRACT_GATE.release()
     waiter.join(10)
     assert got and got[0].ok and "Subscribe" not in got[0].text
     text_fetcher.close()
