@@ -21,6 +21,8 @@ from typing import Any, TextIO
 from . import config as config_mod
 from . import names
 from .client import Client, DaemonUnavailable, ProtocolError
+from .config import MODES
+from .options import NAMES as OPTION_NAMES
 from .pidfile import running_pid
 from .protocol import Result
 
@@ -72,6 +74,16 @@ def _read_urls(items: list[str]) -> Iterator[str]:
             yield item
 
 
+def _add_option_arguments(s: argparse.ArgumentParser) -> None:
+    """The per-request options (shmfetch/options.py); unset ones take the daemon's config defaults."""
+    s.add_argument("--mode", choices=MODES, help="text (all visible text), main (main content), markdown")
+    s.add_argument("--metadata", action="store_true", default=None, help="also the publication date")
+    s.add_argument("--links", action="store_true", default=None, help="also the page's links")
+    s.add_argument("--timeout", type=float, help="seconds per URL (at most the config's)")
+    s.add_argument("--accept-language", help="Accept-Language header sent upstream")
+    s.add_argument("--max-bytes", type=int, help="bytes received per URL (at most the config's)")
+
+
 def _write_result(out: TextIO, r: Result, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """One result as ``submit`` prints it: JSON Lines, or ``==> URL`` and the text."""
     if as_json:
@@ -97,7 +109,9 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
     failed = 0
     try:
         with client:
-            for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
+            # Only the options given: the cluster's client takes none (yet).
+            options = {k: v for k in OPTION_NAMES if (v := getattr(args, k)) is not None}
+            for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency, **options):
                 if not r.ok:
                     failed += 1
                 _write_result(sys.stdout, r, args.json)
@@ -263,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
     s.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight (default 64)")
     s.add_argument("--redis", metavar="URL", help="go through the cluster's job stream on this Redis instead")
+    _add_option_arguments(s)
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
     s.set_defaults(func=cmd_submit)
 

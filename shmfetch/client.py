@@ -8,6 +8,12 @@ results in completion order, so memory stays bounded however many URLs are fed i
         page = c.fetch("http://127.0.0.1:8000/")
         for r in c.fetch_many(urls, concurrency=64):
             print(r.url, r.ok, len(r.text))
+        article = c.fetch(url, mode="markdown", links=True)
+
+Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the same for every URL of a
+``fetch_many``): ``mode`` ("text", "main", "markdown"), ``metadata``, ``links``, ``timeout``,
+``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
+unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ class DaemonUnavailable(ConnectionError):
 
 class ProtocolError(RuntimeError):
     """The daemon answered with an error frame that is not tied to a request."""
+
+
+def _request(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A fetch frame (without its id): the options that are not None travel in its ``options`` map."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return {"url": url, "options": given} if given else {"url": url}
 
 
 def _result(frame: dict[str, Any]) -> Result:
@@ -81,9 +93,9 @@ class Client:
             if reply.get("id") in (frame["id"], None):
                 return reply
 
-    def fetch(self, url: str) -> Result:
-        """Fetch one URL and wait for its result."""
-        return _result(self._call({"url": url}))
+    def fetch(self, url: str, **options: Any) -> Result:
+        """Fetch one URL with the given options (see the module docstring) and wait for its result."""
+        return _result(self._call(_request(url, options)))
 
     def stats(self) -> dict[str, Any]:
         """The daemon's live figures (see ``shmfetch stats``)."""
@@ -103,7 +115,7 @@ class Client:
             if frame.get("id") == -2:
                 return frame["downloaded"]
 
-    def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> Iterator[Result]:
+    def fetch_many(self, urls: Iterable[str], concurrency: int = 64, **options: Any) -> Iterator[Result]:
         """Fetch many URLs over this connection, at most ``concurrency`` in flight; yield in completion order.
 
         ``urls`` is consumed lazily by a sender thread, so a slow source (stdin) and the results stream at
@@ -117,7 +129,9 @@ class Client:
             try:
                 for url in urls:
                     window.acquire()
-                    self._sock.sendall(encode_frame({"id": next(ids), "url": url}))
+                    frame = _request(url, options)
+                    frame["id"] = next(ids)
+                    self._sock.sendall(encode_frame(frame))
                     state["sent"] += 1
             except BaseException as e:  # surfaced to the reader below
                 state["error"] = e
@@ -214,23 +228,26 @@ class AsyncClient:
         await self._writer.drain()
         return await fut
 
-    async def fetch(self, url: str) -> Result:
-        return _result(await self._call({"url": url}))
+    async def fetch(self, url: str, **options: Any) -> Result:
+        """Fetch one URL with the given options (see the module docstring)."""
+        return _result(await self._call(_request(url, options)))
 
     async def stats(self) -> dict[str, Any]:
         return (await self._call({"op": "stats"}))["stats"]
 
-    async def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> AsyncIterator[Result]:
+    async def fetch_many(
+        self, urls: Iterable[str], concurrency: int = 64, **options: Any
+    ) -> AsyncIterator[Result]:
         """Like ``Client.fetch_many``: bounded in-flight window, results in completion order."""
         it = iter(urls)
         running: set[asyncio.Task] = set()
         loop = asyncio.get_running_loop()
         for url in itertools.islice(it, concurrency):
-            running.add(loop.create_task(self.fetch(url)))
+            running.add(loop.create_task(self.fetch(url, **options)))
         while running:
             done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 yield task.result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    running.add(loop.create_task(self.fetch(nxt)))
+                    running.add(loop.create_task(self.fetch(nxt, **options)))

@@ -23,6 +23,10 @@ def _check(lo: float | None = None, hi: float | None = None, choices: tuple[str,
     return {"lo": lo, "hi": hi, "choices": choices}
 
 
+# Content modes (docs: README "Content modes"): full text, main content, main content as Markdown.
+MODES = ("text", "main", "markdown")
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -62,6 +66,11 @@ class FetchConfig:
     retries: int = field(default=2, metadata=_check(0, 20))
     user_agent: str = "shmfetch/0.1 (+https://example.invalid/shmfetch)"
     noscript: str = field(default="drop", metadata=_check(choices=("drop", "keep")))
+    mode: str = field(default="text", metadata=_check(choices=MODES))
+    metadata: bool = False  # also `published` (htmldate) in every result, not only when a request asks
+    max_links: int = field(
+        default=1000, metadata=_check(1, 1_000_000)
+    )  # links=true: more sets links_truncated
     # PEM file of CA certificates to trust *instead of* the default bundle (e.g. an internal CA); "" = default.
     ca_bundle: str = ""
 
@@ -125,12 +134,18 @@ def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
             val: Any = int(raw.strip().replace("_", ""), 0)
         elif typ == "float":
             val = float(raw)
+        elif typ == "bool":
+            low = raw.strip().lower()
+            if low not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+                raise ValueError(raw)
+            val = low in ("true", "yes", "on", "1")
         elif typ == "tuple[str, ...]":
             val = tuple(x for x in raw.replace(",", " ").split() if x)
         else:
             val = raw.strip()
     except ValueError:
-        raise ConfigError(f"{where}: expected {'an integer' if typ == 'int' else 'a number'}") from None
+        expected = {"int": "an integer", "bool": "true or false"}.get(typ, "a number")
+        raise ConfigError(f"{where}: expected {expected}") from None
     if typ in ("int", "float"):
         lo, hi = meta.get("lo"), meta.get("hi")
         if (lo is not None and val < lo) or (hi is not None and val > hi) or val != val:

@@ -34,12 +34,13 @@ log = logging.getLogger("shmfetch.master")
 
 
 class Job:
-    __slots__ = ("sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload", "end")
+    __slots__ = ("sink", "req_id", "url", "options", "attempts", "t0", "ticket", "slots", "payload", "end")
 
-    def __init__(self, sink: Sink, req_id: Any, url: str):
+    def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
         self.sink = sink
         self.req_id = req_id
         self.url = url
+        self.options = options  # checked by options.check; forwarded to the worker as given
         self.attempts = 0  # crashes of a worker that had taken it
         self.t0 = time.perf_counter()
         self.ticket = 0
@@ -132,7 +133,7 @@ class Dispatcher:
                 continue
             if not job.payload:
                 job.ticket = next(self._tickets)
-                job.payload = pack_request(job.ticket, job.url)
+                job.payload = pack_request(job.ticket, job.url, job.options)
                 job.slots = w.req.slots_for(len(job.payload))  # every request ring has the same geometry
             if w.has_credit(job, self.max_inflight):
                 self.rr = (i + 1) % n

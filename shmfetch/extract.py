@@ -37,6 +37,7 @@ import re
 import threading
 from typing import Any
 
+import lxml.html
 from lxml import etree
 
 from .charset import choose, decode_as
@@ -84,7 +85,10 @@ def _parser() -> etree.HTMLParser:
     if parser is None:
         # huge_tree: without it libxml2 silently drops text nodes over 10 MB. collect_ids=False and
         # default_doctype=False skip an id hash table and a DOCTYPE node that no text pass reads.
-        parser = _local.parser = etree.HTMLParser(
+        # lxml.html's parser gives HtmlElement nodes, which trafilatura requires of a tree handed to it
+        # (content modes, maintext.py); parsing costs the same, the classes matter only where Python
+        # touches a node.
+        parser = _local.parser = lxml.html.HTMLParser(
             encoding="utf-8", huge_tree=True, remove_comments=True, remove_pis=True, no_network=True,
             collect_ids=False, default_doctype=False,
         )  # fmt: skip

@@ -38,8 +38,11 @@ from urllib3.util import connection as u3conn
 from . import charset
 from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
-from .extract import html_to_text, xml_to_text
+from .extract import xml_to_text
+from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
+from .options import Options, effective
+from .pagemeta import page_fields
 from .protocol import Outcome
 
 log = logging.getLogger("shmfetch.fetch")
@@ -74,6 +77,9 @@ class ExtractGate:
 
 
 EXTRACT_GATE = ExtractGate(2)
+# Main content and Markdown (trafilatura) take 3-5x as long per page as full text: they get slots of their
+# own, so that pages in those modes queue behind each other and never hold up a full-text page.
+MAIN_EXTRACT_GATE = ExtractGate(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -306,14 +312,18 @@ class Fetcher:
         adapter = _PinnedAdapter(self._ctx)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self.defaults = effective(None, cfg)
+        self.opts = self.defaults  # those of the fetch in progress (a Fetcher serves one thread)
 
     def close(self) -> None:
         self.session.close()
 
     # The public entry point: everything below may raise; here it becomes an Outcome.
-    def fetch(self, url: str) -> Outcome:
+    def fetch(self, url: str, opts: Options | None = None) -> Outcome:
+        """Fetch ``url`` with the request's options (shmfetch.options.effective), else the config's."""
+        self.opts = opts = opts or self.defaults
         start = time.monotonic()
-        deadline = start + self.cfg.timeout
+        deadline = start + opts.timeout
         ctx = self._ctx
         gen = ctx.generation
         _watchdog.arm(deadline + WATCHDOG_GRACE, ctx, gen)
@@ -391,7 +401,8 @@ class Fetcher:
         while True:
             state["url"] = url
             # Pin the host exactly as urllib3 will see it (IDNA-encoded by requests, trailing dot dropped).
-            prep = self.session.prepare_request(requests.Request("GET", url))
+            headers = {"Accept-Language": self.opts.accept_language} if self.opts.accept_language else None
+            prep = self.session.prepare_request(requests.Request("GET", url, headers=headers))
             self._pin(urllib.parse.urlsplit(prep.url), deadline)
             left = self._remaining(deadline)
             try:
@@ -462,6 +473,7 @@ class Fetcher:
     def _read_body(self, r: requests.Response, deadline: float, first: bytes = b"") -> bytearray:
         """The decoded body, within the deadline and the byte caps."""
         cfg = self.cfg
+        max_bytes = self.opts.max_bytes
         raw = r.raw
         enc = content_codings(r.headers.get("Content-Encoding", ""))
         decoder = Decoder(enc, cfg.max_decoded_bytes) if enc else None
@@ -471,8 +483,8 @@ class Fetcher:
         while True:
             if chunk:
                 received += len(chunk)
-                if received > cfg.max_bytes:
-                    raise FetchError("too_large", f"body exceeds max_bytes={cfg.max_bytes}", r.status_code)
+                if received > max_bytes:
+                    raise FetchError("too_large", f"body exceeds max_bytes={max_bytes}", r.status_code)
                 if decoder is not None:
                     decoder.feed_into(chunk, out)
                 elif received > cfg.max_decoded_bytes:
@@ -528,13 +540,14 @@ class Fetcher:
         if kind == "html" and looks_binary(body[:SNIFF_BYTES]):
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
-        if not EXTRACT_GATE.acquire(self._remaining(deadline)):
+        gate = EXTRACT_GATE if self.opts.mode == "text" or kind != "html" else MAIN_EXTRACT_GATE
+        if not gate.acquire(self._remaining(deadline)):
             raise FetchError("timeout", "no extraction slot within the timeout", status, url)
         try:
             self._remaining(deadline)  # the wait may have used the rest of it: do not start a pass
-            text, fail = self._extract(body, http_charset, kind)
+            text, fail, page = self._extract(body, http_charset, kind, url)
         finally:
-            EXTRACT_GATE.release()
+            gate.release()
             del body
         if fail:
             return Outcome(False, status, url, ctype, "", *(status_err or fail))
@@ -549,21 +562,26 @@ class Fetcher:
                 False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"
             )
         if status_err:
-            return Outcome(False, status, url, ctype, text, *status_err)
-        return Outcome(True, status, url, ctype, text)
+            return Outcome(False, status, url, ctype, text, *status_err, **page)
+        return Outcome(True, status, url, ctype, text, **page)
 
     def _extract(
-        self, body: bytes | bytearray, http_charset: str | None, kind: str
-    ) -> tuple[str, tuple[str, str] | None]:
+        self, body: bytes | bytearray, http_charset: str | None, kind: str, url: str
+    ) -> tuple[str, tuple[str, str] | None, dict[str, Any]]:
+        """``(text, (code, message) of a failure or None, metadata and links of an HTML page or {})``."""
+        opts = self.opts
+        page: dict[str, Any] = {}
         try:
             if kind == "html":
                 # The bytes go to the parser as they are (no str copy, no re-encoding) when they are UTF-8.
                 enc, skip = charset.choose(body, http_charset)
-                text = html_to_text(body[skip:] if skip else body, self.cfg.noscript, encoding=enc)
+                markup = body[skip:] if skip else body
+                text, root = html_text(markup, opts.mode, url, self.cfg.noscript, encoding=enc)
+                page = page_fields(root, url, opts.metadata, opts.links, self.cfg.max_links)
             else:
                 text, _enc = charset.decode(body, http_charset, markup=kind != "text")
                 if kind == "xml":
                     text = xml_to_text(text)
         except (ValueError, LookupError) as e:
-            return "", ("decode_error", f"cannot decode or parse the body: {e}")
-        return text, None
+            return "", ("decode_error", f"cannot decode or parse the body: {e}"), {}
+        return text, None, page

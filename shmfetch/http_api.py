@@ -1,5 +1,11 @@
 """The optional HTTP API: ``GET /fetch?url=...`` and ``GET /stats``, inside the master's event loop.
 
+``/fetch`` takes the per-request options (shmfetch/options.py) as further query parameters:
+``/fetch?url=...&mode=markdown&links=true&timeout=2``. ``Accept: text/markdown`` asks for Markdown when
+no ``mode`` is given, and a Markdown answer is served as ``text/markdown``; ``Accept: application/json``
+gives the result's JSON Lines fields instead of the text. An unknown parameter or a bad value is a 400
+``bad_request`` naming it.
+
 Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request
 becomes a Job submitted straight to the Dispatcher, whose Sink is a future the request handler awaits,
 so an HTTP request costs the same queueing, credit and counting as one from the Unix socket. aiohttp was
@@ -24,8 +30,10 @@ from typing import Any
 
 from aiohttp import web
 
+from .config import FetchConfig
 from .dispatch import Dispatcher, Job
 from .listener import MAX_URL_CHARS
+from .options import OptionError, check
 from .protocol import ERRORS, RESULT_FIELDS
 
 log = logging.getLogger("shmfetch.master")
@@ -72,7 +80,7 @@ class _Waiter:
             self.fut.set_result(frame)
 
 
-def frame_response(frame: dict[str, Any], want_json: bool) -> web.Response:
+def frame_response(frame: dict[str, Any], want_json: bool, markdown: bool = False) -> web.Response:
     """A result frame -> the HTTP response: the text (or ``error: message``), or the JSON Lines fields."""
     error = frame.get("error")
     headers = {}
@@ -90,7 +98,8 @@ def frame_response(frame: dict[str, Any], want_json: bool) -> web.Response:
         text = frame.get("text") or ""
     # errors="replace": a lone surrogate in extracted text must not turn a fetched page into a 500
     body = text.encode("utf-8", "replace")
-    return web.Response(body=body, status=status, headers=headers, content_type="text/plain", charset="utf-8")
+    ctype = "text/markdown" if markdown and not error else "text/plain"
+    return web.Response(body=body, status=status, headers=headers, content_type=ctype, charset="utf-8")
 
 
 class HttpApi:
@@ -101,10 +110,12 @@ class HttpApi:
         dispatcher: Dispatcher,
         stats: Callable[[], dict[str, Any]],
         max_connections: int,
+        fetch_cfg: FetchConfig | None = None,
     ):
         self.dispatcher = dispatcher
         self.stats = stats
         self.max_connections = max_connections
+        self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
         self.ids = itertools.count(1)
         self.runner: web.AppRunner | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -152,14 +163,34 @@ class HttpApi:
             return frame_response(
                 {"url": url, "ok": False, "error": "invalid_url", "message": msg}, want_json
             )
+        try:
+            options = self._options(request)
+        except OptionError as e:
+            return frame_response(
+                {"url": url, "ok": False, "error": "bad_request", "message": str(e)}, want_json
+            )
         sink = _Waiter(asyncio.get_running_loop().create_future())
-        job = Job(sink, next(self.ids), url)
+        job = Job(sink, next(self.ids), url, options)
         self.dispatcher.submit(job)  # a refusal resolves the future at once
         try:
             frame = await sink.fut
         finally:
             sink.closed = True
-        return frame_response(frame, want_json)
+        mode = (options or {}).get("mode", self.fetch_cfg.mode)
+        return frame_response(frame, want_json, markdown=mode == "markdown")
+
+    def _options(self, request: web.Request) -> dict[str, Any] | None:
+        """The query parameters other than ``url``, checked as request options; Accept may pick Markdown."""
+        raw: dict[str, Any] = {}
+        for key, value in request.query.items():
+            if key == "url":
+                continue
+            if key in raw:
+                raise OptionError(f"option {key!r} is given twice")
+            raw[key] = value
+        if "mode" not in raw and "text/markdown" in request.headers.get("Accept", ""):
+            raw["mode"] = "markdown"
+        return check(raw or None, self.fetch_cfg)
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")

@@ -19,7 +19,9 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .config import FetchConfig
 from .dispatch import Dispatcher, Job
+from .options import OptionError, check
 from .protocol import FrameDecoder, FrameError, encode_frame, error_frame
 
 log = logging.getLogger("shmfetch.master")
@@ -83,7 +85,12 @@ class ClientConnection(asyncio.Protocol):
                 error_frame(req_id, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
             )
             return
-        self.server.dispatcher.submit(Job(self, req_id, url))
+        try:
+            options = check(frame.get("options"), self.server.fetch_cfg)
+        except OptionError as e:
+            self.send(error_frame(req_id, "bad_request", str(e), url=url))
+            return
+        self.server.dispatcher.submit(Job(self, req_id, url, options))
 
     def send(self, frame: dict[str, Any]) -> None:
         if not self.closed:
@@ -120,12 +127,14 @@ class Listener:
         max_frame_bytes: int,
         max_connections: int,
         client_buffer_bytes: int,
+        fetch_cfg: FetchConfig | None = None,
     ):
         self.dispatcher = dispatcher
         self.stats = stats
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
         self.client_buffer_bytes = client_buffer_bytes
+        self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
         self.connections: set[ClientConnection] = set()
         self.exit_waiters: list[tuple[ClientConnection, Any]] = []
         self.server: asyncio.AbstractServer | None = None

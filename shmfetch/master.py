@@ -151,8 +151,9 @@ class Master:
         self.dispatcher.on_busy = self._arm_watchdog
         self.dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
         self.listener = Listener(
-            self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
-        )
+            self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes,
+            fetch_cfg=self.cfg.fetch,
+        )  # fmt: skip
         # From here on a failure is cleaned up by _teardown (workers already up) and _release_control.
         try:
             for i in range(d.workers):
@@ -171,7 +172,7 @@ class Master:
         try:
             from .http_api import HttpApi  # imported only when configured: aiohttp is not loaded otherwise
 
-            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections)
+            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections, fetch_cfg=self.cfg.fetch)
             await self.http.start(listen)
         except (ImportError, OSError) as e:
             # Stop through the normal path (teardown reaps the workers and unlinks every object).

@@ -4,7 +4,8 @@ Client protocol. Each frame is a 4-byte big-endian length followed by that many 
 one map. A client may pipeline any number of requests; responses carry the request's ``id`` and may arrive
 in any order.
 
-    request   {"id": int, "url": str}                    -> one result map (fields of ``Result``)
+    request   {"id": int, "url": str[, "options": map]}  -> one result map (fields of ``Result``);
+                                                            options: shmfetch/options.py
               {"id": int, "op": "stats"}                 -> {"id": ..., "ok": true, "stats": {...}}
               {"id": int, "op": "await_exit"}            -> {"id": ..., "ok": true, "downloaded": N},
                                                             sent only when the daemon stops
@@ -65,6 +66,15 @@ class Outcome:
     text: str = ""
     error: str | None = None
     message: str | None = None
+    # What the page declares about itself (shmfetch/pagemeta.py): HTML pages only, null when absent.
+    title: str | None = None
+    lang: str | None = None
+    canonical_url: str | None = None
+    description: str | None = None
+    site_name: str | None = None
+    published: str | None = None  # YYYY-MM-DD, with metadata=true (request or [fetch] metadata)
+    links: list[dict[str, Any]] | None = None  # [{"url": str, "internal": bool}], with links=true
+    links_truncated: bool | None = None  # with links=true: more than [fetch] max_links links
 
 
 @dataclass

@@ -27,6 +27,7 @@ from . import faults
 from .config import Config
 from .control import S_BUSY, Control
 from .fetch import Fetcher
+from .options import effective
 from .protocol import Outcome, pack_result, unpack
 from .ring import Ring, RingClosed
 
@@ -123,14 +124,16 @@ class Worker:
         t0 = time.perf_counter()
         try:
             ticket, url = msg[0], msg[1]
-        except (TypeError, IndexError, KeyError):
+            # The master checked the options (options.check); the config fills in the rest.
+            opts = effective(msg[2] if len(msg) > 2 else None, self.cfg.fetch)
+        except (TypeError, IndexError, KeyError, AttributeError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return
         if faults.ACTIVE:
             faults.hit("worker.after_take")
         self._set_busy(+1)
         try:
-            out = fetcher.fetch(url) if isinstance(url, str) else Outcome(False, error="invalid_url")
+            out = fetcher.fetch(url, opts) if isinstance(url, str) else Outcome(False, error="invalid_url")
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
             log.exception("worker %d: fetch of %r raised", self.index, url)
             out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")

@@ -35,6 +35,7 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /ctype/NAME                 pdf, png, jpeg, octet, video, xml, rss, atom, plain, xhtml, svg (+xml), json
   /sniff/NAME                 no Content-Type: html, xml, png, pdf, text
   /extract/NAME               pages of EXTRACT_CASES (HTML, expected text)
+  /pages/NAME                 the content-mode evaluation page tests/pages/NAME (tools/make_eval_pages.py)
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
 """
@@ -50,9 +51,12 @@ import threading
 import urllib.parse
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import brotli
 import pytest
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
 
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -526,6 +530,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def r_extract(self, parts: list[str], q: dict[str, str]) -> None:
         self._send(200, EXTRACT_CASES[parts[1]][0].encode())
+
+    def r_pages(self, parts: list[str], q: dict[str, str]) -> None:
+        name = parts[1] if len(parts) > 1 else ""
+        path = PAGES_DIR / name
+        if "/" in name or not name.endswith(".html") or not path.is_file():
+            self._send(404, b"<p>no such page</p>")
+            return
+        self._send(200, path.read_bytes())
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -44,7 +44,10 @@ def timed(fetcher: Fetcher, url: str) -> tuple[Outcome, float]:
 
 def test_outcome_interface_is_stable():
     names = [fl.name for fl in dataclasses.fields(Outcome)]
-    assert names == ["ok", "status", "final_url", "content_type", "text", "error", "message"]
+    assert names == [
+        "ok", "status", "final_url", "content_type", "text", "error", "message",
+        "title", "lang", "canonical_url", "description", "site_name", "published", "links", "links_truncated",
+    ]  # fmt: skip
 
 
 def test_error_codes_are_the_protocol_ones():
@@ -58,7 +61,10 @@ def test_error_codes_are_the_protocol_ones():
 
 def test_page_ok(f, origin):
     out = f.fetch(origin.url("/page?size=20000"))
-    assert out == Outcome(True, 200, origin.url("/page?size=20000"), "text/html", page_text(20000))
+    # The page declares a <title> and no other metadata; no links were asked for.
+    assert out == Outcome(
+        True, 200, origin.url("/page?size=20000"), "text/html", page_text(20000), title="Test page"
+    )
 
 
 # -- the total deadline ---------------------------------------------------------------------------
@@ -371,7 +377,7 @@ def test_unexpected_exception_is_internal_error(f, origin, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("extractor exploded")
 
-    monkeypatch.setattr(fetch_mod, "html_to_text", boom)
+    monkeypatch.setattr(fetch_mod, "html_text", boom)
     out = f.fetch(origin.url("/page?size=1000"))
     assert (out.ok, out.error) == (False, "internal_error")
     assert "extractor exploded" in (out.message or "")
