@@ -78,12 +78,42 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class PolitenessConfig:
+    per_host: int = field(default=8, metadata=_check(1, 65536))
+    delay: float = field(default=0.0, metadata=_check(0, 3600))
+    max_retry_after: float = field(default=120.0, metadata=_check(0, 86400))
+    backoff: float = field(default=1.0, metadata=_check(0, 3600))
+    max_wait: float = field(default=60.0, metadata=_check(0.01, 86400))
+
+
+@dataclass(frozen=True)
+class RobotsConfig:
+    obey: bool = False
+    user_agent: str = "shmfetch"
+    ttl: float = field(default=86400.0, metadata=_check(1, 30 * 86400))
+    error_ttl: float = field(default=300.0, metadata=_check(1, 86400))
+    timeout: float = field(default=10.0, metadata=_check(0.01, 600))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    path: str = ""
+    max_bytes: int = field(default=1 << 30, metadata=_check(1 << 16, 1 << 44))
+    heuristic_fraction: float = field(default=0.1, metadata=_check(0, 1))
+    heuristic_max: float = field(default=86400.0, metadata=_check(0, 365 * 86400))
+    count_hits: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = DaemonConfig()
     ring: RingConfig = RingConfig()
     fetch: FetchConfig = FetchConfig()
     security: SecurityConfig = SecurityConfig()
     http: HttpConfig = HttpConfig()
+    politeness: PolitenessConfig = PolitenessConfig()
+    robots: RobotsConfig = RobotsConfig()
+    cache: CacheConfig = CacheConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain dict, so that the master can hand the exact config it validated to its workers."""
@@ -101,6 +131,18 @@ class Config:
 _SECTIONS = {f.name: f.default.__class__ for f in dataclasses.fields(Config)}
 
 
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
 def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
     where = f"[{section}] {key} = {raw!r}"
     typ = f.type
@@ -110,10 +152,14 @@ def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
             val: Any = int(raw.strip().replace("_", ""), 0)
         elif typ == "float":
             val = float(raw)
+        elif typ == "bool":
+            val = _BOOLS[raw.strip().lower()]
         elif typ == "tuple[str, ...]":
             val = tuple(x for x in raw.replace(",", " ").split() if x)
         else:
             val = raw.strip()
+    except KeyError:
+        raise ConfigError(f"{where}: expected true or false") from None
     except ValueError:
         raise ConfigError(f"{where}: expected {'an integer' if typ == 'int' else 'a number'}") from None
     if typ in ("int", "float"):

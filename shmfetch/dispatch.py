@@ -18,12 +18,16 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
 from .protocol import FRAME_HDR, error_frame, pack_request
 from .ring import Ring, RingClosed
+
+if TYPE_CHECKING:
+    from .cache import Entry
+    from .frontier import Frontier
 
 log = logging.getLogger("shmfetch.master")
 
@@ -67,9 +71,14 @@ class Sink(Protocol):
 
 
 class Job:
-    __slots__ = ("sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload")
+    __slots__ = (
+        "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload",
+        # the admission path (frontier.py): per-request options, host gate, cache, timing
+        "options", "ring_options", "arrived", "host", "holds_host", "polite_retries", "cache_key", "stale",
+        "sent",
+    )  # fmt: skip
 
-    def __init__(self, sink: Sink, req_id: Any, url: str):
+    def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
         self.sink = sink
         self.req_id = req_id
         self.url = url
@@ -78,6 +87,15 @@ class Job:
         self.ticket = 0
         self.slots = 0
         self.payload = b""
+        self.options = options  # the client's per-request options (mode, ...)
+        self.ring_options: dict[str, Any] | None = options  # what goes to the worker with the URL
+        self.arrived = time.monotonic()
+        self.host = ""
+        self.holds_host = False  # counts against its host's per_host limit
+        self.polite_retries = 0
+        self.cache_key = ""
+        self.stale: Entry | None = None  # a stale cache entry this fetch revalidates
+        self.sent = 0.0  # perf_counter at dispatch to a worker
 
 
 class WorkerHandle:
@@ -113,10 +131,12 @@ class Dispatcher:
         self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
         self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
         self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
+        self.frontier: Frontier | None = None  # cache, robots.txt, per-host gate (set by the master)
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
         self.completions: deque[tuple[float, int]] = deque()  # (monotonic second, pages) for the rates
+        self.redispatched = 0
 
     # -- intake ---------------------------------------------------------------------------------------
 
@@ -124,14 +144,23 @@ class Dispatcher:
         """Queue a job, or answer it at once (``shutting_down``, ``overloaded``; counted like any failure)."""
         if not self.accepting:
             self.fail(job, "shutting_down")
-        elif len(self.pending) >= self.max_pending:
+        elif self.queued() >= self.max_pending:
             self.fail(job, "overloaded")
+        elif self.frontier is not None:
+            self.frontier.admit(job)
         else:
             self.pending.append(job)
             self.pump()
 
+    def queued(self) -> int:
+        """Requests waiting in the master: for robots.txt, for their host, or for a worker's credit."""
+        return len(self.pending) + (self.frontier.waiting if self.frontier is not None else 0)
+
+    def dispatched(self) -> int:
+        return sum(len(w.outstanding) for w in self.workers if w is not None)
+
     def inflight(self) -> int:
-        return len(self.pending) + sum(len(w.outstanding) for w in self.workers if w is not None)
+        return self.queued() + self.dispatched()
 
     # -- dispatch -------------------------------------------------------------------------------------
 
@@ -140,10 +169,13 @@ class Dispatcher:
         pending = self.pending
         workers = self.workers
         n = len(workers)
-        while pending:
+        frontier = self.frontier
+        while pending or (frontier is not None and self._take_ready(frontier)):
             job = pending[0]
             if job.sink.closed:  # its client went away; do not spend a fetch on it
                 pending.popleft()
+                if frontier is not None:
+                    frontier.release(job)
                 continue
             w = None
             for step in range(n):
@@ -153,14 +185,15 @@ class Dispatcher:
                     self.rr = (self.rr + step) % n
                     break
             if w is None:
-                return  # no live worker; respawn will pump again
+                break  # no live worker; respawn will pump again
             if not job.payload:
                 job.ticket = next(self._tickets)
-                job.payload = pack_request(job.ticket, job.url)
+                job.payload = pack_request(job.ticket, job.url, job.ring_options)
                 job.slots = w.req.slots_for(len(job.payload))
             if len(w.outstanding) >= self.max_inflight or w.credit_used + job.slots > w.req.nslots:
-                return  # strict round robin: wait for this worker's credit
+                break  # strict round robin: wait for this worker's credit
             pending.popleft()
+            job.sent = time.perf_counter()
             if not w.outstanding:
                 w.last_progress = time.monotonic()
                 if self.on_busy is not None:
@@ -169,6 +202,20 @@ class Dispatcher:
             w.credit_used += job.slots
             w.req.put(job.payload)  # never blocks: credit guarantees the slots are free
             self.rr = (self.rr + 1) % n
+        if frontier is not None:
+            frontier.schedule()
+
+    def _take_ready(self, frontier: Frontier) -> bool:
+        """Move the next job whose host may start now from the frontier to ``pending``; False if none.
+
+        Only when ``pending`` is empty: a job leaves the frontier when a worker can take it, so its host's
+        delay is measured at dispatch, not while it sits behind other jobs here.
+        """
+        job = frontier.pop_ready()
+        if job is None:
+            return False
+        self.pending.append(job)
+        return True
 
     # -- results --------------------------------------------------------------------------------------
 
@@ -204,12 +251,16 @@ class Dispatcher:
         debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
         pack = _result_packer.pack
         hdr = FRAME_HDR.pack
-        for ticket, ok, status, final_url, ctype, text, error, message, _fetch_ms in batch:
+        frontier = self.frontier
+        for rec in batch:
+            ticket, ok, status, final_url, ctype, text, error, message = rec[:8]
             job = w.outstanding.pop(ticket, None)
             w.served += 1
             if job is None:
                 continue
             w.credit_used -= job.slots
+            if frontier is not None and frontier.finished(job, rec):
+                continue  # retried after a 429/503 pause, or a 304 answered from the cache
             if ok:
                 w.ok_received += 1
                 self.ok_total += 1
@@ -229,15 +280,9 @@ class Dispatcher:
                 "message": message,
                 "worker": w.index,
                 "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
+                "cached": False,
             }
-            sink = job.sink
-            send_encoded = getattr(sink, "send_encoded", None)
-            if send_encoded is not None:
-                if not sink.closed:  # a client that went away costs no pack
-                    body = pack(frame)
-                    send_encoded(hdr(len(body)) + body)
-            else:
-                sink.send(_decoded(frame))
+            self.deliver(job, frame, pack, hdr)
             if debug:
                 log.debug(
                     "%s: worker %d %s in %.1f ms",
@@ -248,12 +293,22 @@ class Dispatcher:
                 )
         self._note_completions(now, done)
         self.pump()
-        if (
-            self.on_idle is not None
-            and not self.pending
-            and not any(x.outstanding for x in self.workers if x is not None)
-        ):
+        if self.on_idle is not None and not self.inflight():
             self.on_idle()
+
+    @staticmethod
+    def deliver(
+        job: Job, frame: dict[str, Any], pack: Any = _result_packer.pack, hdr: Any = FRAME_HDR.pack
+    ) -> None:
+        """Send a result frame (strings may be UTF-8 bytes, see ``_unpack_raw``) to the job's sink."""
+        sink = job.sink
+        send_encoded = getattr(sink, "send_encoded", None)
+        if send_encoded is not None:
+            if not sink.closed:  # a client that went away costs no pack
+                body = pack(frame)
+                send_encoded(hdr(len(body)) + body)
+        else:
+            sink.send(_decoded(frame))
 
     def _note_completions(self, now: float, n: int) -> None:
         sec = int(now)
@@ -272,6 +327,8 @@ class Dispatcher:
     # -- failure paths --------------------------------------------------------------------------------
 
     def fail(self, job: Job, code: str, message: str | None = None) -> None:
+        if self.frontier is not None:
+            self.frontier.release(job)  # a job answered while it held its host's slot gives it back
         self.failures[code] += 1
         job.sink.send(error_frame(job.req_id, code, message, url=job.url))
 
@@ -291,6 +348,7 @@ class Dispatcher:
                 self.fail(job, "worker_crashed", "the worker fetching this URL died twice")
             else:
                 job.payload = b""  # new ticket: the old one may still be in the dead ring's records
+                self.redispatched += 1
                 retry.append(job)
         self.pending.extendleft(reversed(retry))
         self.pump()
@@ -298,6 +356,10 @@ class Dispatcher:
     def fail_all(self, code: str) -> int:
         """Answer every job still waiting or in flight with ``code``. Returns how many."""
         n = 0
+        if self.frontier is not None:
+            for job in self.frontier.drain():
+                self.fail(job, code)
+                n += 1
         while self.pending:
             self.fail(self.pending.popleft(), code)
             n += 1

@@ -1,4 +1,5 @@
-"""The optional HTTP API: ``GET /fetch?url=...`` and ``GET /stats``, inside the master's event loop.
+"""The optional HTTP API: ``GET /fetch?url=...``, ``GET /stats`` and ``GET /metrics`` (Prometheus, see
+metrics.py), inside the master's event loop.
 
 Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request
 becomes a Job submitted straight to the Dispatcher, whose Sink is a future the request handler awaits,
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import __version__, metrics
 from .dispatch import Dispatcher, Job
 from .listener import MAX_URL_CHARS
 from .protocol import ERRORS, RESULT_FIELDS
@@ -117,6 +119,7 @@ class HttpApi:
         app = web.Application(client_max_size=1024)  # GET only: no request body worth reading
         app.router.add_get("/fetch", self._fetch, allow_head=False)
         app.router.add_get("/stats", self._stats, allow_head=False)
+        app.router.add_get("/metrics", self._metrics, allow_head=False)
         # handler_cancellation: a client that hangs up cancels its handler, which marks its job's sink
         # closed, so a request still queued in the master is skipped instead of fetched for nobody.
         self.runner = web.AppRunner(
@@ -163,6 +166,10 @@ class HttpApi:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = metrics.render(self.stats, __version__)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     def stop_accepting(self) -> None:
         if self.server is not None:

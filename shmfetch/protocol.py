@@ -43,6 +43,8 @@ ERRORS: dict[str, str] = {
     "bad_request": "the frame is not a valid request",
     "frame_too_large": "the frame is larger than [daemon] max_frame_bytes",
     "internal_error": "an unexpected error in the worker; see the daemon's log",
+    "robots_denied": "robots.txt of the host disallows this URL for [robots] user_agent; nothing was fetched",
+    "not_modified": "the server answered 304 Not Modified to a request the master did not make conditional",
 }
 
 RESULT_FIELDS = (
@@ -56,6 +58,7 @@ RESULT_FIELDS = (
     "message",
     "worker",
     "elapsed_ms",
+    "cached",
 )
 
 
@@ -73,6 +76,7 @@ class Result:
     message: str | None = None
     worker: int | None = None
     elapsed_ms: float | None = None
+    cached: bool = False  # answered from the HTTP cache ([cache] path) without a fetch, or after a 304
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
@@ -162,16 +166,25 @@ def unpack(buf: Any) -> Any:
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
 
 
-def pack_result(
-    ticket: int,
-    ok: bool,
-    status: int | None,
-    final_url: str | None,
-    content_type: str | None,
-    text: str,
-    error: str | None,
-    message: str | None,
-    fetch_ms: float,
-) -> bytes:
+# Fields of fetch.Outcome after ``message`` that the worker reports for the master's cache and politeness
+# gate (docs/RING.md, result message); the master does not forward them to clients.
+HTTP_META_FIELDS = (
+    "etag",
+    "last_modified",
+    "cache_control",
+    "expires",
+    "date",
+    "retry_after",
+    "body_bytes",
+    "retries",
+    "answered_at",
+)
+
+
+def pack_result(ticket: int, out: Any, fetch_ms: float) -> bytes:
+    """The result message for a fetch.Outcome: its client fields, ``fetch_ms``, then HTTP_META_FIELDS."""
     # A fresh Packer per call: the worker packs from several threads, and Packer is not thread-safe.
-    return msgpack.packb([ticket, ok, status, final_url, content_type, text, error, message, fetch_ms])
+    return msgpack.packb(
+        [ticket, out.ok, out.status, out.final_url, out.content_type, out.text, out.error, out.message,
+         fetch_ms, *(getattr(out, k) for k in HTTP_META_FIELDS)]
+    )  # fmt: skip

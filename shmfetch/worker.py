@@ -112,26 +112,17 @@ class Worker:
         t0 = time.perf_counter()
         try:
             ticket, url = msg[0], msg[1]
+            options = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else None
         except (TypeError, IndexError, KeyError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return
         self._set_busy(+1)
         try:
-            out = fetcher.fetch(url) if isinstance(url, str) else Outcome(False, error="invalid_url")
+            out = fetcher.fetch(url, options) if isinstance(url, str) else Outcome(False, error="invalid_url")
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
             log.exception("worker %d: fetch of %r raised", self.index, url)
             out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
-        payload = pack_result(
-            ticket,
-            out.ok,
-            out.status,
-            out.final_url,
-            out.content_type,
-            out.text,
-            out.error,
-            out.message,
-            out_ms := (time.perf_counter() - t0) * 1000.0,
-        )
+        payload = pack_result(ticket, out, out_ms := (time.perf_counter() - t0) * 1000.0)
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
         if log.isEnabledFor(logging.DEBUG):

@@ -44,7 +44,11 @@ def timed(fetcher: Fetcher, url: str) -> tuple[Outcome, float]:
 
 def test_outcome_interface_is_stable():
     names = [fl.name for fl in dataclasses.fields(Outcome)]
-    assert names == ["ok", "status", "final_url", "content_type", "text", "error", "message"]
+    assert names == [
+        "ok", "status", "final_url", "content_type", "text", "error", "message",
+        # reported to the master for its cache and per-host gate (protocol.HTTP_META_FIELDS)
+        "etag", "last_modified", "cache_control", "expires", "date", "retry_after", "body_bytes", "retries", "answered_at",
+    ]  # fmt: skip
 
 
 def test_error_codes_are_the_protocol_ones():
