@@ -253,16 +253,16 @@ class HttpCache:
 
     def _evict(self) -> None:
         """Drop least recently used entries until the total is 90 % of the cap (so not on every store)."""
-        target = self.max_bytes * 9 // 10
         self.total = self.db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0]
-        while self.total > target:
-            rows = self.db.execute(
-                "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY used LIMIT 64) "
-                "RETURNING size"
-            ).fetchall()
-            if not rows:
+        excess = self.total - self.max_bytes * 9 // 10
+        victims = []
+        for key, size in self.db.execute("SELECT key, size FROM entries ORDER BY used"):
+            if excess <= 0:
                 break
-            self.total -= sum(r[0] for r in rows)
+            victims.append((key,))
+            excess -= size
+            self.total -= size
+        self.db.executemany("DELETE FROM entries WHERE key = ?", victims)
 
     # -- management (also used by `shmfetch cache stats|purge`) --------------------------------------
 

@@ -216,15 +216,16 @@ class Frontier:
         self.release(job, status, meta, final_url)
         if status in PAUSE_CODES and self._retry_later(job):
             return True
-        if self.cache is None or not meta:
+        if self.cache is None or not meta or not (job.cache_key and (ok or status == 304)):
             return False
-        if status == 304 and job.stale is not None:
-            self.cache.refresh(job.stale, dict(zip(HTTP_META_FIELDS, meta, strict=False)))
+        headers = {k: _str(v) for k, v in zip(HTTP_META_FIELDS, meta, strict=False)}
+        if status == 304:
+            if job.stale is None:
+                return False  # answered `not_modified`: we sent no validator
+            self.cache.refresh(job.stale, headers)
             self._answer_cached(job, job.stale)
             return True
-        if ok and job.cache_key:
-            headers = dict(zip(HTTP_META_FIELDS, meta, strict=False))
-            self.cache.store(job.cache_key, status, final_url, ctype, text, headers)
+        self.cache.store(job.cache_key, status, final_url, ctype, text, headers)
         return False
 
     def _retry_later(self, job: Job) -> bool:
