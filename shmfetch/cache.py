@@ -197,7 +197,7 @@ class HttpCache:
         headers: dict[str, Any],
         now: float | None = None,
     ) -> bool:
-        """Store a successful result with its response headers (HTTP_META_FIELDS). True if stored."""
+        """Store a successful result with its response headers (frontier.CACHE_HEADERS). True if stored."""
         if self.db is None:
             return False
         now = time.time() if now is None else now

@@ -73,20 +73,40 @@ def cmd_submit(args: argparse.Namespace) -> int:
     path = _socket_path(args)
     failed = 0
     out = sys.stdout
-    with Client(path) as client:
-        for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
-            if not r.ok:
-                failed += 1
-            if args.json:
-                out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-            else:
-                if r.ok:
+    try:
+        with Client(path) as client:
+            for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
+                if not r.ok:
+                    failed += 1
+                if args.json:
+                    out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+                elif r.ok:
                     out.write(f"==> {r.url}\n{r.text}\n")
-                else:
+                else:  # once, in the stream, where it belongs among the other results
                     out.write(f"==> {r.url} [{r.error}] {r.message or ''}\n")
-                    print(f"shmfetch: {r.url}: {r.error}: {r.message or ''}", file=sys.stderr)
-            out.flush()
+                out.flush()
+    except BrokenPipeError:
+        # The reader has what it wanted (``submit ... | head -1``): stop quietly, like cat does.
+        _silence_stdout()
+        return EXIT_OK
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe says nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -195,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--config", help="read the socket path from this config")
     g.add_argument("--socket", help="the daemon's Unix socket")
     s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
-    s.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+    s.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight (default 64)")
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
     s.set_defaults(func=cmd_submit)
 
@@ -228,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shmfetch: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
-        return EXIT_FAILED
+        _silence_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         return 130
 

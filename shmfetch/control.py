@@ -1,32 +1,43 @@
 """The control segment: the shared download counter, its lock, and one slot per worker.
 
-Layout and the crash-repair argument are in docs/RING.md ("Control segment"). The lock is a POSIX
-semaphore, which has no SEM_UNDO, so every increment is journalled: the holder's pid and the values before
-the increment are written first, and the master, after reaping a dead holder, undoes a half-done increment
-as a whole and releases the lock (``repair_after``), then makes the counter agree with the results it
-actually received from that process (``reconcile``).
+Layout and the crash argument are in docs/RING.md ("Control segment", "The counter"). The lock is an
+``fcntl`` record lock on the counter's bytes of the segment, taken through a descriptor each process keeps
+open for its life, so the kernel releases it when its holder dies, however it dies. fcntl locks belong to a
+process, not a thread, so a ``threading.Lock`` orders the threads of one process in front of it.
+
+Every increment is journalled (the values before it, then ``journal_valid``), so an increment cut short by
+the holder's death is found, and undone as a whole, by whoever takes the lock next (``_take`` does it on
+every acquisition). The master then makes the counter agree with the results it actually received from the
+dead process (``reconcile``), without ever waiting for the lock on its event loop (``blocking=False``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import mmap
 import os
 import struct
+import threading
+from collections.abc import Iterator
 
 import posix_ipc
 
-from .ring import acquire
+from . import faults
+from .segment import create_segment
 
 MAGIC = b"SHMFCTRL"
-VERSION = 1
+VERSION = 2
 SLOT_STRIDE = 64
 SLOTS_OFFSET = 128
 
 _HDR = struct.Struct("<8sIIII")  # magic, version, nworkers, master_pid, slot_stride
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_FLOCK = struct.Struct("hhqqi4x")  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
 OFF_COUNTER = 64
-OFF_HOLDER = 72
+LOCK_START, LOCK_LEN = 64, 8  # the byte range the fcntl lock covers: the counter
 OFF_JVALID = 76
 OFF_JCOUNTER = 80
 OFF_JWORKER = 88
@@ -38,10 +49,13 @@ S_PID, S_GEN, S_COUNTED, S_BUSY = 0, 4, 8, 24  # offset 16: reserved (docs/RING.
 class Control:
     """A mapping of the control segment. ``Control.create`` (master) or ``Control.attach`` (worker)."""
 
-    def __init__(self, name: str, mm: mmap.mmap, lock: posix_ipc.Semaphore):
+    def __init__(self, name: str, mm: mmap.mmap, fd: int):
         self.name = name
         self._mm = mm
-        self.lock = lock
+        # Kept open for the life of this mapping: it carries the lock, and closing any descriptor of the
+        # segment would drop every fcntl lock this process holds on it.
+        self._fd = fd
+        self._threads = threading.Lock()
         magic, version, self.nworkers, self.master_pid, stride = _HDR.unpack_from(mm, 0)
         if magic != MAGIC or version != VERSION or stride != SLOT_STRIDE:
             raise RuntimeError(f"{name}: not a shmfetch control segment of version {VERSION}")
@@ -49,27 +63,19 @@ class Control:
     @classmethod
     def create(cls, name: str, nworkers: int) -> Control:
         size = SLOTS_OFFSET + nworkers * SLOT_STRIDE
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
+        mm, fd = create_segment(name, size, keep_fd=True)  # allocated in full: see segment.py
         _HDR.pack_into(mm, 0, MAGIC, VERSION, nworkers, os.getpid(), SLOT_STRIDE)
-        try:
-            lock = posix_ipc.Semaphore(name + ".lock", posix_ipc.O_CREX, 0o600, 1)
-        except BaseException:
-            posix_ipc.unlink_shared_memory(name)
-            raise
-        return cls(name, mm, lock)
+        return cls(name, mm, fd)
 
     @classmethod
     def attach(cls, name: str) -> Control:
         shm = posix_ipc.SharedMemory(name)
         try:
             mm = mmap.mmap(shm.fd, shm.size)
-        finally:
+        except BaseException:
             shm.close_fd()
-        return cls(name, mm, posix_ipc.Semaphore(name + ".lock"))
+            raise
+        return cls(name, mm, shm.fd)
 
     # -- fields ---------------------------------------------------------------------------------------
 
@@ -105,15 +111,66 @@ class Control:
         self._set32(base + S_PID, pid)
         self._set32(base + S_GEN, generation)
 
+    # -- the lock -------------------------------------------------------------------------------------
+
+    def _take(self, blocking: bool) -> bool:
+        """Take the lock (this process's threads first, then the fcntl record lock), and undo the
+        increment a dead holder left half done. False if ``blocking`` is off and someone holds it."""
+        if not self._threads.acquire(blocking):
+            return False
+        try:
+            op = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
+            fcntl.lockf(self._fd, op, LOCK_LEN, LOCK_START)
+        except OSError as e:
+            self._threads.release()
+            if not blocking and e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        except BaseException:
+            self._threads.release()
+            raise
+        self._roll_back_half_done()
+        return True
+
+    def _release(self) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, LOCK_LEN, LOCK_START)
+        finally:
+            self._threads.release()
+
+    @contextlib.contextmanager
+    def locked(self, blocking: bool = True) -> Iterator[bool]:
+        """``with ctl.locked() as got:`` holds the counter lock inside (``got`` False: not taken, only
+        possible with ``blocking=False``)."""
+        got = self._take(blocking)
+        try:
+            yield got
+        finally:
+            if got:
+                self._release()
+
+    def lock_holder(self) -> int | None:
+        """The pid of another process holding the lock now (the kernel's answer, F_GETLK), or None."""
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, LOCK_START, LOCK_LEN, 0)
+        l_type, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(self._fd, fcntl.F_GETLK, probe))
+        return None if l_type == fcntl.F_UNLCK else pid
+
+    def _roll_back_half_done(self) -> None:
+        # Under the lock a valid journal can only be a dead holder's: a live one clears it before releasing.
+        if self._get32(OFF_JVALID):
+            self._set64(OFF_COUNTER, self._get64(OFF_JCOUNTER))
+            jw = self._get32(OFF_JWORKER)
+            self._set64(SLOTS_OFFSET + jw * SLOT_STRIDE + S_COUNTED, self._get64(OFF_JCOUNTED))
+            self._set32(OFF_JVALID, 0)
+
     # -- the increment (worker) -----------------------------------------------------------------------
 
     def increment(self, index: int) -> None:
         """Count one successful download for worker slot ``index``. Call after the result is committed."""
-        pid = os.getpid()
         counted_off = SLOTS_OFFSET + index * SLOT_STRIDE + S_COUNTED
-        acquire(self.lock)
-        try:
-            self._set32(OFF_HOLDER, pid)
+        with self.locked():
+            if faults.ACTIVE:
+                faults.hit("counter.after_lock")
             old = self._get64(OFF_COUNTER)
             counted = self._get64(counted_off)
             self._set64(OFF_JCOUNTER, old)
@@ -121,70 +178,38 @@ class Control:
             self._set64(OFF_JCOUNTED, counted)
             self._set32(OFF_JVALID, 1)
             self._set64(OFF_COUNTER, old + 1)
+            if faults.ACTIVE:
+                faults.hit("counter.in_critical")
             self._set64(counted_off, counted + 1)
             self._set32(OFF_JVALID, 0)
-            self._set32(OFF_HOLDER, 0)
-        finally:
-            self.lock.release()
 
-    # -- repair (master) ------------------------------------------------------------------------------
+    # -- reconcile (master) ---------------------------------------------------------------------------
 
-    def repair_after(self, dead_pid: int, stuck_timeout: float = 1.0) -> bool:
-        """Master, after waitpid() reaped ``dead_pid``: free the lock if that process died holding it.
-
-        Returns True if a repair was needed.
-        """
-        if self._get32(OFF_HOLDER) == dead_pid:
-            if self._get32(OFF_JVALID):
-                self._set64(OFF_COUNTER, self._get64(OFF_JCOUNTER))
-                jw = self._get32(OFF_JWORKER)
-                self._set64(SLOTS_OFFSET + jw * SLOT_STRIDE + S_COUNTED, self._get64(OFF_JCOUNTED))
-                self._set32(OFF_JVALID, 0)
-            self._set32(OFF_HOLDER, 0)
-            self.lock.release()
-            return True
-        if self._get32(OFF_HOLDER) == 0 and self.lock.value == 0:
-            # Taken but no holder recorded: the dead process was between sem_wait and storing its pid,
-            # or a live worker is in the middle of a microsecond-long increment. Time tells them apart.
-            try:
-                acquire(self.lock, stuck_timeout)
-            except posix_ipc.BusyError:
-                self.lock.release()
-                return True
-            self.lock.release()
-        return False
-
-    def reconcile(self, index: int, received_ok: int) -> int:
+    def reconcile(self, index: int, received_ok: int, blocking: bool = True) -> int | None:
         """Master: make the counter include exactly the ``received_ok`` results of the process in slot
         ``index``, which is dead and drained. Returns the correction applied (results committed but not
-        yet counted when the process died)."""
+        yet counted when the process died), or None if ``blocking`` is off and the lock is taken."""
         off = SLOTS_OFFSET + index * SLOT_STRIDE + S_COUNTED
-        acquire(self.lock)
-        try:
+        with self.locked(blocking) as got:
+            if not got:
+                return None
             delta = received_ok - self._get64(off)
             if delta:
                 self._set64(OFF_COUNTER, self._get64(OFF_COUNTER) + delta)
                 self._set64(off, received_ok)
             return delta
-        finally:
-            self.lock.release()
 
     def close(self) -> None:
         try:
             self._mm.close()
         except BufferError:
             pass
-        try:
-            self.lock.close()
-        except posix_ipc.ExistentialError:
-            pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def unlink(self) -> None:
-        for fn, n in (
-            (posix_ipc.unlink_shared_memory, self.name),
-            (posix_ipc.unlink_semaphore, self.name + ".lock"),
-        ):
-            try:
-                fn(n)
-            except posix_ipc.ExistentialError:
-                pass
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass

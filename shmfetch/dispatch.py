@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from .protocol import FRAME_HDR, error_frame, pack_request
+from .protocol import FRAME_HDR, error_frame, pack_request, result_frame
 from .ring import Ring, RingClosed
 
 if TYPE_CHECKING:
@@ -46,16 +46,22 @@ def _unpack_raw(buf: Any) -> Any:
 # str type, so a client receives exactly the bytes that packing the decoded strings produced. Used on the
 # event loop thread only (a Packer is not thread-safe).
 _result_packer = msgpack.Packer(use_bin_type=False)
-_STR_FIELDS = ("final_url", "content_type", "text", "error", "message")
+
+
+def _text(v: Any) -> Any:
+    """``v`` with the UTF-8 bytes that ``_unpack_raw`` left, at any depth, decoded to str."""
+    if type(v) is bytes:
+        return v.decode("utf-8", "replace")
+    if type(v) is list:
+        return [_text(x) for x in v]
+    if type(v) is dict:
+        return {_text(k): _text(x) for k, x in v.items()}
+    return v
 
 
 def _decoded(frame: dict[str, Any]) -> dict[str, Any]:
     """The frame with str values, for sinks that take a dict (the HTTP API)."""
-    for k in _STR_FIELDS:
-        v = frame[k]
-        if type(v) is bytes:
-            frame[k] = v.decode("utf-8", "replace")
-    return frame
+    return {k: _text(v) for k, v in frame.items()}
 
 
 class Sink(Protocol):
@@ -252,36 +258,26 @@ class Dispatcher:
         pack = _result_packer.pack
         hdr = FRAME_HDR.pack
         frontier = self.frontier
-        for rec in batch:
-            ticket, ok, status, final_url, ctype, text, error, message = rec[:8]
+        for record in batch:
+            ticket = record[0]
             job = w.outstanding.pop(ticket, None)
             w.served += 1
             if job is None:
                 continue
             w.credit_used -= job.slots
-            if frontier is not None and frontier.finished(job, rec):
+            frame = result_frame(
+                job.req_id, job.url, w.index, round((time.perf_counter() - job.t0) * 1000.0, 3), record
+            )
+            if frontier is not None and frontier.finished(job, frame):
                 continue  # retried after a 429/503 pause, or a 304 answered from the cache
+            ok = frame["ok"]
             if ok:
                 w.ok_received += 1
                 self.ok_total += 1
                 done += 1
             else:
-                error = error.decode("utf-8", "replace") if error else None
+                error = frame["error"] = _text(frame["error"])
                 self.failures[error or "unknown"] += 1
-            frame = {
-                "id": job.req_id,
-                "url": job.url,
-                "ok": ok,
-                "status": status,
-                "final_url": final_url,
-                "content_type": ctype,
-                "text": text,
-                "error": error,
-                "message": message,
-                "worker": w.index,
-                "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
-                "cached": False,
-            }
             self.deliver(job, frame, pack, hdr)
             if debug:
                 log.debug(

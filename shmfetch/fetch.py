@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import heapq
 import itertools
 import logging
@@ -23,7 +24,6 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -39,6 +39,7 @@ from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
 from .extract import html_to_text, xml_to_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
+from .protocol import Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -53,33 +54,6 @@ BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining 
 # of 61-67 MiB (docs/BENCHMARKS.md, P5).
 _EXTRACTING = threading.BoundedSemaphore(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
-
-
-@dataclass
-class Outcome:
-    """What the worker sends back for one URL (docs/RING.md, result message)."""
-
-    ok: bool
-    status: int | None = None
-    final_url: str | None = None
-    content_type: str | None = None
-    text: str = ""
-    error: str | None = None
-    message: str | None = None
-    # The response's caching and politeness headers, for the master's cache and per-host gate
-    # (docs/FETCH.md, "Headers reported to the master"); None when absent.
-    # (compare=False: they describe the transfer, not what was fetched.)
-    etag: str | None = field(default=None, compare=False)
-    last_modified: str | None = field(default=None, compare=False)
-    cache_control: str | None = field(default=None, compare=False)
-    expires: str | None = field(default=None, compare=False)
-    date: str | None = field(default=None, compare=False)
-    retry_after: float | None = field(default=None, compare=False)  # seconds, from Retry-After
-    body_bytes: int = field(default=0, compare=False)  # bytes received for the last response's body
-    retries: int = field(default=0, compare=False)  # retries the fetcher made (transient errors, 429/503)
-    # time.monotonic() (CLOCK_MONOTONIC: the same clock in every process) when the last request of the
-    # fetch had surely reached the origin (its response headers had arrived); None if none was answered
-    answered_at: float | None = field(default=None, compare=False)
 
 
 # Request options the master may send with a URL (the third element of the request message).
@@ -168,6 +142,23 @@ def _pin_host(host: str) -> str:
     return host.lower().strip("[]").rstrip(".")
 
 
+def _connect_failure(e: OSError, addr: str, port: int) -> str:
+    """``connection refused: 127.0.0.1:1``: what failed and where, without urllib3's wrappers."""
+    reason = "connection refused" if e.errno == errno.ECONNREFUSED else (e.strerror or str(e)).lower()
+    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return f"{reason}: {where}"
+
+
+def _new_connection_reason(e: BaseException) -> str | None:
+    """The message of the NewConnectionError inside requests' ConnectionError(MaxRetryError(...)), if any."""
+    cur: object = e
+    for _ in range(4):
+        if isinstance(cur, NewConnectionError):
+            return cur._message
+        cur = getattr(cur, "reason", None) or (cur.args[0] if getattr(cur, "args", None) else None)
+    return None
+
+
 class _PinMixin:
     """Connect only to the addresses Fetcher vetted for this host; keep the name for Host, SNI and certs."""
 
@@ -191,7 +182,7 @@ class _PinMixin:
             except TimeoutError as e:
                 raise ConnectTimeoutError(self, f"connect to {addr}:{port} timed out") from e
             except OSError as e:
-                last = NewConnectionError(self, f"Failed to establish a new connection to {addr}: {e}")  # type: ignore[arg-type]
+                last = NewConnectionError(self, _connect_failure(e, addr, port))  # type: ignore[arg-type]
                 continue
             with self._ctx.lock:
                 self._ctx.sock = sock
@@ -352,7 +343,11 @@ class Fetcher:
         if isinstance(e, requests.exceptions.InvalidSchema):
             return "unsupported_scheme", msg
         if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            return "connect_error", msg
+            short = _new_connection_reason(e)
+            if short is None:
+                return "connect_error", msg
+            log.debug("connect_error detail: %s", msg)  # requests' chain of wrappers, for the log only
+            return "connect_error", short
         if isinstance(e, (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, ConnectionError)):
             return "connect_error", msg
         return "internal_error", msg

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import Entry, HttpCache, cache_key, open_cache
 from .config import Config
+from .dispatch import _text
 from .fetch import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
-from .protocol import HTTP_META_FIELDS
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
 if TYPE_CHECKING:
@@ -40,14 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shmfetch.master")
 
 DEFAULT_MODE = "text"
-_RETRY_AFTER = HTTP_META_FIELDS.index("retry_after")
-_BODY_BYTES = HTTP_META_FIELDS.index("body_bytes")
-_RETRIES = HTTP_META_FIELDS.index("retries")
-_ANSWERED_AT = HTTP_META_FIELDS.index("answered_at")
-
-
-def _str(v: Any) -> Any:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+# Result fields (protocol.Outcome) the cache stores freshness and validators from.
+CACHE_HEADERS = ("etag", "last_modified", "cache_control", "expires", "date")
 
 
 class Frontier:
@@ -195,37 +189,48 @@ class Frontier:
 
     # -- results --------------------------------------------------------------------------------------
 
-    def release(
-        self, job: Job, status: int | None = None, meta: list[Any] | None = None, final: Any = None
-    ) -> None:
-        """Give back the host slot a dispatched job held (its fetch ended, with ``meta``, or it was dropped)."""
-        if job.holds_host:
-            job.holds_host = False
-            final_host = host_of(_str(final)) if final and _str(final) != job.url else ""
-            retry_after, answered_at = (meta[_RETRY_AFTER], meta[_ANSWERED_AT]) if meta else (None, None)
-            self.gate.done(job.host, status, retry_after, final_host, time.monotonic(), answered_at)
+    def release(self, job: Job, frame: dict[str, Any] | None = None) -> None:
+        """Give back the host slot a dispatched job held (its fetch ended with ``frame``, or it was dropped)."""
+        if not job.holds_host:
+            return
+        job.holds_host = False
+        if frame is None:
+            self.gate.done(job.host, None, None, "", time.monotonic())
+            return
+        final = _text(frame["final_url"])
+        final_host = host_of(final) if final and final != job.url else ""
+        self.gate.done(
+            job.host,
+            frame["status"],
+            frame["retry_after"],
+            final_host,
+            time.monotonic(),
+            frame["answered_at"],
+        )
 
-    def finished(self, job: Job, rec: list[Any]) -> bool:
-        """A worker's result for ``job`` (the ring record). True if handled here (retried or answered)."""
-        ok, status, final_url, ctype, text, meta = rec[1], rec[2], rec[3], rec[4], rec[5], rec[9:]
+    def finished(self, job: Job, frame: dict[str, Any]) -> bool:
+        """A worker's result for ``job`` (its client frame, strings as UTF-8 bytes). True if handled here:
+        retried after a 429/503 pause, or a 304 answered from the cache."""
         if job.sent:
             self.fetch_seconds.observe(time.perf_counter() - job.sent)
-        if meta:
-            self.response_bytes += meta[_BODY_BYTES] or 0
-            self.retries += meta[_RETRIES] or 0
-        self.release(job, status, meta, final_url)
+        self.response_bytes += frame["body_bytes"] or 0
+        self.retries += frame["retries"] or 0
+        self.release(job, frame)
+        status = frame["status"]
         if status in PAUSE_CODES and self._retry_later(job):
             return True
-        if self.cache is None or not meta or not (job.cache_key and (ok or status == 304)):
+        if self.cache is None or not job.cache_key or not (frame["ok"] or status == 304):
             return False
-        headers = {k: _str(v) for k, v in zip(HTTP_META_FIELDS, meta, strict=False)}
+        headers = {k: _text(frame[k]) for k in CACHE_HEADERS}
         if status == 304:
             if job.stale is None:
                 return False  # answered `not_modified`: we sent no validator
             self.cache.refresh(job.stale, headers)
             self._answer_cached(job, job.stale)
             return True
-        self.cache.store(job.cache_key, status, final_url, ctype, text, headers)
+        self.cache.store(
+            job.cache_key, status, frame["final_url"], frame["content_type"], frame["text"], headers
+        )
         return False
 
     def _retry_later(self, job: Job) -> bool:

@@ -9,7 +9,13 @@ is cut off once its unsent responses exceed ``client_buffer_bytes``, so it canno
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import logging
+import os
+import socket
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,9 +127,10 @@ class Listener:
         self.exit_waiters: list[tuple[ClientConnection, Any]] = []
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self, path: str) -> None:
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, a listening socket from ``bind_exclusive``."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: ClientConnection(self), path, backlog=1024)
+        self.server = await loop.create_unix_server(lambda: ClientConnection(self), sock=sock)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -131,6 +138,91 @@ class Listener:
 
     async def close_all(self, timeout: float = 2.0) -> None:
         await flush_and_close(self.connections, timeout)
+
+
+class SocketInUse(RuntimeError):
+    """A live process listens on the socket path. ``pid`` is its pid (None if the kernel would not say)."""
+
+    def __init__(self, path: str, pid: int | None):
+        who = f"pid {pid}" if pid else "a live process"
+        super().__init__(f"socket {path} is in use by {who}")
+        self.path = path
+        self.pid = pid
+
+
+def bind_exclusive(path: str, backlog: int = 1024) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600, that never takes the place of a live one.
+
+    asyncio's ``create_unix_server(path=...)`` unlinks whatever is at ``path`` first, live or not. Here the
+    socket is bound and listening under a private name in the same directory, then hard-linked into place:
+    ``link`` never replaces, so of two daemons racing for one path exactly one wins (the other gets
+    EEXIST). A socket left by a dead daemon (nobody accepts on it) is replaced, under an flock on the
+    directory so that two starters cannot both judge it stale and one unlink the other's fresh socket.
+
+    Raises SocketInUse (naming the listener's pid) or OSError (missing directory, permissions).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.new")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # ours by name: a process with our pid that died before unlinking it
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(tmp)
+        finally:
+            os.umask(old_umask)
+        try:
+            sock.listen(backlog)
+            _link_into_place(tmp, path)
+        finally:
+            os.unlink(tmp)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _link_into_place(tmp: str, path: str) -> None:
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        pass
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # held for two syscalls: short, and released on death
+        pid = listener_pid(path)
+        if pid is not None:
+            raise SocketInUse(path, pid or None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        log.info("removed stale socket %s (nobody listened on it)", path)
+        os.link(tmp, path)  # FileExistsError here: someone outside this protocol got there first
+    finally:
+        os.close(dir_fd)
+
+
+def listener_pid(path: str) -> int | None:
+    """The pid of the process listening on Unix socket ``path`` (0 if unknown), or None if nobody listens."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(path)
+        except TimeoutError:
+            return 0  # a listener too busy to accept within 2 s is still a listener
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK):
+                return None
+            raise
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
+    finally:
+        probe.close()
 
 
 async def flush_and_close(connections: Iterable[Any], timeout: float) -> None:

@@ -27,9 +27,10 @@ from .config import Config
 from .control import S_BUSY, Control
 from .dispatch import Dispatcher, WorkerHandle
 from .frontier import Frontier
-from .listener import Listener
+from .listener import Listener, SocketInUse, bind_exclusive
 from .pidfile import AlreadyRunning, PidFile
 from .ring import Ring
+from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
     from .http_api import HttpApi
@@ -47,7 +48,10 @@ EXIT_WORKER_BOOT = 3
 WORKER_ENV = {"MALLOC_ARENA_MAX": "1", **os.environ}
 BOOT_WINDOW = 2.0  # a worker that dies sooner than this after spawn counts as a boot failure
 MAX_BOOT_FAILURES = 5
-WORKER_EXIT_GRACE = 5.0
+WORKER_EXIT_GRACE = 5.0  # a worker with nothing to do leaves this long after its request ring closes
+MIN_EXIT_GRACE = 0.5
+KILL_GRACE = 5.0  # SIGKILL takes effect at once unless the process is stuck in the kernel
+BURY_GRACE = 1.0  # after every worker is dead, the burials wait on nothing of ours
 
 
 class StartupError(RuntimeError):
@@ -60,6 +64,8 @@ class Master:
         self.pid = os.getpid()
         self.log_handler = log_handler
         self.pidfile: PidFile | None = None
+        self.sock: socket.socket | None = None  # the listening socket, bound by check_not_running
+        self._sock_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file at its path
         self.ctl: Control | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
@@ -73,6 +79,7 @@ class Master:
         self.wake: asyncio.Event | None = None
         self.stopping = False
         self.forced = False
+        self.drain_deadline: float | None = None  # monotonic; set by the first stop signal
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -81,9 +88,11 @@ class Master:
     # -- start ----------------------------------------------------------------------------------------
 
     def check_not_running(self) -> None:
-        """Take the pidfile lock, or refuse to start; then clear what dead daemons left (socket, shm).
+        """Claim this config, or refuse to start; then clear what dead daemons left in /dev/shm.
 
-        The lock comes first, so two ``serve`` on one config cannot both get past here.
+        The pidfile lock comes first, so two ``serve`` on one config cannot both get past here; then the
+        socket is bound without ever replacing a live one (``bind_exclusive``), so two configs that share
+        a socket path cannot both run either. A refusal gives back what was claimed before it.
         """
         d = self.cfg.daemon
         try:
@@ -91,33 +100,48 @@ class Master:
         except AlreadyRunning as e:
             raise StartupError(str(e)) from None
         except OSError as e:
-            raise StartupError(f"cannot create pidfile {d.pidfile}: {e.strerror}") from None
+            raise StartupError(f"cannot create pidfile {d.pidfile}: {e.strerror or e}") from None
         try:
-            if os.path.exists(d.socket):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(d.socket)
-                except OSError:
-                    os.unlink(d.socket)  # nobody listens: a crashed daemon's leftover
-                else:
-                    raise StartupError(f"socket {d.socket} is in use by a live process")
-                finally:
-                    probe.close()
-        except BaseException:
-            self.pidfile.release()
-            self.pidfile = None
-            raise
+            self.sock = bind_exclusive(d.socket)
+            st = os.stat(d.socket)
+            self._sock_id = (st.st_dev, st.st_ino)
+        except SocketInUse as e:
+            self._release_control()
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            self._release_control()
+            raise StartupError(f"cannot listen on {d.socket}: {e.strerror or e}") from None
         for entry in names.remove_stale(me=self.pid):
             log.info("removed stale shared object /dev/shm/%s", entry)
 
     async def run(self) -> int:
+        """Start the workers and serve until stopped. Whatever a start creates is removed if it fails."""
+        try:
+            try:
+                await self._start()
+                await self._main_loop()
+            finally:
+                await self._teardown()  # reaps the workers a failed start had already spawned
+            print(f"downloaded {self.downloaded()} URLs", flush=True)
+            return self.exit_code
+        except StartupError as e:
+            log.error("cannot start: %s", e)
+            print(f"shmfetch: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            self._release_control()
+
+    async def _start(self) -> None:
         _raise_fd_limit(self.cfg.daemon.max_connections + 64 * self.cfg.daemon.workers + 64)
         loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         d = self.cfg.daemon
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             loop.add_signal_handler(sig, self._record_signal, sig)
-        self.ctl = Control.create(names.control_name(self.pid), d.workers)
+        try:
+            self.ctl = Control.create(names.control_name(self.pid), d.workers)
+        except SharedMemoryFull as e:
+            raise StartupError(str(e)) from None
         self.dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
         self.dispatcher.workers = [None] * d.workers
         self.dispatcher.on_idle = self.wake.set
@@ -127,23 +151,16 @@ class Master:
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
         )
+        # From here on a failure is cleaned up by _teardown (workers already up) and _release_control.
         try:
             for i in range(d.workers):
                 self.spawn(i)
-            old_umask = os.umask(0o177)  # the socket is created 0600
-            try:
-                await self.listener.start(d.socket)
-            finally:
-                os.umask(old_umask)
-            if self.cfg.http.listen:
-                await self._start_http()
-            log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
-            await self._main_loop()
-        finally:
-            await self._teardown()
-        print(f"downloaded {self.downloaded()} URLs", flush=True)
-        self._release_control()
-        return self.exit_code
+        except SharedMemoryFull as e:
+            raise StartupError(str(e)) from None
+        await self.listener.start(self.sock)
+        if self.cfg.http.listen:
+            await self._start_http()
+        log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
     async def _start_http(self) -> None:
         d, listen = self.cfg.daemon, self.cfg.http.listen
@@ -176,11 +193,10 @@ class Master:
     # -- main loop ------------------------------------------------------------------------------------
 
     async def _main_loop(self) -> None:
-        drain_deadline = None
         while True:
             timeout = None
-            if drain_deadline is not None:
-                timeout = max(0.0, drain_deadline - time.monotonic())
+            if self.drain_deadline is not None:
+                timeout = max(0.0, self.drain_deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except TimeoutError:
@@ -199,56 +215,92 @@ class Master:
                         self.cfg.daemon.drain_timeout,
                     )
                     self._stop_accepting()
-                    drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+                    self.drain_deadline = time.monotonic() + self.cfg.daemon.drain_timeout
                 else:
                     log.info("got %s during drain: stopping now", signal.Signals(sig).name)
                     self.forced = True
             if self.exit_code == EXIT_WORKER_BOOT:
                 self.stopping = self.forced = True
             if self.stopping and (
-                self.forced or not self.dispatcher.inflight() or time.monotonic() >= drain_deadline
+                self.forced or not self.dispatcher.inflight() or time.monotonic() >= self.drain_deadline
             ):
                 return
 
     # -- workers --------------------------------------------------------------------------------------
 
     def spawn(self, index: int) -> None:
+        """Start worker ``index`` on new rings (next generation). On any failure, nothing it made is left."""
         r = self.cfg.ring
         self.generations[index] += 1
         gen = self.generations[index]
-        req = Ring.create(names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size)
-        res = Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
-        w = WorkerHandle(index, gen, req, res)
-        self.ctl.init_slot(index, 0, gen)
-        spec = {
-            "index": index,
-            "generation": gen,
-            "master_pid": self.pid,
-            "req": req.name,
-            "res": res.name,
-            "ctl": self.ctl.name,
-            "config": self.cfg.to_dict(),
-        }
-        argv = [sys.executable, "-m", "shmfetch.worker", json.dumps(spec)]
-        w.pid = os.posix_spawn(sys.executable, argv, WORKER_ENV)
+        rings: list[Ring] = []
+        pid = None
+        try:
+            rings.append(
+                Ring.create(
+                    names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size
+                )
+            )
+            rings.append(
+                Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
+            )
+            w = WorkerHandle(index, gen, rings[0], rings[1])
+            self.ctl.init_slot(index, 0, gen)
+            pid = self._start_worker_process(w)
+            self.dispatcher.start_collector(w)
+        except BaseException:
+            if pid is not None:
+                _kill(pid, signal.SIGKILL)  # reaped by reap(), which ignores pids it does not know
+            for ring in rings:
+                ring.close()
+                ring.unlink()
+            raise
+        w.pid = pid
         w.alive = True
         self.ctl.init_slot(index, w.pid, gen)
         self.by_pid[w.pid] = w
         self.dispatcher.workers[index] = w
-        self.dispatcher.start_collector(w)
         # "started" on every spawn (tests and log greps count those); a respawn says so as well.
         again = f" (respawned, restart {self.restarts[index]})" if gen > 1 else ""
         log.info("worker %d started: pid %d, generation %d%s", index, w.pid, gen, again)
         self.dispatcher.pump()
 
+    def _start_worker_process(self, w: WorkerHandle) -> int:
+        """``python -m shmfetch.worker INDEX``, its spec (ring names, config) as JSON on its stdin.
+
+        Not on the command line, where ``ps`` would show the whole config. The pipe is written in full and
+        closed before the spawn (a config is a few KiB; a pipe holds 64 KiB), so nothing here can block.
+        """
+        spec = {
+            "index": w.index,
+            "generation": w.generation,
+            "master_pid": self.pid,
+            "req": w.req.name,
+            "res": w.res.name,
+            "ctl": self.ctl.name,
+            "config": self.cfg.to_dict(),
+        }
+        data = json.dumps(spec).encode()
+        rfd, wfd = os.pipe()
+        try:
+            os.set_blocking(wfd, False)
+            if os.write(wfd, data) != len(data):
+                raise OSError(errno.EMSGSIZE, f"worker spec of {len(data)} bytes does not fit in a pipe")
+            os.close(wfd)
+            wfd = -1
+            argv = [sys.executable, "-m", "shmfetch.worker", str(w.index)]
+            return os.posix_spawn(
+                sys.executable, argv, WORKER_ENV, file_actions=[(os.POSIX_SPAWN_DUP2, rfd, 0)]
+            )
+        finally:
+            os.close(rfd)
+            if wfd >= 0:
+                os.close(wfd)
+
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        """Collect every dead child without blocking, and start the burial of each worker among them."""
+        while (dead := _wait_any()) is not None:
+            pid, status = dead
             w = self.by_pid.pop(pid, None)
             if w is None:
                 continue
@@ -258,52 +310,82 @@ class Master:
                 log.info("worker %d (pid %d) exited: %s", w.index, pid, how)
             else:
                 log.warning("worker %d (pid %d) died: %s", w.index, pid, how)
-            if self.ctl.repair_after(pid):
-                log.warning("worker %d (pid %d) died holding the counter lock; lock repaired", w.index, pid)
             task = asyncio.get_running_loop().create_task(self._bury(w, status))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _bury(self, w: WorkerHandle, status: int) -> None:
-        """Drain what the dead worker committed, fix the counter, re-home its jobs, respawn it."""
-        w.res.close_wake()
-        await w.drained.wait()
-        delta = self.ctl.reconcile(w.index, w.ok_received)
-        self.served_before[w.index] += w.served
-        if delta:
-            log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
-        orphans = self.dispatcher.orphans(w)
-        if self.dispatcher.workers[w.index] is w:
-            self.dispatcher.workers[w.index] = None
-        for ring in (w.req, w.res):
-            ring.close()
-            ring.unlink()
-        if self.stopping and (self.forced or not any(x and x.alive for x in self.dispatcher.workers)):
-            for job in orphans:
-                self.dispatcher.fail(job, "shutting_down")
-        else:
-            self.dispatcher.redispatch(orphans)
+        """The steps after a worker's death, in order. None waits on a live peer: the worker is reaped, its
+        collector stops at the closed ring, and the counter lock is tried without blocking."""
+        await self._drain_results(w)
+        self._rehome_jobs(w)
+        self._free_rings(w)
+        await self._count_results(w)
         if not self.stopping:
             self._respawn_later(w, status)
         self.wake.set()
 
+    async def _drain_results(self, w: WorkerHandle) -> None:
+        """Let the collector deliver every result the dead worker committed, then stop."""
+        w.res.close_wake()
+        await w.drained.wait()
+
+    def _rehome_jobs(self, w: WorkerHandle) -> None:
+        """The dead worker's unanswered jobs: back to the queue, or ``shutting_down`` if nobody is left."""
+        d = self.dispatcher
+        orphans = d.orphans(w)
+        if d.workers[w.index] is w:
+            d.workers[w.index] = None
+        if self.stopping and (self.forced or not any(x and x.alive for x in d.workers)):
+            for job in orphans:
+                d.fail(job, "shutting_down")
+        else:
+            d.redispatch(orphans)
+
+    @staticmethod
+    def _free_rings(w: WorkerHandle) -> None:
+        for ring in (w.req, w.res):
+            ring.close()
+            ring.unlink()
+
+    async def _count_results(self, w: WorkerHandle) -> None:
+        self.served_before[w.index] += w.served
+        delta = await self._reconcile(w)
+        if delta:
+            log.info("worker %d: counted %d committed result(s) it died before counting", w.index, delta)
+
+    async def _reconcile(self, w: WorkerHandle) -> int:
+        """Count the dead worker's committed results, taking the counter lock without blocking the loop.
+
+        The lock is held for microseconds by a running process, so tries back off from 1 ms to 50 ms; a
+        holder that is stopped keeps us polling (no thread parked in the kernel for it), while ``stats``
+        and signals go on being served.
+        """
+        delay = 0.001
+        while (delta := self.ctl.reconcile(w.index, w.ok_received, blocking=False)) is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return delta
+
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
-        lived = time.monotonic() - w.started
-        # A worker that exits by itself, early, having served nothing, failed to boot (bad install,
-        # cannot attach). One killed by a signal did not: a kill storm must not look like a boot loop.
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and w.served == 0:
+        if _is_boot_failure(status, time.monotonic() - w.started, w.served):
             self.boot_failures[i] += 1
         else:
             self.boot_failures[i] = 0
+        self._schedule_respawn(i, _describe_status(status))
+
+    def _schedule_respawn(self, i: int, last: str) -> None:
+        """Respawn worker ``i`` after the boot-failure backoff, or stop (exit 3) after too many failures."""
         if self.boot_failures[i] >= MAX_BOOT_FAILURES:
             log.error(
                 "worker %d failed to boot %d times in a row (last: %s); shutting down",
                 i,
                 self.boot_failures[i],
-                _describe_status(status),
+                last,
             )
             self.exit_code = EXIT_WORKER_BOOT
+            self.wake.set()
             return
         delay = 0.0 if self.boot_failures[i] == 0 else min(5.0, 0.1 * 2 ** self.boot_failures[i])
         self.restarts[i] += 1
@@ -314,10 +396,10 @@ class Master:
             return
         try:
             self.spawn(index)
-        except OSError as e:
+        except Exception as e:  # whatever it was, spawn left nothing behind: try again later
             log.error("cannot respawn worker %d: %s", index, e)
-            self.exit_code = EXIT_WORKER_BOOT
-            self.wake.set()
+            self.boot_failures[index] += 1
+            self._schedule_respawn(index, f"cannot respawn: {e}")
 
     def _arm_watchdog(self) -> None:
         """Check for hung workers only while some worker has work: an idle daemon keeps no timer."""
@@ -344,37 +426,71 @@ class Master:
     # -- stop -----------------------------------------------------------------------------------------
 
     async def _teardown(self) -> None:
-        d = self.dispatcher
-        if d is None:
+        """Stop in steps, each bounded in time: workers, their burials, the last answers, the front ends."""
+        if self.dispatcher is None:
             return
         self._stop_accepting()
-        live = [w for w in d.workers if w is not None and w.alive]
-        if self.forced or d.inflight():
-            for w in live:
-                _kill(w.pid, signal.SIGKILL)
-        else:
+        await self._stop_workers()
+        await self._await_burials()
+        self._answer_leftovers()
+        await self._close_fronts()
+        self._check_count()
+        if self.dispatcher.frontier is not None:
+            self.dispatcher.frontier.close()
+
+    async def _stop_workers(self) -> None:
+        """Staged, as gunicorn's arbiter: with nothing left to do, close the request rings and give the
+        workers what is left of the drain time (``WORKER_EXIT_GRACE`` if no signal set one, at least
+        ``MIN_EXIT_GRACE``) to leave; then (at once, when forced or work remains) SIGKILL."""
+        live = [w for w in self.dispatcher.workers if w is not None and w.alive]
+        if not (self.forced or self.dispatcher.inflight()):
             for w in live:
                 w.req.close_wake()
-        deadline = time.monotonic() + WORKER_EXIT_GRACE
+            grace = WORKER_EXIT_GRACE
+            if self.drain_deadline is not None:
+                grace = max(MIN_EXIT_GRACE, self.drain_deadline - time.monotonic())
+            if not await self._reap_until_gone(live, grace):
+                log.warning("worker(s) %s did not exit: killing them", [w.pid for w in live if w.alive])
+        for w in live:
+            if w.alive:
+                _kill(w.pid, signal.SIGKILL)
+        if not await self._reap_until_gone(live, KILL_GRACE):
+            log.error("worker(s) %s survive SIGKILL; leaving them", [w.pid for w in live if w.alive])
+
+    async def _reap_until_gone(self, live: list[WorkerHandle], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         while any(w.alive for w in live) and time.monotonic() < deadline:
             self.reap()
             await asyncio.sleep(0.02)
-        for w in live:
-            if w.alive:
-                log.warning("worker %d (pid %d) did not exit: killing it", w.index, w.pid)
-                _kill(w.pid, signal.SIGKILL)
-        while any(w.alive for w in live):
-            self.reap()
-            await asyncio.sleep(0.02)
-        for w in live:
-            await w.drained.wait()
-        while self._tasks:  # let the _bury tasks finish: they reconcile the counter
-            await asyncio.gather(*list(self._tasks))
-        if n := d.fail_all("shutting_down"):
+        return not any(w.alive for w in live)
+
+    async def _await_burials(self) -> None:
+        """Let the burials finish (they count the dead workers' results), within ``BURY_GRACE``.
+
+        Every worker is dead by now, so only a process that is not ours can still hold the counter lock.
+        """
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=BURY_GRACE)
+        if late:
+            log.error(
+                "%d worker burial(s) unfinished after %.1fs (counter lock holder: pid %s); count may be short",
+                len(late),
+                BURY_GRACE,
+                self.ctl.lock_holder(),
+            )
+            for task in late:
+                task.cancel()
+
+    def _answer_leftovers(self) -> None:
+        if n := self.dispatcher.fail_all("shutting_down"):
             log.warning("answered %d unfinished request(s) with shutting_down", n)
         if self.listener is not None:
             for conn, req_id in self.listener.exit_waiters:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.downloaded()})
+
+    async def _close_fronts(self) -> None:
+        if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
@@ -382,17 +498,32 @@ class Master:
             os.unlink(self.cfg.daemon.socket)
         except FileNotFoundError:
             pass
-        if self.ctl is not None and self.ctl.counter != d.ok_total:
-            log.error("counter %d differs from ok results delivered %d", self.ctl.counter, d.ok_total)
-        if d.frontier is not None:
-            d.frontier.close()
+
+    def _check_count(self) -> None:
+        if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
+            log.error(
+                "counter %d differs from ok results delivered %d", self.ctl.counter, self.dispatcher.ok_total
+            )
 
     def _release_control(self) -> None:
+        """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
+        (last, so that the next daemon starts only once everything of ours is gone). Safe to call twice."""
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                st = os.stat(self.cfg.daemon.socket)
+                if (st.st_dev, st.st_ino) == self._sock_id:
+                    os.unlink(self.cfg.daemon.socket)
+            except FileNotFoundError:
+                pass
+            self.sock = None
         if self.ctl is not None:
             self.ctl.close()
             self.ctl.unlink()
+            self.ctl = None
         if self.pidfile is not None:
             self.pidfile.release()
+            self.pidfile = None
 
     # -- misc -----------------------------------------------------------------------------------------
 
@@ -467,6 +598,25 @@ def _kill(pid: int, sig: int) -> None:
     except OSError as e:
         if e.errno != errno.ESRCH:
             raise
+
+
+def _wait_any() -> tuple[int, int] | None:
+    """(pid, status) of a child that has exited, or None if none has (or there are no children)."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return (pid, status) if pid else None
+
+
+def _is_boot_failure(status: int, lived: float, served: int) -> bool:
+    """A worker that exits by itself, early, having served nothing, failed to boot (bad install, cannot
+    attach). One killed by a signal did not: a kill storm must not look like a boot loop. Except SIGBUS,
+    at any age: it is what touching shared memory that /dev/shm cannot back gives, and a new worker on new
+    rings would meet the same full /dev/shm."""
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+        return True
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and served == 0
 
 
 def _describe_status(status: int) -> str:

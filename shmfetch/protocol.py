@@ -15,8 +15,9 @@ Ring messages are msgpack arrays, specified in docs/RING.md ("Messages on the ri
 
 from __future__ import annotations
 
+import operator
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -47,26 +48,18 @@ ERRORS: dict[str, str] = {
     "not_modified": "the server answered 304 Not Modified to a request the master did not make conditional",
 }
 
-RESULT_FIELDS = (
-    "url",
-    "ok",
-    "status",
-    "final_url",
-    "content_type",
-    "text",
-    "error",
-    "message",
-    "worker",
-    "elapsed_ms",
-    "cached",
-)
-
 
 @dataclass
-class Result:
-    """One fetched URL, as the CLI's JSON Lines and the Python client present it."""
+class Outcome:
+    """What the worker found for one URL: the result fields the worker fills.
 
-    url: str
+    This class and ``Result`` below are the one definition of the result schema. Everything else derives
+    from them: the result ring message is ``[ticket, *OUTCOME_FIELDS values]`` (``pack_result``), the
+    master turns it into a client frame by name (``result_frame``), and ``Result`` is what the clients,
+    the JSON Lines output and the HTTP API present. Adding a result field is one line here (with a
+    default, so older records and error frames still make a whole result); the fetcher fills it.
+    """
+
     ok: bool
     status: int | None = None
     final_url: str | None = None
@@ -74,17 +67,44 @@ class Result:
     text: str = ""
     error: str | None = None
     message: str | None = None
-    worker: int | None = None
-    elapsed_ms: float | None = None
+    # The response's caching and politeness headers, for the master's HTTP cache and per-host gate
+    # (frontier.py; docs/FETCH.md, "What the worker reports for the master"); None when absent.
+    # compare=False: they describe the transfer, not what was fetched.
+    etag: str | None = field(default=None, compare=False)
+    last_modified: str | None = field(default=None, compare=False)
+    cache_control: str | None = field(default=None, compare=False)
+    expires: str | None = field(default=None, compare=False)
+    date: str | None = field(default=None, compare=False)
+    retry_after: float | None = field(default=None, compare=False)  # seconds, from Retry-After
+    body_bytes: int = field(default=0, compare=False)  # bytes received for the last response's body
+    retries: int = field(default=0, compare=False)  # retries the fetcher made (transient errors, 429/503)
+    # time.monotonic() in the worker (CLOCK_MONOTONIC: one clock for every process) by which the last
+    # request of the fetch had surely reached the origin (its response headers had arrived); None if none
+    answered_at: float | None = field(default=None, compare=False)
+
+
+@dataclass
+class Result(Outcome):
+    """One fetched URL, as the CLI's JSON Lines, the HTTP API and the Python clients present it: the
+    worker's ``Outcome`` plus the fields the master adds."""
+
+    url: str = ""
+    worker: int | None = None  # the worker slot that fetched it
+    elapsed_ms: float | None = None  # from the master taking the request to the answer
     cached: bool = False  # answered from the HTTP cache ([cache] path) without a fetch, or after a 304
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in frame.items() if k in names})
+        return cls(**{k: v for k, v in frame.items() if k in _RESULT_NAMES})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+OUTCOME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+_RESULT_NAMES = frozenset(RESULT_FIELDS)
+_OUTCOME_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Outcome) if f.name != "ok"}
 
 
 class FrameError(ValueError):
@@ -148,8 +168,8 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
         "error": code,
         "message": message or ERRORS.get(code, code),
     }
-    if url is not None:
-        frame.update(url=url, status=None, final_url=None, content_type=None, text="", worker=None)
+    if url is not None:  # an answer to a fetch request: a whole result, every field present
+        frame = {**_OUTCOME_DEFAULTS, **frame, "url": url, "worker": None, "elapsed_ms": None}
     return frame
 
 
@@ -166,25 +186,25 @@ def unpack(buf: Any) -> Any:
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
 
 
-# Fields of fetch.Outcome after ``message`` that the worker reports for the master's cache and politeness
-# gate (docs/RING.md, result message); the master does not forward them to clients.
-HTTP_META_FIELDS = (
-    "etag",
-    "last_modified",
-    "cache_control",
-    "expires",
-    "date",
-    "retry_after",
-    "body_bytes",
-    "retries",
-    "answered_at",
-)
+_outcome_values = operator.attrgetter(*OUTCOME_FIELDS)
 
 
-def pack_result(ticket: int, out: Any, fetch_ms: float) -> bytes:
-    """The result message for a fetch.Outcome: its client fields, ``fetch_ms``, then HTTP_META_FIELDS."""
+def pack_result(ticket: int, out: Outcome) -> bytes:
+    """The result ring message for ``out``: ``[ticket, *values in OUTCOME_FIELDS order]``."""
     # A fresh Packer per call: the worker packs from several threads, and Packer is not thread-safe.
-    return msgpack.packb(
-        [ticket, out.ok, out.status, out.final_url, out.content_type, out.text, out.error, out.message,
-         fetch_ms, *(getattr(out, k) for k in HTTP_META_FIELDS)]
-    )  # fmt: skip
+    return msgpack.packb([ticket, *_outcome_values(out)])
+
+
+def result_frame(req_id: Any, url: str, worker: int, elapsed_ms: float, record: list[Any]) -> dict[str, Any]:
+    """The client frame (the fields of ``Result`` plus ``id``) for one result ring ``record``.
+
+    The values are passed through as they are: the master reads records with ``raw=True``, so strings stay
+    UTF-8 bytes and reach the client without being decoded and encoded again (dispatch.py, ``_unpack_raw``).
+    """
+    frame = dict(zip(OUTCOME_FIELDS, record[1:], strict=False))
+    frame["id"] = req_id
+    frame["url"] = url
+    frame["worker"] = worker
+    frame["elapsed_ms"] = elapsed_ms
+    frame["cached"] = False
+    return frame

@@ -20,6 +20,8 @@ from typing import Any
 
 import posix_ipc
 
+from .segment import create_segment
+
 MAGIC = b"SHMFRING"
 VERSION = 1
 HEADER_SIZE = 256
@@ -95,11 +97,7 @@ class Ring:
         if nslots < 2 or nslots & (nslots - 1) or slot_size < 64 or slot_size & (slot_size - 1):
             raise ValueError("nslots and slot_size must be powers of two, nslots >= 2, slot_size >= 64")
         size = HEADER_SIZE + nslots * slot_size
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
+        mm, _ = create_segment(name, size)  # allocated in full: a full /dev/shm fails here, not by SIGBUS
         _HDR.pack_into(mm, 0, MAGIC, VERSION, slot_size, nslots, 0, os.getpid())
         free = fill = None
         try:

@@ -1,7 +1,7 @@
 """The worker process: take requests from its ring, fetch and extract, publish results, count successes.
 
-Started by the master as ``python -m shmfetch.worker SPEC`` (SPEC is JSON: ring names, slot index,
-generation, the validated config). A fresh interpreter rather than fork(), because the master runs threads
+Started by the master as ``python -m shmfetch.worker INDEX`` with its SPEC as JSON on stdin (ring names,
+slot index, generation, the validated config), so that ``ps`` shows which worker it is, not its config. A fresh interpreter rather than fork(), because the master runs threads
 and an event loop, and forking a threaded process copies locks in whatever state they are in.
 
 Threads. ``threads`` fetcher threads take turns as the ring's single consumer (``_take``: leader/follower,
@@ -23,16 +23,27 @@ import threading
 import time
 from typing import Any
 
+from . import faults
 from .config import Config
 from .control import S_BUSY, Control
-from .fetch import Fetcher, Outcome
-from .protocol import pack_result, unpack
+from .fetch import Fetcher
+from .protocol import Outcome, pack_result, unpack
 from .ring import Ring, RingClosed
 
 log = logging.getLogger("shmfetch.worker")
 
 EXIT_BOOT_ERROR = 3
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+def _set_process_name(index: int) -> None:
+    """Name the thread group ``shmfetch-wINDEX`` (``ps -o comm``, ``top``, ``pgrep``); at most 15 bytes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, f"shmfetch-w{index}".encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent(master_pid: int) -> None:
@@ -116,15 +127,20 @@ class Worker:
         except (TypeError, IndexError, KeyError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return
+        if faults.ACTIVE:
+            faults.hit("worker.after_take")
         self._set_busy(+1)
         try:
             out = fetcher.fetch(url, options) if isinstance(url, str) else Outcome(False, error="invalid_url")
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
             log.exception("worker %d: fetch of %r raised", self.index, url)
             out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
-        payload = pack_result(ticket, out, out_ms := (time.perf_counter() - t0) * 1000.0)
+        payload = pack_result(ticket, out)
+        out_ms = (time.perf_counter() - t0) * 1000.0
         with self._put_lock:
             self.res.put(payload)  # commit: from here on the master owns the result
+        if faults.ACTIVE:
+            faults.hit("worker.after_commit")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:
@@ -138,10 +154,11 @@ class Worker:
             self.ctl.set_slot(self.index, S_BUSY, self._busy)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(argv[0])
+def main() -> int:
+    faults.arm_from_env()  # first: a crash-point test may aim at anything after this
+    spec = json.loads(sys.stdin.buffer.read())  # the master wrote it whole and closed the pipe
     _die_with_parent(spec["master_pid"])
+    _set_process_name(spec["index"])
     # The master decides when we stop (it closes our ring); a Ctrl-C or a USR1 sent to the whole process
     # group must not kill us in the middle of a result.
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):

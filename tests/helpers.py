@@ -21,7 +21,7 @@ from .origin import Origin, numbered_text
 
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
-    "daemon_stats", "proc_kib",
+    "daemon_stats", "proc_kib", "serve_argv",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,13 +60,17 @@ def write_config(tmp: Path, **sections: dict[str, object]) -> Path:
 
 
 class Daemon:
-    """``shmfetch serve`` in a subprocess. ``stop()`` sends SIGUSR1 and returns (exit code, stdout)."""
+    """``shmfetch serve`` in a subprocess. ``stop()`` sends SIGUSR1 and returns (exit code, stdout).
 
-    def __init__(self, config: Path, socket_path: Path, wait: bool = True):
+    ``argv`` replaces the command, for a daemon started through a wrapper that ``exec``s it (so that the
+    pid is the daemon's): ``serve_argv(config)`` is the daemon's own command line.
+    """
+
+    def __init__(self, config: Path, socket_path: Path, wait: bool = True, argv: list[str] | None = None):
         self.config = config
         self.socket = str(socket_path)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", str(config)],
+            argv or serve_argv(config),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -86,7 +90,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
+                out, err = self.proc.communicate(timeout=10)
                 raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {err}")
             if os.path.exists(self.socket) and self.worker_pids():
                 if all(_is_running_worker(p) for p in self.worker_pids()):
@@ -96,7 +100,9 @@ class Daemon:
 
     def worker_pids(self) -> list[int]:
         try:
-            out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["pgrep", "-P", str(self.pid)], capture_output=True, text=True, timeout=10
+            ).stdout
         except FileNotFoundError:
             return _children(self.pid)
         return [int(x) for x in out.split()]
@@ -128,6 +134,10 @@ class Daemon:
     def last_line(self) -> str:
         lines = self.stdout.strip().splitlines()
         return lines[-1] if lines else ""
+
+
+def serve_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "shmfetch", "serve", "-c", str(config)]
 
 
 def _children(pid: int) -> list[int]:
@@ -190,7 +200,7 @@ def run_cli(
             out, err = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=10)
             raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 

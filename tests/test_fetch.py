@@ -46,7 +46,7 @@ def test_outcome_interface_is_stable():
     names = [fl.name for fl in dataclasses.fields(Outcome)]
     assert names == [
         "ok", "status", "final_url", "content_type", "text", "error", "message",
-        # reported to the master for its cache and per-host gate (protocol.HTTP_META_FIELDS)
+        # reported to the master for its cache and per-host gate (frontier.py)
         "etag", "last_modified", "cache_control", "expires", "date", "retry_after", "body_bytes", "retries", "answered_at",
     ]  # fmt: skip
 

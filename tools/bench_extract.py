@@ -1,6 +1,6 @@
 """Extraction speed: shmfetch.extract.html_to_text vs lxml's text_content() and alternative designs.
 
-    /tmp/v/bin/python tools/bench_extract.py [--pages 40] [--rounds 3] [--seed 1]
+    .venv/bin/python tools/bench_extract.py [--pages 40] [--rounds 3] [--seed 1]
 
 Pages are generated (10-300 KB, realistic: head with scripts and styles, nav, paragraphs with entities and
 inline markup, tables, lists, a <pre>, inline scripts in the body). Each extractor runs over the same

@@ -1,7 +1,7 @@
 """IPC benchmark: 64-byte msgpack records between two Python processes, and the C table, in one run.
 
-    /tmp/v/bin/python tools/bench_ipc.py [--records N] [--reps R] [--json] [--no-native]
-    /tmp/v/bin/python tools/bench_ipc.py --micro GITREF   # ring.py hot path: GITREF vs working tree
+    .venv/bin/python tools/bench_ipc.py [--records N] [--reps R] [--json] [--no-native]
+    .venv/bin/python tools/bench_ipc.py --micro GITREF   # ring.py hot path: GITREF vs working tree
 
 Python part: a producer process packs ``[ticket, url, None]`` (exactly 64 bytes of msgpack) and sends it;
 a consumer process receives it and unpacks it, over

@@ -151,10 +151,36 @@ def utf8_len(url: str, text: str) -> int:
     return n
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm  # the bench extra
+class _NoBar:
+    """What ``_bar`` gives with ``--no-progress``: tqdm (the bench extra) is then not needed at all."""
 
-    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, disable=not enabled, leave=False)
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm  # the bench extra; main() checked it is there before starting anything
+
+    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, leave=False)
+
+
+def check_imports(args: argparse.Namespace) -> str | None:
+    """What is missing for this run, as a message, or None. Checked before any origin or daemon starts."""
+    if args.no_progress:
+        return None
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return (
+            "loadgen: tqdm is not installed (the progress bar); install the bench extra with "
+            "pip install '.[bench]', or pass --no-progress"
+        )
+    return None
 
 
 # -- the daemon ---------------------------------------------------------------------------------------
@@ -536,8 +562,16 @@ class PrivateDaemon:
         with open(path, "w") as fh:
             for sec, kv in conf.items():
                 fh.write(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()))
+        # The checkout's shmfetch, the one loadgen itself imports, whether or not a copy is installed.
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", path], stdout=subprocess.DEVNULL, cwd=self.dir
+            [sys.executable, "-m", "shmfetch", "serve", "-c", path],
+            stdout=subprocess.DEVNULL,
+            cwd=self.dir,
+            env=env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -779,10 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the report as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
-
     if args.write_site:
         write_site(args.write_site, args.pages, args.seed)
         return 0
+    if missing := check_imports(args):
+        print(missing, file=sys.stderr)
+        return 2
 
     if args.sweep_threads:
         report = {

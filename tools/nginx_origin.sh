@@ -9,7 +9,7 @@
 # string {urls} in its arguments is replaced by that path), then stops nginx and removes the directory,
 # whatever COMMAND's outcome. Exit status: COMMAND's.
 #
-#   tools/nginx_origin.sh -p 8099 -- /tmp/v/bin/python tools/loadgen.py --spawn --urls {urls} --compare
+#   tools/nginx_origin.sh -p 8099 -- .venv/bin/python tools/loadgen.py --spawn --urls {urls} --compare
 #
 # Needs /usr/sbin/nginx (apt-get install nginx-light). Nothing in the test suite depends on it.
 set -eu
@@ -32,7 +32,7 @@ NGINX=${NGINX:-/usr/sbin/nginx}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python3}
-[ -x /tmp/v/bin/python ] && [ -z "${PYTHON:-}" ] && PY=/tmp/v/bin/python
+[ -x "$HERE/../.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && PY=$HERE/../.venv/bin/python
 TMP=$(mktemp -d /tmp/nginx_origin.XXXXXX)
 # nginx's workers may run as "nobody" when started by root: they must be able to read the site.
 chmod 755 "$TMP"
