@@ -32,6 +32,7 @@ from .dispatch import _text
 from .fetch import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
+from .protocol import master_frame
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
 if TYPE_CHECKING:
@@ -115,23 +116,12 @@ class Frontier:
         self.cached_answers += 1
         if self.count_hits:
             self.counted_hits += 1
-        self.d.deliver(
-            job,
-            {
-                "id": job.req_id,
-                "url": job.url,
-                "ok": True,
-                "status": entry.status,
-                "final_url": entry.final_url,
-                "content_type": entry.content_type,
-                "text": entry.text,
-                "error": None,
-                "message": None,
-                "worker": None,
-                "elapsed_ms": round((time.perf_counter() - job.t0) * 1000.0, 3),
-                "cached": True,
-            },
-        )
+        elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
+        frame = master_frame(
+            job.req_id, job.url, ok=True, status=entry.status, final_url=entry.final_url,
+            content_type=entry.content_type, text=entry.text, elapsed_ms=elapsed_ms, cached=True,
+        )  # fmt: skip
+        self.d.deliver(job, frame)
 
     def _robots_ready(self, origin: str, rules: Rules) -> None:
         if rules.crawl_delay and (host := host_of(origin)):

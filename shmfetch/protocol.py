@@ -169,8 +169,22 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
         "message": message or ERRORS.get(code, code),
     }
     if url is not None:  # an answer to a fetch request: a whole result, every field present
-        frame = {**_OUTCOME_DEFAULTS, **frame, "url": url, "worker": None, "elapsed_ms": None}
+        frame = master_frame(req_id, url, **frame)
     return frame
+
+
+def master_frame(req_id: Any, url: str, **values: Any) -> dict[str, Any]:
+    """A whole result frame for an answer the master makes itself (an error, a cache hit): ``values`` over
+    the defaults of every ``Result`` field."""
+    return {
+        **_OUTCOME_DEFAULTS,
+        "worker": None,
+        "elapsed_ms": None,
+        "cached": False,
+        **values,
+        "id": req_id,
+        "url": url,
+    }
 
 
 # -- ring messages ------------------------------------------------------------------------------------
