@@ -42,6 +42,7 @@ hop is over by the time the master knows of it.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import urllib.parse
@@ -54,8 +55,23 @@ PAUSE_CODES = frozenset((429, 503))
 
 def host_of(url: str) -> str:
     """``host:port`` of a URL (the default port filled in), or "" when it has none (the worker rejects it)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return ""
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch, 0, end)
+        if i != -1:
+            end = i
+    return _host_key(scheme, rest[:end])
+
+
+@functools.lru_cache(maxsize=65536)
+def _host_key(scheme: str, netloc: str) -> str:
+    # urlsplit costs about as much as the rest of the gate's bookkeeping; a crawl sees the same hosts
+    # over and over, so it runs once per (scheme, netloc).
     try:
-        u = urllib.parse.urlsplit(url)
+        u = urllib.parse.urlsplit(f"{scheme}://{netloc}/")
         host = (u.hostname or "").rstrip(".")
         if not host:
             return ""
@@ -122,8 +138,9 @@ class Politeness:
 
     # -- release -------------------------------------------------------------------------------------
 
-    def _ready_at(self, h: _Host) -> float:
-        return max(h.next_start, h.paused_until)
+    @staticmethod
+    def _ready_at(h: _Host) -> float:
+        return h.next_start if h.next_start > h.paused_until else h.paused_until
 
     def _requeue(self, h: _Host, now: float) -> None:
         """Put a host with waiting requests where it belongs: ready, timed, or (at its cap) nowhere."""

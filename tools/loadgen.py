@@ -524,9 +524,9 @@ def idle_cpu(socket_path: str, seconds: float) -> dict[str, Any]:
 class OwnOrigin:
     """tools/origin_server.py in a child process; stopped on exit."""
 
-    def __init__(self, pages: int, seed: int, latency_ms: float):
+    def __init__(self, pages: int, seed: int, latency_ms: float, extra: tuple[str, ...] = ()):
         cmd = [sys.executable, str(ROOT / "tools" / "origin_server.py"), "--pages", str(pages)]
-        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms)]
+        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # blocks until it listens (or dies)
         if not line.startswith("PORT "):
