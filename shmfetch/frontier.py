@@ -230,7 +230,7 @@ class Frontier:
         job.polite_retries += 1
         self.retries += 1
         job.payload = b""  # a new ticket for the new attempt
-        self.gate.requeue_front(job, job.host, job.arrived + self.max_wait, time.monotonic())
+        self.gate.add(job, job.host, job.arrived + self.max_wait, time.monotonic(), front=True)
         self.schedule()
         return True
 

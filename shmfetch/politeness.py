@@ -122,15 +122,19 @@ class Politeness:
             h = self.hosts[key] = _Host(key, self.delay)
         return h
 
-    def add(self, item: Any, host: str, deadline: float) -> None:
-        """Park ``item`` for ``host``; it comes out of ``pop_ready`` or, after ``deadline``, ``expired``."""
+    def add(self, item: Any, host: str, deadline: float, now: float = 0.0, front: bool = False) -> None:
+        """Park ``item`` for ``host``; it comes out of ``pop_ready`` or, after ``deadline``, ``expired``.
+        ``front``: ahead of the host's other requests (a retry after a 429/503 pause)."""
         h = self._host(host)
         entry = [item, deadline]
-        h.waiting.append(entry)
+        if front:
+            h.waiting.appendleft(entry)
+        else:
+            h.waiting.append(entry)
         self.waiting += 1
         heapq.heappush(self._deadlines, (deadline, next(self._seq), entry))
         if not h.queued:
-            self._requeue(h, 0.0)
+            self._requeue(h, now)
 
     def set_crawl_delay(self, host: str, seconds: float) -> None:
         """robots.txt's Crawl-delay for ``host``: raises its delay (never lowers it below ``delay``)."""
@@ -217,16 +221,6 @@ class Politeness:
         backoff = self.backoff * (2 ** min(h.strikes - 1, 30))
         wait = backoff if retry_after is None else max(retry_after, backoff if h.strikes > 1 else 0.0)
         h.paused_until = max(h.paused_until, now + min(wait, self.max_retry_after))
-
-    def requeue_front(self, item: Any, host: str, deadline: float, now: float) -> None:
-        """Give a request back to its host's queue at the front (retry after a 429/503 pause)."""
-        h = self._host(host)
-        entry = [item, deadline]
-        h.waiting.appendleft(entry)
-        self.waiting += 1
-        heapq.heappush(self._deadlines, (deadline, next(self._seq), entry))
-        if not h.queued:
-            self._requeue(h, now)
 
     # -- time ----------------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ and the same caps as a page fetch, and never on the event loop. Not through a wo
 page (no extraction, a truncated prefix instead of ``too_large``), the result ring schema would need a
 raw-body variant for a fetch that happens once a day per host, and requests for that host must wait for it
 in the master anyway, where the decision is made. The fetch is one per origin at a time: requests that
-arrive meanwhile wait in the master (``check`` returns ``WAIT``) and are released together.
+arrive meanwhile wait in the master (``check`` returns ``WAIT``) and are released together. The robots.txt
+fetch itself is not counted against the host's ``per_host`` or delay: it is one request per ``ttl``.
 
 Protocol (event loop thread): ``check(url) -> ALLOW | DENY | WAIT``; on WAIT the caller parks the request
 and ``on_ready(origin)`` is called on the loop when the decision for that origin is known.
