@@ -6,7 +6,9 @@
  *   interop consume NAME COUNT SEED           read and verify that same stream; exit 0 iff all match
  *   interop produce-msgpack NAME COUNT SEED   msgpack requests [ticket, url, nil], hand-encoded
  *   interop consume-msgpack NAME COUNT SEED   parse and verify requests Python packed with msgpack
- *   interop close NAME                        set CLOSED and post fill (the creator's close wake-up)
+ *   interop drain NAME COUNT SEED             like consume, then expect the ring closed and drained
+ *                                             (exit 0 iff exactly COUNT records, then close)
+ *   interop close NAME                        set CLOSED and wake both sides (the creator's close)
  *
  * The generator is splitmix64; tests/test_interop.py has the same few lines in Python. Sizes come from
  * four classes (0..15, 0..299, 0..4999, 0..69999 bytes) so that, on a small ring, records take one slot,
@@ -129,7 +131,7 @@ int main(int argc, char **argv) {
         return rc ? die("close") : 0;
     }
     if (argc != 5) {
-        fprintf(stderr, "usage: interop produce|consume|produce-msgpack|consume-msgpack NAME COUNT SEED\n"
+        fprintf(stderr, "usage: interop produce|consume|drain|produce-msgpack|consume-msgpack NAME COUNT SEED\n"
                         "       interop close NAME\n");
         return 2;
     }
@@ -146,7 +148,7 @@ int main(int argc, char **argv) {
         if (strcmp(mode, "produce") == 0) {
             size_t n = make_record(&s, i, want);
             if (ring_put(&r, want, n) != 0) rc = die("put");
-        } else if (strcmp(mode, "consume") == 0) {
+        } else if (strcmp(mode, "consume") == 0 || strcmp(mode, "drain") == 0) {
             size_t n = make_record(&s, i, want);
             int g = ring_get(&r, &got);
             if (g != 1) {
@@ -183,6 +185,14 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr, "interop: unknown mode %s\n", mode);
             rc = 2;
+        }
+    }
+    if (rc == 0 && strcmp(mode, "drain") == 0) {
+        int g = ring_get(&r, &got);
+        if (g != 0) {
+            fprintf(stderr, "interop: after %" PRIu64 " records: %s\n", count,
+                    g == 1 ? "one more message, expected the close" : "get failed");
+            rc = 1;
         }
     }
     free(want);

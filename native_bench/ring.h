@@ -1,15 +1,10 @@
-/* ring.h: header-only C implementation of the shmfetch ring segment (docs/RING.md, layout version 1).
+/* ring.h: header-only C implementation of the shmfetch ring (docs/RING.md, layout and protocol version 2).
  *
  * docs/RING.md is the contract; this file follows it byte for byte and must never differ from it. The
  * Python side (shmfetch/ring.py) is the other implementation; tests/test_interop.py runs both against
- * each other.
- *
- * Two protocols run over the same layout:
- *   - semaphore mode (ring_put / ring_get): what shmfetch runs. One sem_wait(free) per slot, one
- *     sem_post(fill) per record; the semaphores are the synchronisation.
- *   - batched mode (ringb_*): native_bench only. head/tail are C11 atomics (release store, acquire load),
- *     many records per head store, and a semaphore is posted only when the other side announced it is
- *     going to sleep in its *_sleeping word. The two modes are never mixed on one segment.
+ * each other. There is one protocol, the one the daemon runs: head/tail are the synchronisation (C11
+ * release stores, acquire loads), and the two semaphores only wake a side that announced, in its
+ * *_sleeping word, that it is about to sleep.
  *
  * Only one thread of one process may produce and only one may consume on a ring.
  */
@@ -45,7 +40,7 @@ _Static_assert(sizeof(_Atomic uint32_t) == 4, "_Atomic uint32_t must be 4 bytes 
 #endif
 
 #define RING_MAGIC "SHMFRING"
-#define RING_VERSION 1u
+#define RING_VERSION 2u
 #define RING_HEADER_SIZE 256u
 #define RING_REC_HDR 8u
 #define RING_FLAG_MORE 1u
@@ -65,6 +60,10 @@ _Static_assert(sizeof(_Atomic uint32_t) == 4, "_Atomic uint32_t must be 4 bytes 
 
 #define RING_NAME_MAX 200
 
+#ifndef RING_SPIN
+#define RING_SPIN 0 /* re-checks before sleeping; the bench's --spin sets ring_t.spin */
+#endif
+
 typedef struct ring {
     char name[RING_NAME_MAX];
     uint8_t *base;     /* start of the mapping */
@@ -74,11 +73,13 @@ typedef struct ring {
     uint64_t data_bytes;
     uint64_t max_fragment; /* nslots * slot_size / 4 - 8, as the Python producer uses */
     sem_t *free_sem, *fill_sem;
-    /* Each end keeps its own position privately and only publishes it (like ring.py). */
+    /* Each end keeps its own position privately and publishes it (like ring.py); it also caches the last
+     * position of the other side it loaded, and reloads only when that is used up. */
     uint64_t head, tail;
-    /* Batched mode only: the last position of the other side we saw, and records since our last publish. */
     uint64_t seen_tail, seen_head;
-    uint32_t unpublished;
+    uint64_t wake_free; /* the producer sleeps until this many slots are free: max(1, nslots / 4) */
+    uint64_t need_tail; /* producer, while waiting for room: the tail that makes room for its record */
+    int spin;           /* re-checks (with a pause) before sleeping; RING_SPIN by default */
     int owner;
 } ring_t;
 
@@ -146,7 +147,8 @@ static inline int ring_init_view(ring_t *r, size_t seg_size) {
     r->tail = atomic_load_explicit(ring_tail_p(r), memory_order_acquire);
     r->seen_head = r->head;
     r->seen_tail = r->tail;
-    r->unpublished = 0;
+    r->wake_free = r->nslots / 4 ? r->nslots / 4 : 1;
+    r->spin = RING_SPIN;
     return 0;
 }
 
@@ -154,7 +156,9 @@ static inline int ring_open_sems(ring_t *r, int oflag, unsigned nslots) {
     char sn[RING_NAME_MAX + 8];
     r->free_sem = r->fill_sem = SEM_FAILED;
     if (ring_sem_name(sn, sizeof sn, r->name, ".free") != 0) return -1;
-    r->free_sem = oflag ? sem_open(sn, oflag, 0600, nslots) : sem_open(sn, 0);
+    /* Both semaphores start at 0: in protocol v2 a count means "look again", never "a slot is free". */
+    (void)nslots;
+    r->free_sem = oflag ? sem_open(sn, oflag, 0600, 0) : sem_open(sn, 0);
     if (r->free_sem == SEM_FAILED) return -1;
     if (ring_sem_name(sn, sizeof sn, r->name, ".fill") != 0) return -1;
     r->fill_sem = oflag ? sem_open(sn, oflag, 0600, 0) : sem_open(sn, 0);
@@ -301,8 +305,8 @@ static inline int ring_buf_reserve(ring_buf_t *b, size_t need) {
     return 0;
 }
 
-/* Consumer, both modes: append the record at tail (header, then payload) to *out and step tail past its
- * k slots (the caller publishes tail and frees the slots its own way). */
+/* Consumer: append the record at the private tail (header, then payload) to *out and step the private
+ * tail past its k slots; ring_release publishes it. */
 static inline int ring_take_record(ring_t *r, ring_buf_t *out, uint32_t *flags, uint64_t *k) {
     uint32_t n;
     if (ring_read_header(r, r->tail, &n, flags, k) != 0) return -1;
@@ -314,76 +318,8 @@ static inline int ring_take_record(ring_t *r, ring_buf_t *out, uint32_t *flags, 
 }
 
 /* ---------------------------------------------------------------------------------------------------
- * Semaphore mode (docs/RING.md "Protocol"): what shmfetch runs.
+ * Protocol (docs/RING.md "Protocol" and "Sleeping and waking").
  * ------------------------------------------------------------------------------------------------- */
-
-static inline int ring_put_record(ring_t *r, const void *src, uint32_t n, uint32_t flags) {
-    uint64_t k = ring_slots_for_record(r, n);
-    for (uint64_t i = 0; i < k; i++)
-        if (ring_sem_wait(r->free_sem) != 0) return -1;
-    ring_write_record(r, r->head, src, n, flags);
-    r->head += k;
-    /* Release store: a reader that only looks at head (stats, close check) sees a consistent position.
-     * The payload's visibility to the consumer comes from the sem_post below. */
-    atomic_store_explicit(ring_head_p(r), r->head, memory_order_release);
-    return sem_post(r->fill_sem);
-}
-
-/* Publish one message, cut into fragments of at most max_fragment bytes (flag MORE on all but the last),
- * exactly as ring.py's put does, so a message of any size streams through a small ring. */
-static inline int ring_put(ring_t *r, const void *src, size_t n) {
-    const uint8_t *p = src;
-    size_t pos = 0;
-    for (;;) {
-        size_t chunk = n - pos < r->max_fragment ? n - pos : r->max_fragment;
-        int more = pos + chunk < n;
-        if (ring_put_record(r, p + pos, (uint32_t)chunk, more ? RING_FLAG_MORE : 0) != 0) return -1;
-        pos += chunk;
-        if (!more) return 0;
-    }
-}
-
-/* Take one message into *out (replacing its contents). Returns 1 for a message, 0 after the close
- * wake-up (head == tail once fill was taken), -1 on error. */
-static inline int ring_get(ring_t *r, ring_buf_t *out) {
-    out->len = 0;
-    for (;;) {
-        if (ring_sem_wait(r->fill_sem) != 0) return -1;
-        uint64_t head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
-        if (head == r->tail) return 0; /* the close wake-up: no record behind this count */
-        uint32_t flags;
-        uint64_t k;
-        if (ring_take_record(r, out, &flags, &k) != 0) return -1;
-        atomic_store_explicit(ring_tail_p(r), r->tail, memory_order_release);
-        for (uint64_t i = 0; i < k; i++)
-            if (sem_post(r->free_sem) != 0) return -1;
-        if (!(flags & RING_FLAG_MORE)) return 1;
-    }
-}
-
-/* Creator only: set CLOSED, then post fill once; the consumer drains and stops at head == tail. */
-static inline int ring_close_wake(ring_t *r) {
-    atomic_fetch_or_explicit(ring_flags_p(r), RING_CLOSED, memory_order_seq_cst);
-    return sem_post(r->fill_sem);
-}
-
-/* ---------------------------------------------------------------------------------------------------
- * Batched mode (docs/RING.md "Batched mode"): native_bench only.
- *
- * head/tail carry the synchronisation: the producer writes records, then publishes them all with one
- * release store of head; the consumer's acquire load of head makes every payload before it visible.
- * Symmetrically for tail and slot reuse. Semaphores are only a way to sleep: a side that finds nothing
- * to do sets its *_sleeping word, issues a full fence, re-checks the other side's position, and only
- * then sem_waits. The other side, after publishing a position, issues a full fence and posts only if
- * the sleeping word is set. The two fences make it Dekker's pattern: at least one side sees the other's
- * store, so a wake-up is never lost. A post may also arrive for a sleeper that had already seen the new
- * position and left; that stale count only makes a later sem_wait return at once, and every wait sits
- * in a loop that re-checks the position, so it costs one extra loop turn, never correctness.
- * ------------------------------------------------------------------------------------------------- */
-
-#ifndef RINGB_PUBLISH_EVERY
-#define RINGB_PUBLISH_EVERY 32 /* records per head/tail store when the ring is streaming */
-#endif
 
 static inline void ring_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -393,128 +329,145 @@ static inline void ring_cpu_relax(void) {
 #endif
 }
 
-/* Called once by the creator before using a fresh ring in batched mode: the free semaphore starts at
- * nslots for semaphore mode; in batched mode it is only a wake-up, so drop those counts. */
-static inline void ringb_prepare(ring_t *r) {
-    while (sem_trywait(r->free_sem) == 0) {
+/* Block until ready(r) (which loads the other side's position). Re-check r->spin times with a pause,
+ * then announce in `sleeping`, full fence, re-check, and sem_wait; every wait sits in this loop, so a
+ * stale post costs one turn. */
+static inline int ring_wait(ring_t *r, int (*ready)(ring_t *), _Atomic uint32_t *sleeping, sem_t *sem) {
+    if (ready(r)) return 0;
+    for (int i = 0; i < r->spin; i++) {
+        ring_cpu_relax();
+        if (ready(r)) return 0;
     }
-}
-
-/* Wake `sem` if the other side said it sleeps on it. The exchange makes one post per announced sleep. */
-static inline void ringb_wake(_Atomic uint32_t *sleeping, sem_t *sem) {
-    atomic_thread_fence(memory_order_seq_cst); /* our position store before the load of sleeping */
-    if (atomic_load_explicit(sleeping, memory_order_relaxed) &&
-        atomic_exchange_explicit(sleeping, 0, memory_order_relaxed))
-        sem_post(sem);
-}
-
-static inline void ringb_publish_head(ring_t *r) {
-    atomic_store_explicit(ring_head_p(r), r->head, memory_order_release);
-    r->unpublished = 0;
-    ringb_wake(ring_csleep_p(r), r->fill_sem);
-}
-
-static inline void ringb_publish_tail(ring_t *r) {
-    atomic_store_explicit(ring_tail_p(r), r->tail, memory_order_release);
-    r->unpublished = 0;
-    ringb_wake(ring_psleep_p(r), r->free_sem);
-}
-
-/* Producer: one record, published lazily (every RINGB_PUBLISH_EVERY records, or before waiting). */
-static inline int ringb_put_record(ring_t *r, const void *src, uint32_t n, uint32_t flags, int spin) {
-    uint64_t k = ring_slots_for_record(r, n);
-    if (r->head + k - r->seen_tail > r->nslots) {
-        r->seen_tail = atomic_load_explicit(ring_tail_p(r), memory_order_acquire);
-        if (r->head + k - r->seen_tail > r->nslots) {
-            /* Publish what we have before waiting, or the consumer could wait for it forever. */
-            if (r->unpublished) ringb_publish_head(r);
-            for (int i = 0;; i++) {
-                r->seen_tail = atomic_load_explicit(ring_tail_p(r), memory_order_acquire);
-                if (r->head + k - r->seen_tail <= r->nslots) break;
-                if (i < spin) { /* the consumer is usually mid-batch: a short spin beats a futex */
-                    ring_cpu_relax();
-                    continue;
-                }
-                atomic_store_explicit(ring_psleep_p(r), 1, memory_order_relaxed);
-                atomic_thread_fence(memory_order_seq_cst);
-                r->seen_tail = atomic_load_explicit(ring_tail_p(r), memory_order_acquire);
-                if (r->head + k - r->seen_tail <= r->nslots) {
-                    atomic_store_explicit(ring_psleep_p(r), 0, memory_order_relaxed);
-                    break;
-                }
-                if (ring_sem_wait(r->free_sem) != 0) return -1;
-            }
-        }
+    for (;;) {
+        atomic_store_explicit(sleeping, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst); /* the store above before ready()'s loads */
+        if (ready(r)) break;
+        if (ring_sem_wait(sem) != 0) return -1;
+        if (ready(r)) break;
     }
-    ring_write_record(r, r->head, src, n, flags);
-    r->head += k;
-    if (++r->unpublished >= RINGB_PUBLISH_EVERY) ringb_publish_head(r);
+    atomic_store_explicit(sleeping, 0, memory_order_relaxed);
     return 0;
 }
 
-static inline int ringb_put(ring_t *r, const void *src, size_t n, int spin) {
+static inline int ring_is_closed(const ring_t *r) {
+    return (atomic_load_explicit(ring_flags_p(r), memory_order_acquire) & RING_CLOSED) != 0;
+}
+
+/* Producer: store head (release), fence, wake the consumer if it announced it sleeps. */
+static inline int ring_publish(ring_t *r) {
+    atomic_store_explicit(ring_head_p(r), r->head, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst); /* the head store before the load of consumer_sleeping */
+    _Atomic uint32_t *cs = ring_csleep_p(r);
+    if (atomic_load_explicit(cs, memory_order_relaxed)) {
+        atomic_store_explicit(cs, 0, memory_order_relaxed); /* one post per announced sleep */
+        return sem_post(r->fill_sem);
+    }
+    return 0;
+}
+
+static inline int ring_room(ring_t *r) {
+    int closed = ring_is_closed(r);
+    r->seen_tail = atomic_load_explicit(ring_tail_p(r), memory_order_acquire);
+    return r->seen_tail >= r->need_tail || closed;
+}
+
+/* Producer: wait until tail >= need (publishing what it wrote first). -1 with EPIPE if closed. */
+static inline int ring_wait_room(ring_t *r, uint64_t need) {
+    if (atomic_load_explicit(ring_head_p(r), memory_order_relaxed) != r->head && ring_publish(r) != 0)
+        return -1;
+    r->need_tail = need;
+    if (ring_wait(r, ring_room, ring_psleep_p(r), r->free_sem) != 0) return -1;
+    if (r->seen_tail < need) {
+        errno = EPIPE;
+        return -1;
+    }
+    return 0;
+}
+
+/* Producer: write one record at the private head (not yet published). */
+static inline int ring_write(ring_t *r, const void *src, uint32_t n, uint32_t flags) {
+    uint64_t k = ring_slots_for_record(r, n);
+    if (r->head + k - r->seen_tail > r->nslots && ring_wait_room(r, r->head + k - r->nslots) != 0) return -1;
+    ring_write_record(r, r->head, src, n, flags);
+    r->head += k;
+    return 0;
+}
+
+/* Publish one message, cut into fragments of at most max_fragment bytes (flag MORE on all but the last),
+ * each published at once, exactly as ring.py's put does. */
+static inline int ring_put(ring_t *r, const void *src, size_t n) {
     const uint8_t *p = src;
     size_t pos = 0;
     for (;;) {
         size_t chunk = n - pos < r->max_fragment ? n - pos : r->max_fragment;
         int more = pos + chunk < n;
-        if (ringb_put_record(r, p + pos, (uint32_t)chunk, more ? RING_FLAG_MORE : 0, spin) != 0) return -1;
+        if (ring_write(r, p + pos, (uint32_t)chunk, more ? RING_FLAG_MORE : 0) != 0) return -1;
+        if (ring_publish(r) != 0) return -1;
         pos += chunk;
         if (!more) return 0;
     }
 }
 
-/* Producer: make everything written so far visible now (end of a burst, or each message when latency
- * matters). */
-static inline void ringb_flush(ring_t *r) {
-    if (r->unpublished) ringb_publish_head(r);
+/* Consumer: store tail (release), fence, wake the producer if it sleeps and a quarter of the ring is free. */
+static inline int ring_release(ring_t *r) {
+    atomic_store_explicit(ring_tail_p(r), r->tail, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst); /* the tail store before the load of producer_sleeping */
+    _Atomic uint32_t *ps = ring_psleep_p(r);
+    if (atomic_load_explicit(ps, memory_order_relaxed)) {
+        uint64_t head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
+        if (r->nslots - (head - r->tail) >= r->wake_free) {
+            atomic_store_explicit(ps, 0, memory_order_relaxed);
+            return sem_post(r->free_sem);
+        }
+    }
+    return 0;
 }
 
-/* Producer: flush, then set CLOSED; the consumer stops once it finds the ring empty and CLOSED set. */
-static inline void ringb_close(ring_t *r) {
-    ringb_publish_head(r);
-    atomic_fetch_or_explicit(ring_flags_p(r), RING_CLOSED, memory_order_seq_cst);
-    ringb_wake(ring_csleep_p(r), r->fill_sem);
+static inline int ring_readable(ring_t *r) {
+    int closed = ring_is_closed(r); /* flags before head: CLOSED is set after the last head store */
+    r->seen_head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
+    return r->seen_head != r->tail || closed;
 }
 
-/* Consumer: 1 = a message in *out, 0 = closed and drained, -1 = error. */
-static inline int ringb_get(ring_t *r, ring_buf_t *out, int spin) {
+/* Consumer: take one message into *out (replacing its contents) without publishing tail. wait=0 never
+ * sleeps. Returns 1 for a message, 0 when closed and drained (a partial message is dropped), -1 on
+ * error, 2 when wait=0 and nothing (more) is published. */
+static inline int ring_take(ring_t *r, ring_buf_t *out, int wait) {
+    int started = 0; /* a fragment of this message was read: its rest is on its way, so wait for it */
     out->len = 0;
     for (;;) {
         if (r->tail == r->seen_head) {
             r->seen_head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
             if (r->tail == r->seen_head) {
-                /* Nothing seen: hand back the slots we hold before waiting, or the producer may wait
-                 * for them while we wait for it. */
-                if (r->unpublished) ringb_publish_tail(r);
-                for (int i = 0;; i++) {
-                    /* Load flags before head: CLOSED is set after the final head store. */
-                    uint32_t fl = atomic_load_explicit(ring_flags_p(r), memory_order_acquire);
-                    r->seen_head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
-                    if (r->tail != r->seen_head) break;
-                    if (fl & RING_CLOSED) return 0;
-                    if (i < spin) {
-                        ring_cpu_relax();
-                        continue;
-                    }
-                    atomic_store_explicit(ring_csleep_p(r), 1, memory_order_relaxed);
-                    atomic_thread_fence(memory_order_seq_cst);
-                    fl = atomic_load_explicit(ring_flags_p(r), memory_order_acquire);
-                    r->seen_head = atomic_load_explicit(ring_head_p(r), memory_order_acquire);
-                    if (r->tail != r->seen_head || (fl & RING_CLOSED)) {
-                        atomic_store_explicit(ring_csleep_p(r), 0, memory_order_relaxed);
-                        continue; /* loop re-checks and returns or breaks */
-                    }
-                    if (ring_sem_wait(r->fill_sem) != 0) return -1;
-                }
+                if (!wait && !started) return 2;
+                /* a producer may be waiting for the slots of a message we are reading */
+                if (atomic_load_explicit(ring_tail_p(r), memory_order_relaxed) != r->tail && ring_release(r) != 0)
+                    return -1;
+                if (ring_wait(r, ring_readable, ring_csleep_p(r), r->fill_sem) != 0) return -1;
+                if (r->seen_head == r->tail) return 0;
             }
         }
         uint32_t flags;
         uint64_t k;
         if (ring_take_record(r, out, &flags, &k) != 0) return -1;
-        if (++r->unpublished >= RINGB_PUBLISH_EVERY) ringb_publish_tail(r);
         if (!(flags & RING_FLAG_MORE)) return 1;
+        started = 1;
     }
+}
+
+/* Consumer: take one message and publish tail (the worker's path). Same returns as ring_take(wait=1). */
+static inline int ring_get(ring_t *r, ring_buf_t *out) {
+    int g = ring_take(r, out, 1);
+    if (g == 1 && ring_release(r) != 0) return -1;
+    return g;
+}
+
+/* Creator only: set CLOSED, then wake both sides; the consumer drains up to head and stops, a producer
+ * waiting for room gives up (EPIPE). */
+static inline int ring_close_wake(ring_t *r) {
+    atomic_fetch_or_explicit(ring_flags_p(r), RING_CLOSED, memory_order_seq_cst);
+    if (sem_post(r->fill_sem) != 0) return -1;
+    return sem_post(r->free_sem);
 }
 
 #endif /* SHMFETCH_RING_H */

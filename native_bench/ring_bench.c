@@ -1,9 +1,10 @@
 /* ring_bench: the ring of docs/RING.md against the kernel's IPC, between two processes, in one run.
  *
  * Transports (all move the same records, parent -> child, each process copying the record in and out):
- *   ring-sem    semaphore mode, what shmfetch runs: sem_wait(free) per slot, sem_post(fill) per record
- *   ring-batch  batched mode on the same layout: head/tail atomics, one head store per 32 records,
- *               semaphores only to sleep (docs/RING.md "Batched mode")
+ *   ring        the daemon's protocol v2 (docs/RING.md) as the worker runs it: ring_put publishes head per
+ *               message, ring_get publishes tail per message; semaphores only wake a side that sleeps
+ *   ring-many   the same, consumed as the master's collector does (Ring.get_many): wait for one message,
+ *               take up to 63 more that are published, publish tail once for the batch
  *   pipe        a pipe, each record framed by a 4-byte length (writev out, two reads in)
  *   unix-seq    AF_UNIX SOCK_SEQPACKET socketpair (the kernel keeps record boundaries)
  *   mq          POSIX message queue (mq_open), 10 messages deep (the default msg_max)
@@ -45,6 +46,7 @@ static double now_s(void) {
 typedef struct tp {
     int kind;
     int spin;
+    int taken; /* ring-many: messages taken since tail was last published */
     size_t size;
     ring_t ring[2]; /* [0] parent -> child, [1] child -> parent */
     int fd[2][2];   /* pipe: [dir][0] read end, [dir][1] write end; socket: fd[0][0] parent, fd[0][1] child */
@@ -52,8 +54,8 @@ typedef struct tp {
     char err[160];
 } tp_t;
 
-enum { T_RING_SEM, T_RING_BATCH, T_PIPE, T_UNIX, T_MQ, T_COUNT };
-static const char *tp_names[T_COUNT] = {"ring-sem", "ring-batch", "pipe", "unix-seq", "mq"};
+enum { T_RING, T_RING_MANY, T_PIPE, T_UNIX, T_MQ, T_COUNT };
+static const char *tp_names[T_COUNT] = {"ring", "ring-many", "pipe", "unix-seq", "mq"};
 
 /* Ring geometry: the daemon's request ring (1024 x 256 B) for small records, its result ring
  * (1024 x 4 KiB) for big ones, so no bench record is fragmented and each takes few slots. */
@@ -69,8 +71,8 @@ static int setup(tp_t *t, int kind, size_t size, int bidir) {
     int ndir = bidir ? 2 : 1;
     char name[96];
     switch (kind) {
-    case T_RING_SEM:
-    case T_RING_BATCH:
+    case T_RING:
+    case T_RING_MANY:
         for (int d = 0; d < ndir; d++) {
             uint32_t ns, ss;
             ring_geometry(size, &ns, &ss);
@@ -80,7 +82,6 @@ static int setup(tp_t *t, int kind, size_t size, int bidir) {
                 return -1;
             }
             ring_unlink(name); /* both processes keep it through the mapping and fork */
-            if (kind == T_RING_BATCH) ringb_prepare(&t->ring[d]);
         }
         return 0;
     case T_PIPE:
@@ -126,8 +127,8 @@ static void teardown(tp_t *t, int bidir) {
     int ndir = bidir ? 2 : 1;
     for (int d = 0; d < ndir; d++) {
         switch (t->kind) {
-        case T_RING_SEM:
-        case T_RING_BATCH:
+        case T_RING:
+        case T_RING_MANY:
             ring_close(&t->ring[d]);
             break;
         case T_PIPE:
@@ -179,10 +180,10 @@ static int read_all(int fd, void *p, size_t n) {
 /* `dir` 0 is parent -> child, 1 is child -> parent; `parent` says which process calls. */
 static int tp_send(tp_t *t, int dir, int parent, const void *p, size_t n) {
     switch (t->kind) {
-    case T_RING_SEM:
+    case T_RING:
+    case T_RING_MANY:
+        t->ring[dir].spin = t->spin;
         return ring_put(&t->ring[dir], p, n);
-    case T_RING_BATCH:
-        return ringb_put(&t->ring[dir], p, n, t->spin);
     case T_PIPE: {
         uint32_t len = (uint32_t)n;
         struct iovec iov[2] = {{&len, 4}, {(void *)p, n}};
@@ -212,16 +213,26 @@ static int tp_send(tp_t *t, int dir, int parent, const void *p, size_t n) {
     return -1;
 }
 
-static void tp_flush(tp_t *t, int dir) {
-    if (t->kind == T_RING_BATCH) ringb_flush(&t->ring[dir]);
-}
-
 static int tp_recv(tp_t *t, int dir, int parent, ring_buf_t *out) {
     switch (t->kind) {
-    case T_RING_SEM:
+    case T_RING:
+        t->ring[dir].spin = t->spin;
         return ring_get(&t->ring[dir], out);
-    case T_RING_BATCH:
-        return ringb_get(&t->ring[dir], out, t->spin);
+    case T_RING_MANY: {
+        ring_t *r = &t->ring[dir];
+        r->spin = t->spin;
+        int g = ring_take(r, out, 0);
+        if (g == 2) { /* nothing more published: end the batch, then wait for the next message */
+            if (ring_release(r) != 0) return -1;
+            t->taken = 0;
+            g = ring_take(r, out, 1);
+        }
+        if (g == 1 && ++t->taken >= 64) {
+            if (ring_release(r) != 0) return -1;
+            t->taken = 0;
+        }
+        return g;
+    }
     case T_PIPE: {
         uint32_t len;
         if (read_all(t->fd[dir][0], &len, 4) != 0) return -1;
@@ -300,7 +311,7 @@ static void child_echo(tp_t *t, int sync_w) {
         if (tp_recv(t, 0, 0, &b) != 1 || b.len != t->size) _exit(4);
         if (rec_seq(&b) == END_SEQ) _exit(0);
         if (tp_send(t, 1, 0, b.p, b.len) != 0) _exit(5);
-        tp_flush(t, 1);
+
     }
 }
 
@@ -362,8 +373,7 @@ static int measure_tput(int kind, size_t size, double seconds, int spin, double 
     }
     uint64_t end = END_SEQ;
     memcpy(rec, &end, 8);
-    if (sent_ok && tp_send(&t, 0, 1, rec, size) == 0) tp_flush(&t, 0);
-    else kill(pid, SIGKILL);
+    if (!sent_ok || tp_send(&t, 0, 1, rec, size) != 0) kill(pid, SIGKILL);
     uint64_t count = 0;
     double t1 = 0;
     int got = read_all(sync_r, &count, sizeof count) == 0 && read_all(sync_r, &t1, sizeof t1) == 0;
@@ -407,7 +417,7 @@ static int measure_latency(int kind, size_t size, double seconds, int spin, doub
             fine = 0;
             break;
         }
-        tp_flush(&t, 0);
+
         if (tp_recv(&t, 1, 1, &b) != 1 || b.len != size || rec_seq(&b) != seq) {
             fine = 0;
             break;
@@ -416,8 +426,7 @@ static int measure_latency(int kind, size_t size, double seconds, int spin, doub
     }
     uint64_t end = END_SEQ;
     memcpy(rec, &end, 8);
-    if (fine && tp_send(&t, 0, 1, rec, size) == 0) tp_flush(&t, 0);
-    else kill(pid, SIGKILL);
+    if (!fine || tp_send(&t, 0, 1, rec, size) != 0) kill(pid, SIGKILL);
     if (reap(pid, err, cap) == 0 && fine && n > 0) {
         qsort(rtt, n, sizeof *rtt, cmp_double);
         *p50 = rtt[n / 2] * 1e6;
@@ -452,6 +461,14 @@ static int parse_list(const char *s, size_t *out, int max) {
     return n;
 }
 
+/* Is `name` one of the comma-separated items of `list` (exactly, so "ring" does not match "ring-many")? */
+static int in_list(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) return 1;
+    return 0;
+}
+
 static const char *size_label(size_t s, char *buf, size_t cap) {
     if (s >= 1024 && s % 1024 == 0) snprintf(buf, cap, "%zu KB", s / 1024);
     else snprintf(buf, cap, "%zu B", s);
@@ -471,11 +488,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--sizes") && i + 1 < argc) nsizes = parse_list(argv[++i], sizes, 16);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             char *list = argv[++i];
-            for (int k = 0; k < T_COUNT; k++) want[k] = strstr(list, tp_names[k]) != NULL;
+            for (int k = 0; k < T_COUNT; k++) want[k] = in_list(list, tp_names[k]);
         } else if (!strcmp(argv[i], "--json")) json = 1;
         else {
             fprintf(stderr, "usage: ring_bench [--seconds S] [--reps N] [--spin N] [--sizes 64,1k,...] "
-                            "[--only ring-sem,ring-batch,pipe,unix-seq,mq] [--json]\n");
+                            "[--only ring,ring-many,pipe,unix-seq,mq] [--json]\n");
             return 2;
         }
     }
@@ -539,12 +556,12 @@ int main(int argc, char **argv) {
             }
         printf("\n]}\n");
     } else {
-        printf("C, two processes, median of %d x %.2fs runs; ring-batch spin=%d; ratios vs pipe in this run\n", reps,
+        printf("C, two processes, median of %d x %.2fs runs; ring spin=%d; ratios vs pipe in this run\n", reps,
                seconds, spin);
-        printf("%-8s %-11s %14s %10s %8s %8s %11s %11s\n", "size", "transport", "records/s", "MB/s", "x pipe",
-               "x r-sem", "RTT p50 us", "RTT p99 us");
+        printf("%-8s %-11s %14s %10s %8s %11s %11s\n", "size", "transport", "records/s", "MB/s", "x pipe",
+               "RTT p50 us", "RTT p99 us");
         for (int si = 0; si < nsizes; si++) {
-            cell_t *pipe_c = &cells[T_PIPE][si], *sem_c = &cells[T_RING_SEM][si];
+            cell_t *pipe_c = &cells[T_PIPE][si];
             for (int k = 0; k < T_COUNT; k++) {
                 if (!want[k]) continue;
                 cell_t *c = &cells[k][si];
@@ -553,10 +570,9 @@ int main(int argc, char **argv) {
                     printf("n/a: %s\n", c->err);
                     continue;
                 }
-                char xp[16] = "-", xs[16] = "-";
+                char xp[16] = "-";
                 if (pipe_c->ok) snprintf(xp, sizeof xp, "%.2f", c->rate / pipe_c->rate);
-                if (sem_c->ok) snprintf(xs, sizeof xs, "%.2f", c->rate / sem_c->rate);
-                printf("%14.0f %10.1f %8s %8s %11.2f %11.2f\n", c->rate, c->mbps, xp, xs, c->p50_us, c->p99_us);
+                printf("%14.0f %10.1f %8s %11.2f %11.2f\n", c->rate, c->mbps, xp, c->p50_us, c->p99_us);
             }
         }
     }

@@ -1,4 +1,4 @@
-"""Command line: ``shmfetch serve | submit | stats | stop | cache stats|purge``.
+"""Command line: ``shmfetch serve | submit | stats | stop | enqueue | results | cache stats|purge``.
 
 Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
 3 the workers could not boot (serve).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,11 +16,13 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any, TextIO
 
 from . import config as config_mod
 from . import names
 from .client import Client, DaemonUnavailable, ProtocolError
 from .pidfile import running_pid
+from .protocol import Result
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
@@ -69,27 +72,89 @@ def _read_urls(items: list[str]) -> Iterator[str]:
             yield item
 
 
+def _write_result(out: TextIO, r: Result, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """One result as ``submit`` prints it: JSON Lines, or ``==> URL`` and the text."""
+    if as_json:
+        out.write(json.dumps({**(extra or {}), **r.to_dict()}, ensure_ascii=False) + "\n")
+    elif r.ok:
+        out.write(f"==> {r.url}\n{r.text}\n")
+    else:  # once, in the stream, where it belongs among the other results
+        out.write(f"==> {r.url} [{r.error}] {r.message or ''}\n")
+    out.flush()
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    path = _socket_path(args)
+    if args.redis:
+        from .cluster.client import RedisClient
+
+        with _redis_errors(args.redis):
+            client: Any = RedisClient(_redis_url(args), _cluster_config(args).jobs)
+            return _submit(client, args)
+    return _submit(Client(_socket_path(args)), args)
+
+
+def _submit(client: Any, args: argparse.Namespace) -> int:
     failed = 0
-    out = sys.stdout
     try:
-        with Client(path) as client:
+        with client:
             for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency):
                 if not r.ok:
                     failed += 1
-                if args.json:
-                    out.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-                elif r.ok:
-                    out.write(f"==> {r.url}\n{r.text}\n")
-                else:  # once, in the stream, where it belongs among the other results
-                    out.write(f"==> {r.url} [{r.error}] {r.message or ''}\n")
-                out.flush()
+                _write_result(sys.stdout, r, args.json)
     except BrokenPipeError:
         # The reader has what it wanted (``submit ... | head -1``): stop quietly, like cat does.
         _silence_stdout()
         return EXIT_OK
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cluster_config(args: argparse.Namespace) -> config_mod.ClusterConfig:
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    return config_mod.load(path).cluster if path else config_mod.ClusterConfig()
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    """``--redis``, else ``[cluster] redis`` of the config; a usage error when neither is set."""
+    url = args.redis or _cluster_config(args).redis
+    if not url:
+        raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
+    from .cluster.streams import check_url
+
+    if why := check_url(url):
+        raise config_mod.ConfigError(f"--redis {url!r}: not a Redis URL ({why})")
+    return url
+
+
+@contextlib.contextmanager
+def _redis_errors(url: str) -> Iterator[None]:
+    """A Redis that cannot be reached is a usage error (exit 2), like a daemon that does not answer."""
+    import redis
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise DaemonUnavailable(f"cannot reach Redis at {url}: {e}") from None
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from .cluster.client import connect, enqueue
+
+    url = _redis_url(args)
+    with _redis_errors(url), contextlib.closing(connect(url)) as r:
+        for eid in enqueue(r, args.jobs or _cluster_config(args).jobs, _read_urls(args.urls)):
+            print(eid, flush=True)
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .cluster.client import connect, read_results
+
+    url = _redis_url(args)
+    with _redis_errors(url), contextlib.closing(connect(url)) as r:
+        for frame in read_results(r, args.stream or _cluster_config(args).results, args.follow):
+            extra = {"job": frame["job"], "id": frame["id"]}
+            _write_result(sys.stdout, Result.from_frame(frame), args.json, extra)
+    return EXIT_OK
 
 
 def _silence_stdout() -> None:
@@ -130,6 +195,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"cache: {'on' if c['enabled'] else 'off'}  lookups {lookups}  answers {c['answers']}")
         if r is not None:
             print(f"robots: origins {r['origins']}  fetches {r['fetches']}  denied {r['denied']}")
+    if c := st.get("cluster"):
+        print(
+            f"cluster: {c['consumer']} in {c['group']} on {c['redis']} ({c['state']})  lag {c['lag']}  "
+            f"pending {c['pending']}  consumers {c['consumers']}  claimed {c['claimed']}  "
+            f"reclaimed {c['reclaimed']}  cluster total {c['cluster_total']}"
+        )
     for w in st["workers"]:
         print(
             f"  worker {w['index']}: pid {w['pid']} {'up' if w['alive'] else 'DOWN'} served {w['served']} "
@@ -202,6 +273,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_redis_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-c", "--config", help="read [cluster] from this config")
+    s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -216,8 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--socket", help="the daemon's Unix socket")
     s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
     s.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight (default 64)")
+    s.add_argument("--redis", metavar="URL", help="go through the cluster's job stream on this Redis instead")
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
     s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("enqueue", help="append jobs to the cluster's job stream; print their entry ids")
+    _add_redis_args(s)
+    s.add_argument("--jobs", metavar="KEY", help="job stream (default: [cluster] jobs)")
+    s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
+    s.set_defaults(func=cmd_enqueue)
+
+    s = sub.add_parser("results", help="print the cluster's results stream")
+    _add_redis_args(s)
+    s.add_argument("--stream", metavar="KEY", help="results stream (default: [cluster] results)")
+    s.add_argument("--follow", action="store_true", help="then wait for new results until interrupted")
+    s.add_argument("--json", action="store_true", help="JSON Lines, with the job's entry id and client id")
+    s.set_defaults(func=cmd_results)
 
     s = sub.add_parser("stats", help="show live figures of a running daemon")
     g = s.add_mutually_exclusive_group()

@@ -105,6 +105,20 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Redis Streams intake (shmfetch/cluster); off while ``redis`` is empty."""
+
+    redis: str = ""
+    jobs: str = "shmfetch:jobs"
+    group: str = "shmfetch"
+    results: str = "shmfetch:results"
+    results_maxlen: int = field(default=100_000, metadata=_check(1, 1 << 40))
+    # 0: twice the longest a job can take, [fetch] timeout x (retries + 1) + [daemon] hang_grace
+    claim_idle: float = field(default=0.0, metadata=_check(0, 86400))
+    max_deliveries: int = field(default=5, metadata=_check(1, 1000))
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = DaemonConfig()
     ring: RingConfig = RingConfig()
@@ -114,6 +128,7 @@ class Config:
     politeness: PolitenessConfig = PolitenessConfig()
     robots: RobotsConfig = RobotsConfig()
     cache: CacheConfig = CacheConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain dict, so that the master can hand the exact config it validated to its workers."""
@@ -189,6 +204,11 @@ def _validate(cfg: Config) -> None:
         host, _, port = cfg.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"[http] listen = {cfg.http.listen!r}: expected HOST:PORT")
+    if cfg.cluster.redis:
+        from .cluster.streams import check_url
+
+        if why := check_url(cfg.cluster.redis):
+            raise ConfigError(f"[cluster] redis = {cfg.cluster.redis!r}: not a Redis URL ({why})")
     if not cfg.daemon.socket:
         raise ConfigError("[daemon] socket = '': a socket path is required")
 

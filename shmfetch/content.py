@@ -19,6 +19,9 @@ import brotli
 from . import charset
 
 DECODE_STEP = 1 << 20  # bytes of decoded output per step (see Decoder)
+# urllib3's limit too: no real server stacks more, and each stage is a decompressor (a header listing
+# thousands of codings cost a RecursionError before this cap).
+MAX_CODINGS = 5
 
 
 class ContentError(Exception):
@@ -108,6 +111,10 @@ class Decoder:
     """
 
     def __init__(self, encodings: list[str], limit: int, truncate: bool = False):
+        if len(encodings) > MAX_CODINGS:
+            raise ContentError(
+                "decode_error", f"Content-Encoding lists {len(encodings)} codings (at most {MAX_CODINGS})"
+            )
         self.limit = limit
         self.truncate = truncate  # for sniffing: return what fits instead of failing
         self.total = 0

@@ -1,12 +1,18 @@
-"""Jobs, round-robin dispatch with credit, and the collector threads that bring results back.
+"""Jobs, the queue, and round-robin dispatch with credit; the accounting of results as they come back.
 
-Everything here runs on the master's event loop thread, except ``_collect``, which runs in one thread per
-result ring and only hands batches to the loop (docs/RING.md, "Wake-up path in the master").
+Runs on the master's event loop thread. The collectors (collector.py, one thread per result ring) hand
+batches of result records to ``on_batch``; the answers go out as client frames (replies.py).
 
-A job is one client request. It is dispatched to the next live worker in strict round-robin order. Each
-worker has credit: the ring slots of its unanswered requests may not exceed the ring or
-``max_inflight_per_worker``. Without credit the job waits in ``pending`` (bounded by ``max_pending``), so
-a put into a request ring never blocks the loop and nothing is dropped.
+A job is one client request. It waits in ``pending`` (bounded by ``max_pending``) until a live worker has
+credit for it: a worker's credit is spent by the ring slots of its unanswered requests, which may not
+exceed its request ring or ``max_inflight_per_worker``. So a put into a request ring never blocks the loop
+and nothing is dropped. Among the workers with credit the order is round robin: a full worker is skipped
+and gets its turn back in the next round, so one slow worker never holds up the queue, and while every
+worker has credit the split is exactly even.
+
+Each dispatch records the request's end position in the worker's request ring (``Ring.put``). When a
+worker dies, its consumer position (the published ``tail``) says which of its requests it had taken: the
+others are put back at the front of the queue as they are; only a taken one counts a crash against it.
 """
 
 from __future__ import annotations
@@ -14,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import msgpack
-
-from .protocol import FRAME_HDR, error_frame, pack_request, result_frame
-from .ring import Ring, RingClosed
+from .collector import start_collector
+from .protocol import error_frame, pack_request, result_frame
+from .replies import Sink, send_result, text
+from .ring import Ring
 
 if TYPE_CHECKING:
     from .cache import Entry
@@ -31,54 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shmfetch.master")
 
-COLLECT_BATCH = 64
-
-
-def _unpack_raw(buf: Any) -> Any:
-    # Strings stay UTF-8 bytes: the master only forwards a result's text, and decoding it into a str only
-    # to encode it again for the client was most of the master's CPU per page (about 250 us for an
-    # average 40 KB page on the 2-core test box, 800 us for 150 KB of non-ASCII text; docs/BENCHMARKS.md).
-    # Malformed msgpack still raises here, in the collector, which kills the worker as before.
-    return msgpack.unpackb(buf, raw=True)
-
-
-# Packs result frames for clients. use_bin_type=False gives the UTF-8 bytes from _unpack_raw the msgpack
-# str type, so a client receives exactly the bytes that packing the decoded strings produced. Used on the
-# event loop thread only (a Packer is not thread-safe).
-_result_packer = msgpack.Packer(use_bin_type=False)
-
-
-def _text(v: Any) -> Any:
-    """``v`` with the UTF-8 bytes that ``_unpack_raw`` left, at any depth, decoded to str."""
-    if type(v) is bytes:
-        return v.decode("utf-8", "replace")
-    if type(v) is list:
-        return [_text(x) for x in v]
-    if type(v) is dict:
-        return {_text(k): _text(x) for k, x in v.items()}
-    return v
-
-
-def _decoded(frame: dict[str, Any]) -> dict[str, Any]:
-    """The frame with str values, for sinks that take a dict (the HTTP API)."""
-    return {k: _text(v) for k, v in frame.items()}
-
-
-class Sink(Protocol):
-    """Where a job's answer goes: a client connection (listener.ClientConnection).
-
-    A sink may also have ``send_encoded(bytes)``, taking a complete msgpack frame; results then reach it
-    without their strings being decoded in the master (see ``_unpack_raw``). Others get ``send(dict)``.
-    """
-
-    closed: bool
-
-    def send(self, frame: dict[str, Any]) -> None: ...
-
 
 class Job:
     __slots__ = (
-        "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload",
+        "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload", "end",
         # the admission path (frontier.py): per-request options, host gate, cache, timing
         "options", "ring_options", "arrived", "host", "holds_host", "polite_retries", "cache_key", "stale",
         "sent",
@@ -88,11 +49,12 @@ class Job:
         self.sink = sink
         self.req_id = req_id
         self.url = url
-        self.attempts = 0
+        self.attempts = 0  # crashes of a worker that had taken it
         self.t0 = time.perf_counter()
         self.ticket = 0
         self.slots = 0
         self.payload = b""
+        self.end = 0  # end position of its record in the request ring it was put in
         self.options = options  # the client's per-request options (mode, ...)
         self.ring_options: dict[str, Any] | None = options  # what goes to the worker with the URL
         self.arrived = time.monotonic()
@@ -120,8 +82,11 @@ class WorkerHandle:
         self.served = 0
         self.started = time.monotonic()
         self.last_progress = self.started
-        self.collector: threading.Thread | None = None
+        self.collector = None
         self.drained = asyncio.Event()
+
+    def has_credit(self, job: Job, max_inflight: int) -> bool:
+        return len(self.outstanding) < max_inflight and self.credit_used + job.slots <= self.req.nslots
 
 
 class Dispatcher:
@@ -131,7 +96,7 @@ class Dispatcher:
         self.max_inflight = max_inflight
         self.workers: list[WorkerHandle | None] = []
         self.pending: deque[Job] = deque()
-        self.rr = 0
+        self.rr = 0  # the worker whose turn is next
         self.accepting = True
         self._tickets = itertools.count(1)
         self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
@@ -171,10 +136,8 @@ class Dispatcher:
     # -- dispatch -------------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand pending jobs to workers in strict round-robin order while the next worker has credit."""
+        """Hand queued jobs, in order, to the workers with credit, round robin; stop when none has any."""
         pending = self.pending
-        workers = self.workers
-        n = len(workers)
         frontier = self.frontier
         while pending or (frontier is not None and self._take_ready(frontier)):
             job = pending[0]
@@ -183,31 +146,11 @@ class Dispatcher:
                 if frontier is not None:
                     frontier.release(job)
                 continue
-            w = None
-            for step in range(n):
-                cand = workers[(self.rr + step) % n]
-                if cand is not None and cand.alive:
-                    w = cand
-                    self.rr = (self.rr + step) % n
-                    break
+            w = self._next_with_credit(job)
             if w is None:
-                break  # no live worker; respawn will pump again
-            if not job.payload:
-                job.ticket = next(self._tickets)
-                job.payload = pack_request(job.ticket, job.url, job.ring_options)
-                job.slots = w.req.slots_for(len(job.payload))
-            if len(w.outstanding) >= self.max_inflight or w.credit_used + job.slots > w.req.nslots:
-                break  # strict round robin: wait for this worker's credit
+                break  # every live worker is full (a result will pump again) or none is alive (respawn will)
             pending.popleft()
-            job.sent = time.perf_counter()
-            if not w.outstanding:
-                w.last_progress = time.monotonic()
-                if self.on_busy is not None:
-                    self.on_busy()
-            w.outstanding[job.ticket] = job
-            w.credit_used += job.slots
-            w.req.put(job.payload)  # never blocks: credit guarantees the slots are free
-            self.rr = (self.rr + 1) % n
+            self._send(w, job)
         if frontier is not None:
             frontier.schedule()
 
@@ -223,88 +166,72 @@ class Dispatcher:
         self.pending.append(job)
         return True
 
+    def _next_with_credit(self, job: Job) -> WorkerHandle | None:
+        """The first live worker with credit for ``job``, from the one whose turn it is; the turn then
+        passes to the worker after it. A full worker is skipped, not waited for."""
+        workers = self.workers
+        n = len(workers)
+        for step in range(n):
+            i = (self.rr + step) % n
+            w = workers[i]
+            if w is None or not w.alive:
+                continue
+            if not job.payload:
+                job.ticket = next(self._tickets)
+                job.payload = pack_request(job.ticket, job.url, job.ring_options)
+                job.slots = w.req.slots_for(len(job.payload))  # every request ring has the same geometry
+            if w.has_credit(job, self.max_inflight):
+                self.rr = (i + 1) % n
+                return w
+        return None
+
+    def _send(self, w: WorkerHandle, job: Job) -> None:
+        if not w.outstanding:
+            w.last_progress = time.monotonic()
+            if self.on_busy is not None:
+                self.on_busy()
+        w.outstanding[job.ticket] = job
+        w.credit_used += job.slots
+        job.sent = time.perf_counter()
+        job.end = w.req.put(job.payload)  # never blocks: credit guarantees the slots are free
+
     # -- results --------------------------------------------------------------------------------------
 
     def start_collector(self, w: WorkerHandle) -> None:
-        w.collector = threading.Thread(
-            target=self._collect, args=(w,), name=f"collect-{w.index}", daemon=True
-        )
-        w.collector.start()
+        start_collector(w, self.loop, self.on_batch, self.on_corrupt)
 
-    def _collect(self, w: WorkerHandle) -> None:
-        res = w.res
-        call = self.loop.call_soon_threadsafe
-        try:
-            while True:
-                try:
-                    batch = res.get_many(_unpack_raw, COLLECT_BATCH)
-                except RingClosed:
-                    break
-                call(self._on_batch, w, batch)
-        except Exception:
-            # A record we cannot read means the ring is not what the layout says: trust nothing more
-            # from this generation. The worker is killed and respawned on fresh rings; its unanswered
-            # jobs are re-dispatched like after any crash.
-            log.exception("worker %d: unreadable result ring %s; killing the worker", w.index, res.name)
-            if self.on_corrupt is not None:
-                call(self.on_corrupt, w)
-        call(w.drained.set)
-
-    def _on_batch(self, w: WorkerHandle, batch: list[list[Any]]) -> None:
+    def on_batch(self, w: WorkerHandle, batch: list[list[Any]]) -> None:
+        """A collector's batch of result records from ``w``: answer each job, return the credit, pump."""
         now = time.monotonic()
         w.last_progress = now
         done = 0
         debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
-        pack = _result_packer.pack
-        hdr = FRAME_HDR.pack
         frontier = self.frontier
         for record in batch:
-            ticket = record[0]
-            job = w.outstanding.pop(ticket, None)
+            job = w.outstanding.pop(record[0], None)
             w.served += 1
             if job is None:
                 continue
             w.credit_used -= job.slots
-            frame = result_frame(
-                job.req_id, job.url, w.index, round((time.perf_counter() - job.t0) * 1000.0, 3), record
-            )
+            elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
+            frame = result_frame(job.req_id, job.url, w.index, elapsed_ms, record)
             if frontier is not None and frontier.finished(job, frame):
                 continue  # retried after a 429/503 pause, or a 304 answered from the cache
-            ok = frame["ok"]
-            if ok:
+            if frame["ok"]:
                 w.ok_received += 1
                 self.ok_total += 1
                 done += 1
             else:
-                error = frame["error"] = _text(frame["error"])
-                self.failures[error or "unknown"] += 1
-            self.deliver(job, frame, pack, hdr)
+                frame["error"] = text(frame["error"])
+                self.failures[frame["error"] or "unknown"] += 1
+            send_result(job.sink, frame)
             if debug:
-                log.debug(
-                    "%s: worker %d %s in %.1f ms",
-                    job.url,
-                    w.index,
-                    "ok" if ok else error,
-                    (time.perf_counter() - job.t0) * 1000.0,
-                )
+                outcome = "ok" if frame["ok"] else frame["error"]
+                log.debug("%s: worker %d %s in %.1f ms", job.url, w.index, outcome, elapsed_ms)
         self._note_completions(now, done)
         self.pump()
         if self.on_idle is not None and not self.inflight():
             self.on_idle()
-
-    @staticmethod
-    def deliver(
-        job: Job, frame: dict[str, Any], pack: Any = _result_packer.pack, hdr: Any = FRAME_HDR.pack
-    ) -> None:
-        """Send a result frame (strings may be UTF-8 bytes, see ``_unpack_raw``) to the job's sink."""
-        sink = job.sink
-        send_encoded = getattr(sink, "send_encoded", None)
-        if send_encoded is not None:
-            if not sink.closed:  # a client that went away costs no pack
-                body = pack(frame)
-                send_encoded(hdr(len(body)) + body)
-        else:
-            sink.send(_decoded(frame))
 
     def _note_completions(self, now: float, n: int) -> None:
         sec = int(now)
@@ -329,17 +256,23 @@ class Dispatcher:
         job.sink.send(error_frame(job.req_id, code, message, url=job.url))
 
     def orphans(self, w: WorkerHandle) -> list[Job]:
-        """Take back the unanswered jobs of a dead, drained worker."""
+        """Take back the unanswered jobs of a dead, drained worker, in dispatch order. A job whose record
+        ends past the worker's published consumer position was never taken: it keeps ``attempts``; one
+        the worker had taken gets a strike (``attempts += 1``). Read before the rings are unlinked."""
+        _, tail = w.req.positions()
         jobs = sorted(w.outstanding.values(), key=lambda j: j.ticket)
+        for job in jobs:
+            if job.end <= tail:
+                job.attempts += 1
         w.outstanding.clear()
         w.credit_used = 0
         return jobs
 
     def redispatch(self, jobs: list[Job]) -> None:
-        """Give each job of a crashed worker one more try at the front of the queue; a second crash fails it."""
+        """Put a dead worker's jobs back at the front of the queue, in order; a job that was taken by a
+        worker that crashed twice fails with ``worker_crashed``."""
         retry = []
         for job in jobs:
-            job.attempts += 1
             if job.attempts >= 2:
                 self.fail(job, "worker_crashed", "the worker fetching this URL died twice")
             else:
@@ -361,7 +294,9 @@ class Dispatcher:
             n += 1
         for w in self.workers:
             if w is not None:
-                for job in self.orphans(w):
+                for job in w.outstanding.values():
                     self.fail(job, code)
                     n += 1
+                w.outstanding.clear()
+                w.credit_used = 0
         return n

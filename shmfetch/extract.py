@@ -13,13 +13,20 @@ Rules (docs/FETCH.md has the full list and the reasons):
   elsewhere runs of whitespace collapse to one space and lines are stripped;
 * entities are decoded; ``&nbsp;`` becomes a plain space and collapses like one.
 
-How: lxml parses into a tree in C; a small XSLT stylesheet (libxslt, also C) drops the unwanted elements
-and writes the text with marker characters (Unicode noncharacters, which we strip from the input) where
-blocks, cells and <pre> whitespace are; one Python pass turns markers into newlines and tabs. No Python
-code runs per element, which made it the fastest of the designs we measured (markers set from Python,
-a Python tree walk, an lxml parser target; tools/bench_extract.py, numbers in docs/FETCH.md). libxml2 refuses
-documents nested deeper than 2048 levels and silently drops the rest, so for those we fall back to the
-standard library's streaming html.parser, which applies the same rules without building a tree.
+How, in two steps so that other passes can share the tree (parse once):
+
+* ``parse_html(body, encoding)``: lxml parses the body bytes into a tree in C. UTF-8 bytes (most of the
+  web) go to libxml2 as they are, with control bytes deleted; other encodings are decoded with the codec
+  shmfetch.charset chose and handed over as UTF-8.
+* ``tree_to_text(root)``: a small XSLT stylesheet (libxslt, also C) drops the unwanted elements and writes
+  the text with marker characters (Unicode noncharacters, which we strip from the input) where blocks,
+  cells and <pre> whitespace are; whole-string passes turn markers into newlines and tabs.
+
+No Python code runs per element or per line, which made it the fastest of the designs we measured
+(markers set from Python, a Python tree walk, an lxml parser target; tools/bench_extract.py, numbers in
+docs/FETCH.md). libxml2 refuses documents nested deeper than 2048 levels and silently drops the rest
+(``parse_html`` raises TooDeep), so for those ``html_to_text`` falls back to the standard library's
+streaming html.parser, which applies the same rules without building a tree.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ from __future__ import annotations
 import html.parser
 import queue
 import re
+import threading
 from typing import Any
 
 from lxml import etree
+
+from .charset import choose, decode_as
 
 BLOCK_TAGS = (
     "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog",
@@ -54,37 +64,117 @@ def _pre_in(s: str) -> str:
     return s.replace("\r", "").replace(" ", P_SP).replace("\n", P_NL).replace("\t", P_TAB)
 
 
-# Control characters libxml2 rejects, plus our markers if a page happens to contain them.
+# Control characters we never pass on, plus our markers if a page happens to contain them.
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufdd0-\ufdd4\ufffe\uffff]")
+_CTRL_BYTES = bytes((*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)))  # the same, as UTF-8 bytes
+_NONCHAR_UTF8 = re.compile(b"\xef\xb7[\x90-\x94]|\xef\xbf[\xbe\xbf]")  # U+FDD0-FDD4, U+FFFE/FFFF
 
 MAX_LIBXML_DEPTH = 2048
 
+_local = threading.local()
+
+
+class TooDeep(Exception):
+    """libxml2 stopped at its nesting limit: the tree lacks the rest of the document."""
+
 
 def _parser() -> etree.HTMLParser:
-    # huge_tree: without it libxml2 silently drops text nodes over 10 MB.
-    return etree.HTMLParser(
-        encoding="utf-8", huge_tree=True, remove_comments=True, remove_pis=True, no_network=True
-    )
+    """This thread's parser (an lxml parser must not be shared between threads)."""
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        # huge_tree: without it libxml2 silently drops text nodes over 10 MB. collect_ids=False and
+        # default_doctype=False skip an id hash table and a DOCTYPE node that no text pass reads.
+        parser = _local.parser = etree.HTMLParser(
+            encoding="utf-8", huge_tree=True, remove_comments=True, remove_pis=True, no_network=True,
+            collect_ids=False, default_doctype=False,
+        )  # fmt: skip
+    return parser
+
+
+def _utf8_markup(body: bytes | bytearray, encoding: str, skip: int) -> bytes | bytearray | None:
+    """``body`` ready for libxml2 as UTF-8 without decoding it to str, or None if it needs the str path.
+
+    Only for valid UTF-8: control bytes are single bytes there, so deleting them is the str path's
+    cleaning (a legacy encoding may use them, e.g. ESC in ISO-2022-JP), and validity means libxml2's own
+    error recovery never decides what a bad byte becomes.
+    """
+    if encoding != "utf-8":
+        return None
+    if skip:
+        body = body[skip:]
+    if not body.isascii():
+        try:
+            str(body, "utf-8")
+        except UnicodeDecodeError:
+            return None
+        if b"\xef" in body and _NONCHAR_UTF8.search(body):
+            return None
+    return body.translate(None, _CTRL_BYTES)
+
+
+def _markup_bytes(body: bytes | bytearray, encoding: str, skip: int) -> bytes | bytearray:
+    """UTF-8 markup libxml2 can parse, cleaned of control characters and of our markers."""
+    fast = _utf8_markup(body, encoding, skip)
+    if fast is not None:
+        return fast
+    return _BAD_CHARS.sub("", decode_as(body, encoding, skip)).encode("utf-8", "replace")
+
+
+def parse_html(body: bytes | bytearray, encoding: str = "utf-8", skip: int = 0) -> Any:
+    """The lxml tree of an HTML document given as bytes in ``encoding`` (a Python codec name, as
+    shmfetch.charset.choose returns it; ``skip`` leading BOM bytes are ignored). None for an empty page.
+
+    Parse once, read many times: ``tree_to_text`` and other passes (trafilatura) take this tree.
+    Raises TooDeep when the document nests deeper than libxml2 goes (MAX_LIBXML_DEPTH).
+    """
+    markup = _markup_bytes(body, encoding, skip)
+    if not markup or markup.isspace():
+        return None
+    parser = _parser()
+    root = etree.fromstring(markup, parser)
+    if any("Excessive depth" in e.message for e in parser.error_log):
+        raise TooDeep("document nested deeper than libxml2 parses")
+    return root
+
+
+def tree_to_text(root: Any, noscript: str = "drop", keep_title: bool = True) -> str:
+    """Plain text of a tree from ``parse_html``, laid out as described in the module docstring.
+
+    Raises etree.XSLTApplyError when libxslt gives up (its template recursion limit).
+    """
+    if root is None:
+        return ""
+    title = ""
+    if keep_title:
+        t = root.find("head/title")
+        if t is None:
+            t = root.find(".//title")
+        if t is not None:
+            title = _clean_title(etree.tostring(t, method="text", encoding=str, with_tail=False))
+    raw = str(_transform(root, noscript))
+    return _finish(raw, title)
 
 
 def _finish(raw: str, title: str) -> str:
-    """Markers -> layout: collapse whitespace, split lines, join cells, restore <pre> whitespace."""
-    # str.split() collapses every Unicode whitespace run (incl. nbsp) in C: 3x faster than a regex.
-    raw = " ".join(raw.split())
-    lines = []
+    """Markers -> layout: collapse whitespace, split lines, join cells, restore <pre> whitespace.
+
+    Whole-string passes in C (str.split, str.replace): a Python loop over the lines, or a regex over the
+    text, cost as much as the XSLT pass on a news page.
+    """
+    # str.split() collapses every Unicode whitespace run (incl. nbsp) in C: 3x faster than a regex. After
+    # it a marker has at most one space on each side, and dropping those strips every line and cell.
+    out = " ".join(raw.split())
+    if CELL in out:
+        out = f"{NL}{out}{NL}".replace(" " + CELL, CELL).replace(CELL + " ", CELL)
+        out = out.replace(NL + CELL, NL)  # a row that starts with a cell: no tab before it
+        while CELL + NL in out or CELL + " " + NL in out:  # no tabs for empty cells closing a row
+            out = out.replace(CELL + NL, NL).replace(CELL + " " + NL, NL)
+    # Lines stripped (of the one space left at each end), empty ones dropped: C loops, no Python one.
+    out = "\n".join(filter(None, map(str.strip, out.split(NL))))
+    if CELL in out:
+        out = out.replace(CELL, "\t")  # after the strip, which would take a leading tab
     if title:
-        lines.append(title)
-    for line in raw.split(NL):
-        if CELL in line:
-            cells = line.split(CELL)
-            if not cells[0].strip(" "):
-                cells = cells[1:]  # the row starts with a cell: no separator before it
-            line = "\t".join(c.strip(" ") for c in cells).rstrip("\t")
-        else:
-            line = line.strip(" ")
-        if line:
-            lines.append(line)
-    out = "\n".join(lines)
+        out = f"{title}\n{out}" if out else title
     # str.replace runs at memcpy speed; str.translate with a dict is ~50x slower per character.
     if P_SP in out or P_NL in out or P_TAB in out:
         out = out.replace(P_SP, " ").replace(P_NL, "\n").replace(P_TAB, "\t")
@@ -95,37 +185,29 @@ def _clean_title(t: str) -> str:
     return " ".join(t.split())
 
 
-def html_to_text(html: bytes | str, noscript: str = "drop", keep_title: bool = True) -> str:
+def html_to_text(
+    html: bytes | bytearray | str,
+    noscript: str = "drop",
+    keep_title: bool = True,
+    encoding: str | None = None,
+) -> str:
     """Plain text of an HTML/XHTML document, laid out as described in the module docstring.
 
-    ``html`` should be str (decoded by shmfetch.charset); bytes are decoded the same way first.
+    Bytes are parsed as they are, in ``encoding`` (a Python codec name) or, without one, in the encoding
+    shmfetch.charset chooses for them; a str is parsed as its UTF-8.
     """
-    if isinstance(html, bytes):
-        from .charset import decode
-
-        html = decode(html)[0]
-    html = _BAD_CHARS.sub("", html)
-    if not html.strip():
-        return ""
-    parser = _parser()
-    root = etree.fromstring(html.encode("utf-8", "replace"), parser)
-    if any("Excessive depth" in e.message for e in parser.error_log):
-        return _stream_to_text(html, noscript, keep_title)
-    if root is None:
-        return ""
-    title = ""
-    if keep_title:
-        t = root.find("head/title")
-        if t is None:
-            t = root.find(".//title")
-        if t is not None:
-            title = _clean_title(etree.tostring(t, method="text", encoding=str, with_tail=False))
+    if isinstance(html, str):
+        body, encoding, skip = html.encode("utf-8", "replace"), "utf-8", 0
+    elif encoding is None:
+        body = html
+        encoding, skip = choose(html, None)
+    else:
+        body, skip = html, 0
     try:
-        result = _transform(root, noscript)
-    except etree.XSLTApplyError:  # e.g. libxslt's template recursion limit: the stream has none
-        return _stream_to_text(html, noscript, keep_title)
-    raw = bytes(result).decode("utf-8", "replace")
-    return _finish(raw, title)
+        return tree_to_text(parse_html(body, encoding, skip), noscript, keep_title)
+    except (TooDeep, etree.XSLTApplyError):
+        # The stream applies the same rules without a tree, so it has no depth or recursion limit.
+        return _stream_to_text(_BAD_CHARS.sub("", decode_as(body, encoding, skip)), noscript, keep_title)
 
 
 def _stylesheet() -> str:

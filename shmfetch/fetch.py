@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import errno
 import heapq
+import http.cookiejar
 import itertools
 import logging
 import socket
@@ -48,11 +49,31 @@ RETRY_CODES = frozenset((429, 502, 503, 504))
 CHUNK = 64 * 1024
 SNIFF_BYTES = 1024
 BACKOFF_BASE = 0.1  # seconds; doubled per attempt, always cut to the remaining deadline
-# Decoding and extraction hold the GIL for most of their time, so running them in every fetch thread at
-# once gains nothing and multiplies the peak memory (a parsed tree is ~10x its page). Two at a time kept
-# loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
-# of 61-67 MiB (docs/BENCHMARKS.md, P5).
-_EXTRACTING = threading.BoundedSemaphore(2)
+
+
+class ExtractGate:
+    """How many threads of this process may decode and extract at once.
+
+    Decoding and extraction hold the GIL for most of their time, so running them in every fetch thread at
+    once gains nothing and multiplies the peak memory (a parsed tree is ~10x its page). Two at a time kept
+    loadgen's pages/s (204 vs 199 unlimited, 188 with one) and the worker's peak RSS at 57-59 MiB instead
+    of 61-67 MiB (docs/BENCHMARKS.md, P5). A fetch waits for a slot only until its deadline.
+    """
+
+    def __init__(self, slots: int):
+        self._sem = threading.BoundedSemaphore(slots)
+
+    def acquire(self, timeout: float) -> bool:
+        return self._sem.acquire(timeout=max(timeout, 0.0))
+
+    def try_acquire(self) -> bool:
+        return self._sem.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._sem.release()
+
+
+EXTRACT_GATE = ExtractGate(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -274,6 +295,9 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])  # accepts and returns nothing
+
+
 class Fetcher:
     """Fetches URLs for one thread: owns one requests.Session, so keep-alive connections are reused."""
 
@@ -284,6 +308,10 @@ class Fetcher:
         self._ctx = _Ctx()
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies or netrc from the environment: they bypass the policy
+        # No cookie jar: one thread's Session serves every client in turn, and a cookie one client's page
+        # set must never be sent on another client's fetch. (Within a fetch, redirect hops send none
+        # either: a browser-like login flow is not what a text fetcher is for.)
+        self.session.cookies.set_policy(_NO_COOKIES)
         self.session.headers["User-Agent"] = cfg.user_agent
         self.session.headers["Accept-Encoding"] = "gzip, deflate, br"
         self.session.headers["Accept"] = (
@@ -578,10 +606,13 @@ class Fetcher:
         if kind == "html" and looks_binary(body[:SNIFF_BYTES]):
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
+        if not EXTRACT_GATE.acquire(self._remaining(deadline)):
+            raise FetchError("timeout", "no extraction slot within the timeout", status, url)
         try:
-            with _EXTRACTING:
-                text, fail = self._extract(body, http_charset, kind)
+            self._remaining(deadline)  # the wait may have used the rest of it: do not start a pass
+            text, fail = self._extract(body, http_charset, kind)
         finally:
+            EXTRACT_GATE.release()
             del body
         if fail:
             return Outcome(False, status, url, ctype, "", *(status_err or fail))
@@ -600,16 +631,17 @@ class Fetcher:
         return Outcome(True, status, url, ctype, text)
 
     def _extract(
-        self, body: bytes, http_charset: str | None, kind: str
+        self, body: bytes | bytearray, http_charset: str | None, kind: str
     ) -> tuple[str, tuple[str, str] | None]:
         try:
-            text_in, _enc = charset.decode(body, http_charset, markup=kind != "text")
             if kind == "html":
-                text = html_to_text(text_in, self.cfg.noscript)
-            elif kind == "xml":
-                text = xml_to_text(text_in)
+                # The bytes go to the parser as they are (no str copy, no re-encoding) when they are UTF-8.
+                enc, skip = charset.choose(body, http_charset)
+                text = html_to_text(body[skip:] if skip else body, self.cfg.noscript, encoding=enc)
             else:
-                text = text_in
+                text, _enc = charset.decode(body, http_charset, markup=kind != "text")
+                if kind == "xml":
+                    text = xml_to_text(text)
         except (ValueError, LookupError) as e:
             return "", ("decode_error", f"cannot decode or parse the body: {e}")
         return text, None

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import Entry, HttpCache, cache_key, open_cache
 from .config import Config
-from .dispatch import _text
 from .fetch import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
 from .protocol import master_frame
+from .replies import send_result, text
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Frontier:
             job.req_id, job.url, ok=True, status=entry.status, final_url=entry.final_url,
             content_type=entry.content_type, text=entry.text, elapsed_ms=elapsed_ms, cached=True,
         )  # fmt: skip
-        self.d.deliver(job, frame)
+        send_result(job.sink, frame)
 
     def _robots_ready(self, origin: str, rules: Rules) -> None:
         if rules.crawl_delay and (host := host_of(origin)):
@@ -187,7 +187,7 @@ class Frontier:
         if frame is None:
             self.gate.done(job.host, None, None, "", time.monotonic())
             return
-        final = _text(frame["final_url"])
+        final = text(frame["final_url"])
         final_host = host_of(final) if final and final != job.url else ""
         self.gate.done(
             job.host,
@@ -211,7 +211,7 @@ class Frontier:
             return True
         if self.cache is None or not job.cache_key or not (frame["ok"] or status == 304):
             return False
-        headers = {k: _text(frame[k]) for k in CACHE_HEADERS}
+        headers = {k: text(frame[k]) for k in CACHE_HEADERS}
         if status == 304:
             if job.stale is None:
                 return False  # answered `not_modified`: we sent no validator

@@ -107,6 +107,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
 
+LISTEN_BACKLOG = 1024  # a burst of clients connecting at once waits in the kernel, not refused with EAGAIN
+
+
 class Listener:
     """The Unix socket server and the set of its live connections."""
 
@@ -130,7 +133,10 @@ class Listener:
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a listening socket from ``bind_exclusive``."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: ClientConnection(self), sock=sock)
+        # asyncio calls listen() again with its own backlog (100 by default): keep bind_exclusive's.
+        self.server = await loop.create_unix_server(
+            lambda: ClientConnection(self), sock=sock, backlog=LISTEN_BACKLOG
+        )
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -150,7 +156,7 @@ class SocketInUse(RuntimeError):
         self.pid = pid
 
 
-def bind_exclusive(path: str, backlog: int = 1024) -> socket.socket:
+def bind_exclusive(path: str, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A listening Unix socket at ``path``, mode 0600, that never takes the place of a live one.
 
     asyncio's ``create_unix_server(path=...)`` unlinks whatever is at ``path`` first, live or not. Here the

@@ -33,6 +33,7 @@ from .ring import Ring
 from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
+    from .cluster.intake import ClusterIntake
     from .http_api import HttpApi
 
 log = logging.getLogger("shmfetch.master")
@@ -70,6 +71,7 @@ class Master:
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
+        self.cluster: ClusterIntake | None = None  # the optional Redis Streams intake ([cluster] redis)
         self.by_pid: dict[int, WorkerHandle] = {}
         self.generations = [0] * cfg.daemon.workers
         self.restarts = [0] * cfg.daemon.workers
@@ -160,6 +162,8 @@ class Master:
         await self.listener.start(self.sock)
         if self.cfg.http.listen:
             await self._start_http()
+        if self.cfg.cluster.redis:
+            self._start_cluster()
         log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
     async def _start_http(self) -> None:
@@ -178,11 +182,18 @@ class Master:
             return
         log.info("HTTP API listening on %s", listen)
 
+    def _start_cluster(self) -> None:
+        from .cluster.intake import ClusterIntake  # imported only when configured
+        from .cluster.streams import claim_idle
+
+        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg))
+        self.cluster.start()
+
     def _stop_accepting(self) -> None:
         """No new work from now on: new requests are refused and the listening sockets close."""
         self.stopping = True
         self.dispatcher.accepting = False
-        for front in (self.listener, self.http):
+        for front in (self.listener, self.http, self.cluster):
             if front is not None:
                 front.stop_accepting()
 
@@ -490,14 +501,12 @@ class Master:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.downloaded()})
 
     async def _close_fronts(self) -> None:
+        if self.cluster is not None:  # commit the results of finished jobs (bounded by drain_timeout)
+            await self.cluster.close(self.cfg.daemon.drain_timeout)
         if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
-        try:
-            os.unlink(self.cfg.daemon.socket)
-        except FileNotFoundError:
-            pass
 
     def _check_count(self) -> None:
         if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
@@ -579,6 +588,7 @@ class Master:
             "stopping": self.stopping,
             "workers": workers,
             "frontier": d.frontier.stats() if d.frontier is not None else None,
+            "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
 

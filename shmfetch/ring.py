@@ -1,11 +1,17 @@
-"""A single-producer single-consumer ring of msgpack messages in POSIX shared memory.
+"""A single-producer single-consumer ring of msgpack messages in POSIX shared memory (protocol v2).
 
 The byte layout and the protocol are specified in docs/RING.md; this module is one implementation of it
 (native_bench/ring.h is the other). In short: a header page, then ``nslots`` slots of ``slot_size`` bytes.
-A record is an 8-byte header (length, flags) plus payload and takes ``k`` whole slots. Two POSIX semaphores
-count free slots (``.free``) and published records (``.fill``), so a full or empty ring sleeps in the
-kernel instead of spinning. Messages larger than a quarter of the ring are cut into fragments flagged
-``MORE``; the consumer glues them back together.
+A record is an 8-byte header (length, flags) plus payload and takes ``k`` whole slots. Messages larger
+than a quarter of the ring are cut into fragments flagged ``MORE``; the consumer glues them back together.
+
+``head`` (producer) and ``tail`` (consumer) in shared memory are the synchronisation: a record is
+published by the ``head`` store that covers it, and its slots are given back by the ``tail`` store that
+covers them. The two POSIX semaphores are wake-ups only: a side that finds nothing to do announces it in
+its ``*_sleeping`` word, fences, re-checks, and sleeps in ``sem_wait``; the other side posts only when it
+sees that word set after its own position store and a fence (docs/RING.md, "Sleeping and waking", has
+the lost-wake-up argument and why a lock acquire is the fence here). Close is the ``CLOSED`` flag: a
+consumer that sees it drains up to ``head`` and stops.
 
 The creator (the master) owns the segment and both semaphores and is the only one that unlinks them.
 """
@@ -15,34 +21,54 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import posix_ipc
 
+from . import faults
 from .segment import create_segment
 
 MAGIC = b"SHMFRING"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 256
 REC_HDR = struct.Struct("<II")  # length, flags
 FLAG_MORE = 1
 RING_CLOSED = 1
 
 _HDR = struct.Struct("<8sIIIII")  # magic, version, slot_size, nslots, flags, creator_pid
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 OFF_FLAGS = 20
 OFF_HEAD = 64
 OFF_TAIL = 128
+OFF_CONSUMER_SLEEPING = 192
+OFF_PRODUCER_SLEEPING = 196
+# The shared words, as indexes into u64 / u32 views of the segment. A memoryview item store is one
+# aligned 8- or 4-byte store; struct.pack_into zero-fills its buffer first and so would let the other
+# side read a torn position (0) in the middle of a store.
+_Q_HEAD, _Q_TAIL = OFF_HEAD // 8, OFF_TAIL // 8
+_I_FLAGS, _I_CSLEEP, _I_PSLEEP = OFF_FLAGS // 4, OFF_CONSUMER_SLEEPING // 4, OFF_PRODUCER_SLEEPING // 4
+
+# Re-checks, each after sched_yield (which releases the GIL and lets any runnable thread have this CPU),
+# before a side sleeps in the kernel. Off: on this 2-core machine it bought nothing (docs/BENCHMARKS.md,
+# `tools/bench_ipc.py --spin N`); Ring.spin overrides it per ring.
+SPIN = 0
+_yield = os.sched_yield
+
+if sys.byteorder != "little":  # the views are native-endian; the layout is little-endian
+    raise ImportError("shmfetch.ring implements a little-endian layout and has no byte-swapping path")
+
+Payload = bytes | bytearray | memoryview
 
 
 class RingError(RuntimeError):
-    """The segment is not a ring of this layout version."""
+    """The segment is not a ring of this layout version, or a record in it is corrupt."""
 
 
 class RingClosed(Exception):
-    """The ring was closed by its creator and every published record has been consumed."""
+    """The ring was closed by its creator: the consumer has drained it, or the producer may not wait."""
 
 
 def acquire(sem: posix_ipc.Semaphore, timeout: float | None = None) -> None:
@@ -53,6 +79,18 @@ def acquire(sem: posix_ipc.Semaphore, timeout: float | None = None) -> None:
             return
         except posix_ipc.SignalError:
             continue
+
+
+def _full_fence() -> tuple[Callable[..., Any], Callable[[], None]]:
+    """A full memory barrier for Python code: acquire and release a private, uncontended lock.
+
+    CPython 3.11 implements ``threading.Lock`` with a POSIX semaphore (3.13: an atomic byte); glibc's
+    ``sem_trywait`` and ``sem_post`` are atomic read-modify-writes, which on x86-64 are ``lock``-prefixed
+    instructions, and a locked instruction orders every earlier store before every later load
+    (docs/RING.md, "Fences"). Returned as the two bound methods, called back to back on the hot path.
+    """
+    lock = threading.Lock()
+    return lock.acquire, lock.release
 
 
 class Ring:
@@ -68,8 +106,10 @@ class Ring:
         self.name = name
         self._mm = mm
         self._view = memoryview(mm)
-        self.free = free
-        self.fill = fill
+        self._u64 = self._view.cast("Q")  # head and tail
+        self._u32 = self._view.cast("I")  # flags and the sleeping words
+        self.free = free  # wakes the producer
+        self.fill = fill  # wakes the consumer
         self.owner = owner
         magic, version, self.slot_size, self.nslots, _, _ = _HDR.unpack_from(mm, 0)
         if magic != MAGIC or version != VERSION:
@@ -78,19 +118,22 @@ class Ring:
         self._data_bytes = self.nslots * self.slot_size
         # A fragment may take a quarter of the ring, so that a big message streams while the consumer drains.
         self.max_fragment = max(1, self._data_bytes // 4 - REC_HDR.size)
-        # Each end keeps its own position privately and only publishes it; it never reads it back.
-        self._head = _U64.unpack_from(mm, OFF_HEAD)[0]
-        self._tail = _U64.unpack_from(mm, OFF_TAIL)[0]
+        # Each end keeps its own position privately and publishes it when the protocol says so; it also
+        # caches the last position of the other side it loaded, and reloads only when that is used up.
+        self._head = self._head_published = self._head_seen = self._u64[_Q_HEAD]
+        self._tail = self._tail_published = self._tail_seen = self._u64[_Q_TAIL]
         self._partial: bytearray | None = None
-        # Hot-path constants and bound methods, looked up once here instead of per record (put/get run
-        # once per request and per result, so attribute lookups were most of their cost).
+        self._fence_take, self._fence_give = _full_fence()
+        # The producer sleeps until a quarter of the ring is free, and the consumer wakes it only then:
+        # one wake-up per quarter ring, not one per record, when the consumer is the slower side. Any one
+        # record fits in a quarter (k <= nslots / 4, see max_fragment), so that is always enough room.
+        self._wake_free = max(1, self.nslots // 4)
+        self._need_tail = 0  # producer, while waiting: the tail that makes room for its record
+        self.spin = SPIN
+        # Hot-path constants, computed once (put/get run once per request and per result).
         self._end = HEADER_SIZE + self._data_bytes  # first byte after the data area
         self._k_round = REC_HDR.size + self.slot_size - 1  # k = (n + _k_round) >> _shift
         self._shift = self.slot_size.bit_length() - 1
-        self._free_acquire = free.acquire
-        self._free_release = free.release
-        self._fill_acquire = fill.acquire
-        self._fill_release = fill.release
 
     @classmethod
     def create(cls, name: str, nslots: int, slot_size: int) -> Ring:
@@ -101,7 +144,8 @@ class Ring:
         _HDR.pack_into(mm, 0, MAGIC, VERSION, slot_size, nslots, 0, os.getpid())
         free = fill = None
         try:
-            free = posix_ipc.Semaphore(name + ".free", posix_ipc.O_CREX, 0o600, nslots)
+            # Wake-ups only: a count is "look again", never "a slot is free" or "a record is there".
+            free = posix_ipc.Semaphore(name + ".free", posix_ipc.O_CREX, 0o600, 0)
             fill = posix_ipc.Semaphore(name + ".fill", posix_ipc.O_CREX, 0o600, 0)
         except BaseException:
             for sem in (free, fill):
@@ -132,248 +176,302 @@ class Ring:
         per_full = -(-(frag + REC_HDR.size) // self.slot_size)
         return (nfrag - 1) * per_full + -(-(last + REC_HDR.size) // self.slot_size)
 
-    def put(self, payload: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
-        """Publish one message. Blocks (in the kernel) while the ring is full.
+    def put(self, payload: Payload, timeout: float | None = None) -> int:
+        """Publish one message and return the ring position just past it (``head`` after it).
 
-        With a timeout, raises posix_ipc.BusyError if a fragment could not get its slots in time; slots
-        already taken for that fragment are given back, but earlier fragments stay published.
+        Blocks (in the kernel) while the ring is full. With a timeout, raises posix_ipc.BusyError if the
+        first fragment found no room in time (nothing was published). Once a message has started, its
+        remaining fragments wait for room without a timeout: a live consumer makes room, and a close
+        wakes the producer with RingClosed. Raises RingClosed if it must wait on a closed ring.
         """
-        if type(payload) is bytes and len(payload) <= self.max_fragment:
-            # Fast path: one record (every request, most results). Same steps as _put_record, inlined.
-            n = len(payload)
-            k = (n + self._k_round) >> self._shift
-            if k == 1:
-                try:
-                    self._free_acquire(timeout)
-                except posix_ipc.SignalError:
-                    acquire(self.free, timeout)
-            else:
-                self._take_slots(k, timeout)
-            mm = self._mm
-            head = self._head
-            start = HEADER_SIZE + (head & self._mask) * self.slot_size
-            lo = start + 8
-            if lo + n <= self._end:
-                mm[lo : lo + n] = payload
-            else:
-                first = self._end - lo
-                mm[lo : self._end] = payload[:first]
-                mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
-            _pack_rec_hdr(mm, start, n, 0)
-            self._head = head = head + k
-            _pack_u64(mm, OFF_HEAD, head)
-            self._fill_release()
-            return
-        mv = memoryview(payload).cast("B")
-        n = len(mv)
-        frag = self.max_fragment
-        pos = 0
+        if type(payload) is not bytes:
+            payload = memoryview(payload).cast("B")
+        n = len(payload)
+        if n <= self.max_fragment:
+            head = self._write_record(payload, n, 0, timeout)
+            if faults.ACTIVE:
+                faults.hit("ring.put.after_payload")
+            self._publish(head)
+            return head
+        return self._put_fragments(memoryview(payload), timeout)
+
+    def put_many(self, payloads: Iterable[Payload]) -> list[int]:
+        """Publish several messages, in order, with one ``head`` store for the whole run; return the end
+        position of each (as ``put`` does for one).
+
+        The run is also published before the producer could block on a full ring (``_wait_room``), and
+        whatever was written is published if the iterable or a wait raises.
+        """
+        ends: list[int] = []
+        write, frag = self._write_record, self.max_fragment
+        try:
+            for payload in payloads:
+                if type(payload) is not bytes:
+                    payload = memoryview(payload).cast("B")
+                n = len(payload)
+                if n > frag:
+                    ends.append(self._put_fragments(memoryview(payload), None))
+                    continue
+                ends.append(write(payload, n, 0, None))
+                if faults.ACTIVE:
+                    faults.hit("ring.put.after_payload")
+        finally:
+            if self._head != self._head_published:
+                self._publish(self._head)
+        return ends
+
+    def _put_fragments(self, mv: memoryview, timeout: float | None) -> int:
+        """A message longer than ``max_fragment``: one record per fragment, each published at once so
+        that the consumer can drain the ring while the rest is written."""
+        n, frag, pos = len(mv), self.max_fragment, 0
         while True:
             chunk = mv[pos : pos + frag]
             pos += len(chunk)
-            self._put_record(chunk, FLAG_MORE if pos < n else 0, timeout)
+            head = self._write_record(chunk, len(chunk), FLAG_MORE if pos < n else 0, timeout)
+            if faults.ACTIVE:
+                faults.hit("ring.put.after_payload")
+            self._publish(head)
             if pos >= n:
-                return
+                return head
+            if faults.ACTIVE:
+                faults.hit("ring.put.between_fragments")
+            timeout = None  # the message has started: finish it (see put)
 
-    def _take_slots(self, k: int, timeout: float | None) -> None:
-        """sem_wait(free) k times; on timeout give back the slots already taken."""
-        got = 0
-        try:
-            while got < k:
-                acquire(self.free, timeout)
-                got += 1
-        except posix_ipc.BusyError:
-            for _ in range(got):
-                self.free.release()
-            raise
-
-    def _put_record(self, chunk: memoryview, flags: int, timeout: float | None) -> None:
-        n = len(chunk)
-        k = (n + REC_HDR.size + self.slot_size - 1) // self.slot_size
-        self._take_slots(k, timeout)
-        start = HEADER_SIZE + (self._head & self._mask) * self.slot_size
-        end_of_data = HEADER_SIZE + self._data_bytes
-        first = min(n, end_of_data - start - REC_HDR.size)
-        view = self._view
-        view[start + REC_HDR.size : start + REC_HDR.size + first] = chunk[:first]
-        if first < n:
-            view[HEADER_SIZE : HEADER_SIZE + n - first] = chunk[first:]
-        REC_HDR.pack_into(self._mm, start, n, flags)
-        self._head += k
-        _U64.pack_into(self._mm, OFF_HEAD, self._head)
-        self.fill.release()
-
-    def put_many(self, payloads: Iterable[bytes | bytearray | memoryview]) -> None:
-        """Publish several messages, in order, as if by ``put`` each, but with one ``head`` store per run.
-
-        Every record still takes its slots with ``sem_wait(free)`` and gets its own ``sem_post(fill)``
-        (docs/RING.md, semaphore mode); only the posts of a run of records are made together after the
-        ``head`` store that publishes them all. So the consumer usually wakes once per run rather than
-        once per record, which is where a stream of small messages spends most of its time. Before it
-        could block on a full ring, the run so far is published, so the consumer can always drain it.
-        """
-        mm = self._mm
-        mask, slot_size, end = self._mask, self.slot_size, self._end
-        k_round, shift = self._k_round, self._shift
-        free_acquire, frag = self._free_acquire, self.max_fragment
+    def _write_record(self, payload: Payload, n: int, flags: int, timeout: float | None) -> int:
+        """The one record write: wait for ``k`` free slots, copy the payload, then the header, at the
+        private ``head``; return the new private ``head`` (not yet published)."""
+        k = (n + self._k_round) >> self._shift
         head = self._head
-        pending = 0  # records written since the last head store, not yet posted
-        avail = 0  # free slots we know we can take without blocking: only this producer takes them
-        try:
-            for payload in payloads:
-                if type(payload) is not bytes or len(payload) > frag:
-                    if pending:
-                        self._publish(head, pending)
-                        pending = 0
-                    self.put(payload)
-                    head = self._head
-                    avail = 0
-                    continue
-                n = len(payload)
-                k = (n + k_round) >> shift
-                if avail < k:
-                    avail = self.free.value
-                    if avail < k and pending:
-                        self._publish(head, pending)  # we may block below: let the consumer have this run
-                        pending = 0
-                for _ in range(k):
-                    try:
-                        free_acquire()
-                    except posix_ipc.SignalError:
-                        acquire(self.free)
-                avail -= k
-                start = HEADER_SIZE + (head & mask) * slot_size
-                lo = start + 8
-                if lo + n <= end:
-                    mm[lo : lo + n] = payload
-                else:
-                    first = end - lo
-                    mm[lo:end] = payload[:first]
-                    mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
-                _pack_rec_hdr(mm, start, n, 0)
-                head += k
-                pending += 1
-        finally:
-            if pending:  # also when the iterable or a put raised: what was written is published
-                self._publish(head, pending)
+        if head + k - self._tail_seen > self.nslots:
+            self._wait_room(head + k - self.nslots, timeout)
+        mm = self._mm
+        start = HEADER_SIZE + (head & self._mask) * self.slot_size
+        lo = start + REC_HDR.size
+        end = self._end
+        if lo + n <= end:
+            mm[lo : lo + n] = payload
+        else:  # the payload runs past the end of the data area and continues at its start
+            first = end - lo
+            mm[lo:end] = payload[:first]
+            mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
+        _pack_rec_hdr(mm, start, n, flags)
+        self._head = head = head + k
+        return head
 
-    def _publish(self, head: int, records: int) -> None:
-        self._head = head
-        _pack_u64(self._mm, OFF_HEAD, head)
-        release = self._fill_release
-        for _ in range(records):
-            release()
+    def _publish(self, head: int) -> None:
+        """Store ``head``; then, after a full fence, wake the consumer if it announced it sleeps."""
+        self._u64[_Q_HEAD] = head
+        self._head_published = head
+        if faults.ACTIVE:
+            faults.hit("ring.put.after_head")
+        self._fence_take()  # the head store above before the load of consumer_sleeping below
+        self._fence_give()
+        words = self._u32
+        if words[_I_CSLEEP]:
+            words[_I_CSLEEP] = 0  # one post per announced sleep, not one per record
+            self.fill.release()
+        if faults.ACTIVE:
+            faults.hit("ring.put.after_post")
+
+    def _wait_room(self, need_tail: int, timeout: float | None) -> None:
+        """Producer: wait until the consumer's ``tail`` reaches ``need_tail``. Whatever this producer
+        wrote and has not published is published first: the consumer may need it to make room."""
+        if self._head != self._head_published:
+            self._publish(self._head)
+        self._need_tail = need_tail
+        self._wait(self._room, _I_PSLEEP, self.free, timeout)
+        if self._tail_seen < need_tail:
+            raise RingClosed(self.name)
+
+    def _room(self) -> bool:
+        closed = self._u32[_I_FLAGS] & RING_CLOSED
+        self._tail_seen = self._u64[_Q_TAIL]
+        return self._tail_seen >= self._need_tail or bool(closed)
 
     # -- consumer -------------------------------------------------------------------------------------
+
+    def get(self, decode: Callable[[Any], Any] = bytes, timeout: float | None = None) -> Any:
+        """Take one message, publish ``tail`` past it, and return ``decode(payload)``.
+
+        ``tail`` is stored before this returns, so by the time the caller acts on the message its taking
+        is visible to the creator (the master re-queues, without a strike, only requests whose end
+        position is beyond a dead worker's ``tail``). ``decode`` runs on a memoryview of the slots when
+        the message is one unwrapped record, so msgpack unpacks without a copy; it must not keep that view.
+        Raises RingClosed once the ring is closed and drained (a message with only some fragments
+        published is discarded then: it was never committed), and posix_ipc.BusyError if ``timeout``
+        expires first (0 = do not wait).
+        """
+        try:
+            return self._take(decode, timeout)
+        finally:
+            if self._tail != self._tail_published:
+                self._release()
 
     def get_many(
         self, decode: Callable[[Any], Any] = bytes, limit: int = 64, timeout: float | None = None
     ) -> list[Any]:
-        """Wait for one message like ``get``, then take up to ``limit - 1`` more that are already there,
-        without blocking; return them all decoded, in order.
+        """Wait for one message like ``get``, then take up to ``limit - 1`` more whose records are already
+        published, without waiting; publish ``tail`` once for the batch and return them decoded, in order.
 
-        Raises RingClosed (and posix_ipc.BusyError) like ``get`` when there is no first message. A close
-        wake-up met while draining ends the batch and is put back, so the next call raises RingClosed.
-        (Counting ``fill`` cannot say how many messages wait: a fragmented message posts once per record.
-        Once a message has started, ``get`` waits for its remaining fragments, as it always does.)
+        A message whose later fragments are not published yet ends the batch; its fragments read so far
+        are kept and the next call finishes it.
         """
-        get = self.get
-        out = [get(decode, timeout)]
-        while len(out) < limit:
-            try:
-                out.append(get(decode, 0))
-            except posix_ipc.BusyError:
-                break
-            except RingClosed:
-                self._fill_release()  # give the wake-up back for the next call
-                break
+        out = [self._take(decode, timeout)]
+        try:
+            while len(out) < limit and self._readable_now():
+                msg = self._take_published(decode)
+                if msg is _MORE:
+                    break
+                out.append(msg)
+        finally:
+            self._release()
         return out
 
-    def get(self, decode: Callable[[Any], Any] = bytes, timeout: float | None = None) -> Any:
-        """Take one message and return ``decode(payload)``.
+    def _readable_now(self) -> bool:
+        if self._tail != self._head_seen:
+            return True
+        self._head_seen = self._u64[_Q_HEAD]
+        return self._tail != self._head_seen
 
-        ``decode`` runs on a memoryview of the slots themselves when the message is one unwrapped record,
-        so msgpack can unpack without an intermediate copy; it must not keep that view. Raises RingClosed
-        after the close wake-up, and posix_ipc.BusyError if ``timeout`` expires first (0 = do not wait).
-        """
+    def _take(self, decode: Callable[[Any], Any], timeout: float | None) -> Any:
+        """Read records at the private ``tail`` until one message is whole; does not publish ``tail``."""
         while True:
-            try:
-                self._fill_acquire(timeout)
-            except posix_ipc.SignalError:
-                acquire(self.fill, timeout)
-            mm = self._mm
-            tail = self._tail
-            if _unpack_u64(mm, OFF_HEAD)[0] == tail:
-                raise RingClosed(self.name)
-            start = HEADER_SIZE + (tail & self._mask) * self.slot_size
-            n, flags = _unpack_rec_hdr(mm, start)
-            lo = start + 8
-            if not flags and lo + n <= self._end and self._partial is None:
-                # Fast path: a whole message in one unwrapped record (so k <= nslots by construction).
-                result = decode(self._view[lo : lo + n])
-                k = (n + self._k_round) >> self._shift
-                self._tail = tail = tail + k
-                _pack_u64(mm, OFF_TAIL, tail)
-                release = self._free_release
-                release()
-                while k > 1:
-                    release()
-                    k -= 1
-                return result
-            result = self._take_record(decode)
-            if result is not _MORE:
-                return result
-            timeout = None  # the rest of a started message is already on its way
+            if self._tail == self._head_seen:
+                self._wait_data(timeout)
+            msg = self._read_record(decode)
+            if msg is not _MORE:
+                return msg
 
-    def _take_record(self, decode: Callable[[Any], Any]) -> Any:
-        start = HEADER_SIZE + (self._tail & self._mask) * self.slot_size
-        n, flags = REC_HDR.unpack_from(self._mm, start)
-        k = (n + REC_HDR.size + self.slot_size - 1) // self.slot_size
+    def _take_published(self, decode: Callable[[Any], Any]) -> Any:
+        """Like ``_take`` but never waits: returns _MORE if the message is not wholly published yet."""
+        while True:
+            msg = self._read_record(decode)
+            if msg is not _MORE or not self._readable_now():
+                return msg
+
+    def _read_record(self, decode: Callable[[Any], Any]) -> Any:
+        """The one record read: the record at the private ``tail`` (published by the producer), stepped
+        over privately; returns the decoded message, or _MORE after a fragment that is not the last."""
+        mm = self._mm
+        tail = self._tail
+        start = HEADER_SIZE + (tail & self._mask) * self.slot_size
+        n, flags = _unpack_rec_hdr(mm, start)
+        k = (n + self._k_round) >> self._shift
         if k > self.nslots:
             raise RingError(f"{self.name}: corrupt record length {n}")
+        # Stepping over before decoding: a record decode rejects is consumed, not read again forever.
+        # The slots stay ours until tail is published, so the view below is still safe to read.
+        self._tail = tail + k
         lo = start + REC_HDR.size
-        wrap = lo + n - (HEADER_SIZE + self._data_bytes)
-        view = self._view
-        if self._partial is None and not flags & FLAG_MORE and wrap <= 0:
-            result = decode(view[lo : lo + n])
+        hi = lo + n
+        if not flags and hi <= self._end and self._partial is None:
+            return decode(self._view[lo:hi])  # the common case: a whole message in one unwrapped record
+        buf = self._partial if self._partial is not None else bytearray()
+        if hi <= self._end:
+            buf += self._view[lo:hi]
         else:
-            buf = self._partial if self._partial is not None else bytearray()
-            if wrap <= 0:
-                buf += view[lo : lo + n]
-            else:
-                buf += view[lo : lo + n - wrap]
-                buf += view[HEADER_SIZE : HEADER_SIZE + wrap]
-            if flags & FLAG_MORE:
-                self._partial = buf
-                result = _MORE
-            else:
-                self._partial = None
-                result = decode(buf)
-        self._tail += k
-        _U64.pack_into(self._mm, OFF_TAIL, self._tail)
-        release = self.free.release
-        for _ in range(k):
-            release()
-        return result
+            buf += self._view[lo : self._end]
+            buf += self._view[HEADER_SIZE : HEADER_SIZE + hi - self._end]
+        if flags & FLAG_MORE:
+            self._partial = buf
+            return _MORE
+        self._partial = None
+        return decode(buf)
+
+    def _release(self) -> None:
+        """Store ``tail``; then, after a full fence, wake the producer if it announced it sleeps and a
+        quarter of the ring is free (the producer's own re-check before sleeping asks for no more)."""
+        if faults.ACTIVE:
+            faults.hit("ring.get.after_read")
+        tail = self._tail
+        self._u64[_Q_TAIL] = tail
+        self._tail_published = tail
+        if faults.ACTIVE:
+            faults.hit("ring.get.after_tail")
+        self._fence_take()  # the tail store above before the load of producer_sleeping below
+        self._fence_give()
+        words = self._u32
+        if words[_I_PSLEEP] and self.nslots - (self._u64[_Q_HEAD] - tail) >= self._wake_free:
+            words[_I_PSLEEP] = 0
+            self.free.release()
+
+    def _wait_data(self, timeout: float | None) -> None:
+        """Consumer: wait until ``head`` moves past the private ``tail``; RingClosed if the ring is closed
+        and there is nothing left (a partly received message is dropped then: it was never committed)."""
+        if self._tail != self._tail_published:
+            self._release()  # a producer may be waiting for these slots to finish a message
+        self._wait(self._readable, _I_CSLEEP, self.fill, timeout)
+        if self._head_seen == self._tail:
+            self._partial = None
+            raise RingClosed(self.name)
+
+    def _readable(self) -> bool:
+        closed = self._u32[_I_FLAGS] & RING_CLOSED  # flags before head: CLOSED follows the last head
+        self._head_seen = self._u64[_Q_HEAD]
+        return self._head_seen != self._tail or bool(closed)
+
+    # -- sleeping (docs/RING.md, "Sleeping and waking") ---------------------------------------------------
+
+    def _wait(
+        self, ready: Callable[[], bool], sleeping: int, sem: posix_ipc.Semaphore, timeout: float | None
+    ) -> None:
+        """Return once ``ready()`` (which loads the other side's position). Otherwise re-check up to
+        ``spin`` times, yielding the CPU (and the GIL) between checks; then announce in our ``sleeping``
+        word, fence, re-check, and sleep on ``sem``. posix_ipc.BusyError after ``timeout``."""
+        if ready():
+            return
+        if timeout is not None and timeout <= 0:
+            raise posix_ipc.BusyError(f"{self.name}: would wait")
+        for _ in range(self.spin):
+            _yield()
+            if ready():
+                return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        words = self._u32
+        try:
+            while True:
+                words[sleeping] = 1
+                self._fence_take()  # the sleeping store above before ready()'s loads below
+                self._fence_give()
+                if ready():
+                    return
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise posix_ipc.BusyError(f"{self.name}: timed out")
+                try:
+                    sem.acquire(left)
+                except (posix_ipc.BusyError, posix_ipc.SignalError):
+                    pass  # the loop re-checks, and the deadline
+                if ready():
+                    return
+        finally:
+            words[sleeping] = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def close_wake(self) -> None:
-        """Creator only: mark the ring closed and wake its consumer, which stops once it has drained."""
-        _U32.pack_into(self._mm, OFF_FLAGS, _U32.unpack_from(self._mm, OFF_FLAGS)[0] | RING_CLOSED)
+        """Creator only: set CLOSED, then wake both sides. The consumer drains up to ``head`` and stops;
+        a producer waiting for room raises RingClosed. Stale wake-ups only cost the woken side a re-check.
+        """
+        self._u32[_I_FLAGS] |= RING_CLOSED
+        self._fence_take()
+        self._fence_give()
         self.fill.release()
+        self.free.release()
 
     @property
     def closed(self) -> bool:
-        return bool(_U32.unpack_from(self._mm, OFF_FLAGS)[0] & RING_CLOSED)
+        return bool(self._u32[_I_FLAGS] & RING_CLOSED)
 
     def positions(self) -> tuple[int, int]:
-        """(head, tail) as published in shared memory: records waiting = head - tail slots."""
-        return _U64.unpack_from(self._mm, OFF_HEAD)[0], _U64.unpack_from(self._mm, OFF_TAIL)[0]
+        """(head, tail) as published in shared memory: records waiting = head - tail slots. A message
+        whose end position (from ``put``) is <= tail has been taken by the consumer."""
+        return self._u64[_Q_HEAD], self._u64[_Q_TAIL]
 
     def close(self) -> None:
         """Drop this process's mapping and handles. The creator also unlinks (see ``unlink``)."""
-        self._view.release()
+        for view in (self._u64, self._u32, self._view):
+            view.release()
         try:
             self._mm.close()
         except BufferError:
@@ -403,7 +501,5 @@ def unlink_ring(name: str) -> None:
 
 
 _MORE = object()
-_pack_u64 = _U64.pack_into
-_unpack_u64 = _U64.unpack_from
 _pack_rec_hdr = REC_HDR.pack_into
 _unpack_rec_hdr = REC_HDR.unpack_from

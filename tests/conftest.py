@@ -76,3 +76,15 @@ def origin():
     o = Origin()
     yield o
     o.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of this test's own (tests/redis_server.py), stopped afterwards."""
+    from .redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,8 +9,9 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /page/I                     a tiny page with a script and a style; its text is ``numbered_text(I)``
   /text?bytes=N               N bytes of text/plain (99-character lines)
   /status/CODE                status CODE with an HTML body ``<p>status CODE</p>`` (text "status CODE")
-  /echo-text?t=..[&ctype=..]  body t (UTF-8) with that Content-Type (default text/plain; charset=utf-8);
-                              ``ctype=none`` sends no Content-Type
+  /echo-text?t=..[&ctype=..&as=E]  body t (in codec E, default UTF-8) with that Content-Type (default
+                              text/plain; charset=utf-8); ``ctype=none`` sends no Content-Type
+  /set-cookie?v=V             a small page with ``Set-Cookie: session=V; Path=/``
   /slow[?s=S]                 waits S seconds, then a small page
   /drip[?n=N&delay=D]         headers at once, then an N-byte body one byte every D seconds
   /drip-headers[?delay=D]     the status line and headers themselves one byte every D seconds
@@ -18,6 +19,8 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
                               generated on the fly from one repeated full-flush block
   /br-bomb[?gb=G]             brotli stream of G GB (default 10) of zeros, text/html
   /gzip, /deflate[?raw=1], /br, /gzip-br  a page compressed with that coding; text ``page_text(20000)``
+  /stacked?n=N                ``Content-Encoding: gzip, gzip, ...`` (N times); the body is gzipped
+                              min(N, 8) times (beyond 8 it could not be decoded anyway: the cap is lower)
   /bad-encoding?coding=C      a corrupt body labelled with Content-Encoding C (gzip, br, zstd, ...)
   /endless[?mb=M]             text/plain body of at most M MB (default 1024), no Content-Length
   /redirect-loop              302 to itself
@@ -321,7 +324,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def r_echo_text(self, parts: list[str], q: dict[str, str]) -> None:
         ctype = q.get("ctype", "text/plain; charset=utf-8")
-        self._send(200, q.get("t", "").encode(), None if ctype == "none" else ctype)
+        self._send(200, q.get("t", "").encode(q.get("as", "utf-8")), None if ctype == "none" else ctype)
+
+    def r_set_cookie(self, parts: list[str], q: dict[str, str]) -> None:
+        self._send(200, b"<p>logged in</p>", Set_Cookie=f"session={q.get('v', 'x')}; Path=/")
 
     def r_slow(self, parts: list[str], q: dict[str, str]) -> None:
         self.server.stopping.wait(float(q.get("s", "1")))
@@ -451,6 +457,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def r_gzip_br(self, parts: list[str], q: dict[str, str]) -> None:
         self._compressed("gzip, br")
+
+    def r_stacked(self, parts: list[str], q: dict[str, str]) -> None:
+        n = int(q.get("n", "1"))
+        data = page_html(2000).encode()
+        for _ in range(min(n, 8)):
+            c = zlib.compressobj(6, zlib.DEFLATED, 31)
+            data = c.compress(data) + c.flush()
+        self._send(200, data, Content_Encoding=", ".join(["gzip"] * n))
 
     def r_bad_encoding(self, parts: list[str], q: dict[str, str]) -> None:
         coding = q.get("coding", "gzip")

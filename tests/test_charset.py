@@ -89,3 +89,29 @@ def test_charset_page_helper_round_trip():
         assert html_to_text(charset.decode(charset_page(enc, "header").encode(enc), enc)[0]).endswith(
             SAMPLES[enc]
         )
+
+
+@pytest.mark.parametrize(
+    "label", ["base64", "hex", "rot13", "idna", "undefined", "unicode_escape", "utf-7", "utf_7", "punycode",
+              "zlib", "bz2", "quopri", "uu", "raw_unicode_escape", "mbcs", "utf-32", "cp037"],
+)  # fmt: skip
+def test_only_whatwg_labels_are_charsets(label):
+    # Python codecs that are not WHATWG encodings: as a header or a meta charset they are unknown labels.
+    body = "<p>Grüße +AGEAYgBj- \\x41</p>".encode()
+    assert charset.normalize(label) is None
+    assert charset.decode(body, label) == ("<p>Grüße +AGEAYgBj- \\x41</p>", "utf-8")
+    meta = f'<meta charset="{label}">'.encode() + body
+    assert charset.decode(meta, None)[1] == "utf-8"
+
+
+def test_utf7_page_over_http_is_not_decoded_as_utf7(f, origin):
+    out = f.fetch(origin.url("/echo-text?t=<p>a%2BADw-script%2BAD4-b</p>&ctype=text/html;charset=utf-7"))
+    assert out.text == "a+ADw-script+AD4-b"
+
+
+@pytest.mark.parametrize(
+    "text", ["Café crème brûlée", "Über die Straße gehen wir früh", "naïve façade, déjà vu — 12 €"]
+)
+def test_short_undeclared_legacy_page_falls_back_to_windows_1252(f, origin, text):
+    out = f.fetch(origin.url(f"/echo-text?t=<p>{text}</p>&ctype=text/html&as=cp1252"))
+    assert (out.ok, out.text) == (True, text)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.extract import _stream_to_text, html_to_text, xml_to_text
+from shmfetch.extract import TooDeep, _stream_to_text, html_to_text, parse_html, tree_to_text, xml_to_text
 from shmfetch.fetch import Fetcher
 
 from .origin import EXTRACT_CASES, NOSCRIPT_KEEP_TEXT, origin_fixture, page_html, page_text  # noqa: F401
@@ -58,6 +58,56 @@ def test_generated_pages(origin):
 
 def test_bytes_input_is_decoded():
     assert html_to_text("<p>Grüße</p>".encode()) == "Grüße"
+
+
+# -- parse once, read many times: the tree and the text as separate steps ---------------------------------
+
+
+@pytest.mark.parametrize("name", list(EXTRACT_CASES))
+def test_parse_then_text_is_html_to_text(name):
+    html, expected = EXTRACT_CASES[name]
+    assert tree_to_text(parse_html(html.encode(), "utf-8")) == expected
+
+
+def test_one_tree_read_twice():
+    root = parse_html(page_html(20_000).encode(), "utf-8")
+    assert tree_to_text(root) == tree_to_text(root) == page_text(20_000)
+    assert root.find("head/title").text == "Test page"
+
+
+@pytest.mark.parametrize("enc", ["cp1251", "koi8-r", "cp932", "gb18030", "utf-16-le"])
+def test_parse_bytes_in_their_encoding(enc):
+    text = "Привет, мир" if enc in ("cp1251", "koi8-r") else "東京 北京"
+    body = f"<html><head><title>T</title></head><body><p>{text}</p></body></html>".encode(enc)
+    assert tree_to_text(parse_html(body, enc)) == f"T\n{text}"
+    assert html_to_text(body, encoding=enc) == f"T\n{text}"
+
+
+def test_parse_skips_the_bom():
+    body = b"\xef\xbb\xbf<p>caf\xc3\xa9</p>"
+    assert tree_to_text(parse_html(body, "utf-8", skip=3)) == "café"
+
+
+def test_utf8_bytes_are_cleaned_like_text():
+    # Control characters and our marker characters never reach the text, on the bytes path as on the str one.
+    body = "<p>a\x01b\x00c\x1fd\ufdd0e\ufdd1f\uffffg</p><table><tr><td>x</td><td>y</td></tr></table>"
+    assert html_to_text(body.encode(), encoding="utf-8") == html_to_text(body) == "abcdefg\nx\ty"
+
+
+def test_invalid_utf8_is_replaced_as_in_python():
+    body = b"<p>caf\xe9 ok \xc3\xa9</p>"
+    assert html_to_text(body, encoding="utf-8") == "caf\ufffd ok é"
+
+
+def test_empty_and_blank_bodies_have_no_tree():
+    assert parse_html(b"", "utf-8") is None
+    assert parse_html(b" \r\n\t ", "utf-8") is None
+    assert tree_to_text(None) == ""
+
+
+def test_too_deep_for_a_tree_is_reported():
+    with pytest.raises(TooDeep):
+        parse_html(("<div>" * 5000 + "x").encode(), "utf-8")
 
 
 # -- robustness: each with a time bound ----------------------------------------------------------------

@@ -408,3 +408,75 @@ def test_user_agent_and_host_header(origin):
     out = make().fetch(origin.url("/headers"))
     assert f"Host: 127.0.0.1:{origin.port}" in out.text
     assert f"User-Agent: {FetchConfig().user_agent}" in out.text
+
+
+def test_cookies_do_not_leak_between_fetches(origin):
+    # Client A logs in; client B's fetch through the same Fetcher (the same worker thread) must not send
+    # A's cookie back: fetches share no state.
+    fetcher = make()
+    assert fetcher.fetch(origin.url("/set-cookie?v=client-A-secret")).ok
+    out = fetcher.fetch(origin.url("/headers"))
+    assert out.ok
+    assert "client-A-secret" not in out.text and "Cookie" not in out.text
+    fetcher.close()
+
+
+def test_brotli_pin_has_the_api_content_uses():
+    # content.py calls Decompressor.process(..., output_buffer_limit=...), which brotli added in 1.2.
+    import pathlib
+    import re
+    import tomllib
+
+    pyproject = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"brotli\b", d, re.IGNORECASE)]
+    low = re.search(r">=\s*([0-9.]+)", spec)
+    assert low is not None, spec
+    assert tuple(int(x) for x in low.group(1).split(".")) >= (1, 2), spec
+
+
+@pytest.mark.parametrize("n, ok", [(5, True), (6, False), (3000, False)])
+def test_stacked_encodings_are_capped(f, origin, n, ok):
+    out = f.fetch(origin.url(f"/stacked?n={n}"))
+    if ok:
+        assert (out.ok, out.text) == (True, page_text(2000))
+    else:
+        assert (out.ok, out.error, out.status) == (False, "decode_error", 200)
+        assert "Content-Encoding" in (out.message or "")
+
+
+def test_deadline_bounds_the_wait_for_an_extraction_slot(origin):
+    # Every extraction slot is taken (as by other threads stuck in long extractions): the fetch must give
+    # up at its deadline, not wait for a slot and then throw the finished text away.
+    gate = fetch_mod.EXTRACT_GATE
+    held = 0
+    while gate.try_acquire():
+        held += 1
+    assert held >= 1
+    fetcher = make(timeout=1.0)
+    try:
+        out, took = timed(fetcher, origin.url("/page?size=2000"))
+    finally:
+        for _ in range(held):
+            gate.release()
+        fetcher.close()
+    assert (out.ok, out.error) == (False, "timeout")
+    assert took < 1.0 + 1.0
+
+
+def test_deadline_is_checked_before_extraction(origin, monkeypatch):
+    # The body is complete but the deadline has passed: no extraction is started at all.
+    calls = []
+    fetcher = make(timeout=0.5)
+    real, extract = fetcher._read_body, fetcher._extract
+    monkeypatch.setattr(fetcher, "_extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+
+    def slow_read(*a, **k):
+        body = real(*a, **k)
+        time.sleep(0.6)
+        return body
+
+    monkeypatch.setattr(fetcher, "_read_body", slow_read)
+    out = fetcher.fetch(origin.url("/page?size=2000"))
+    fetcher.close()
+    assert (out.ok, out.error, calls) == (False, "timeout", [])

@@ -20,7 +20,7 @@ import msgpack
 import posix_ipc
 import pytest
 
-from shmfetch.ring import REC_HDR, Ring, RingClosed
+from shmfetch.ring import FLAG_MORE, REC_HDR, Ring, RingClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native_bench"
@@ -250,3 +250,26 @@ def test_close_wake_from_c_stops_python_consumer(interop: Path, make_ring) -> No
     assert ring.get() == b"last"
     with pytest.raises(RingClosed):
         ring.get(timeout=5)
+
+
+def test_c_consumer_drains_to_close_and_drops_a_partial_message(interop: Path, make_ring) -> None:
+    """Protocol v2 across implementations: the C consumer sleeps on an empty ring, is woken by Python's head
+    stores, and at close stops after exactly the committed messages. The last message had only its first
+    fragment published, the state a producer SIGKILLed between fragments leaves (tests/test_ring.py kills
+    a real one); the C side must drop it, not deliver it and not wait for the rest."""
+    ring = make_ring(8, 64)
+    count, seed = 40, 5000
+    proc = _run_c(interop, "drain", ring.name, count, seed)
+    try:
+        for rec in records(count, seed):
+            ring.put(rec, timeout=TIMEOUT)
+        first = b"\x01" * ring.max_fragment  # one fragment of a longer message, flagged MORE
+        ring._publish(ring._write_record(first, len(first), FLAG_MORE, TIMEOUT))
+        ring.close_wake()
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    _finish(proc)
+    head, tail = ring.positions()
+    assert head == tail  # the C consumer read the fragment's slots too, then dropped it

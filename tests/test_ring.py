@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 
 import msgpack
 import posix_ipc
@@ -13,7 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shmfetch import faults
 from shmfetch.ring import HEADER_SIZE, REC_HDR, Ring, RingClosed
+
+from .helpers import REPO
+from .ring_peer import index_of, message
 
 _n = iter(range(1_000_000))
 
@@ -182,5 +191,217 @@ def test_producer_and_consumer_processes_agree_on_every_record(records):
         if p.is_alive():
             p.kill()
             p.join()
+        r.close()
+        r.unlink()
+
+
+# -- protocol v2: positions, close, crash points, wake-ups ------------------------------------------------
+
+BOUND = 60  # seconds: the most any one wait in these tests may take before it counts as a hang
+
+
+def _peer(*args: object, fault: str | None = None, spin: int | None = None) -> subprocess.Popen[str]:
+    """tests/ring_peer.py in its own process, armed with SHMFETCH_FAULT=fault if given."""
+    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, "RING_PEER_SPIN")}
+    if fault is not None:
+        env[faults.ENV] = fault
+    if spin is not None:
+        env["RING_PEER_SPIN"] = str(spin)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.ring_peer", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
+def _assert_killed(proc: subprocess.Popen[str]) -> None:
+    rc, _, err = _finish(proc)
+    assert rc == -signal.SIGKILL, f"peer was not killed at its fault point (exit {rc}): {err.strip()}"
+
+
+def _drain_in_thread(ring: Ring) -> tuple[threading.Thread, list]:
+    """Consume message indexes until RingClosed; ``got`` ends with "closed" if the close was seen."""
+    got: list = []
+
+    def drain() -> None:
+        try:
+            while True:
+                got.append(index_of(ring.get(timeout=BOUND)))
+        except RingClosed:
+            got.append("closed")
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    return t, got
+
+
+def test_put_returns_end_positions_and_get_publishes_tail_before_it_returns(ring):
+    prod, cons = ring
+    assert prod.put(b"a") == 1
+    assert prod.positions() == (1, 0)
+    assert prod.put_many([b"b", b"x" * 100, b"c"]) == [2, 4, 5]  # 108 bytes with its header: 2 slots
+    assert cons.get() == b"a"
+    assert prod.positions() == (5, 1)  # the creator sees the message taken as soon as get returned
+    assert cons.get_many(bytes, 64) == [b"b", b"x" * 100, b"c"]
+    assert prod.positions() == (5, 5)
+
+
+def test_close_lets_the_consumer_drain_everything_published_then_stop(ring):
+    prod, cons = ring
+    ends = prod.put_many([bytes([i]) * 30 for i in range(5)])
+    prod.close_wake()
+    assert cons.get_many(bytes, 2) == [bytes([0]) * 30, bytes([1]) * 30]
+    assert [cons.get() for _ in range(3)] == [bytes([i]) * 30 for i in range(2, 5)]
+    with pytest.raises(RingClosed):
+        cons.get(timeout=BOUND)
+    assert prod.positions() == (ends[-1], ends[-1])
+
+
+def test_producer_blocked_on_a_full_ring_is_woken_by_close():
+    r = Ring.create(_name(), 8, 64)
+    try:
+        for i in range(8):
+            r.put(message(i, 40))
+        outcome: list[str] = []
+
+        def produce() -> None:
+            try:
+                r.put(message(8, 40))  # no timeout: only a consumer or the close can end this wait
+                outcome.append("put")
+            except RingClosed:
+                outcome.append("closed")
+
+        t = threading.Thread(target=produce, daemon=True)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()
+        r.close_wake()
+        t.join(BOUND)
+        assert outcome == ["closed"]
+    finally:
+        r.close()
+        r.unlink()
+
+
+@pytest.mark.parametrize(
+    "point,nth,committed",
+    [
+        ("ring.put.after_payload", 3, 2),  # record 3 written, head not stored: not committed
+        ("ring.put.after_head", 3, 3),  # committed, but the sleeping consumer was never woken (finding 1)
+        ("ring.put.after_post", 3, 3),
+    ],
+)
+def test_producer_killed_at_each_step_leaves_exactly_the_committed_messages(point, nth, committed):
+    r = Ring.create(_name(), 64, 64)
+    try:
+        t, got = _drain_in_thread(r)  # asleep in the kernel when the producer starts
+        _assert_killed(_peer("produce", r.name, 10, 40, fault=f"{point}:{nth}", spin=0))
+        r.close_wake()  # the creator, having seen its producer die
+        t.join(BOUND)
+        assert got == [*range(committed), "closed"]
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_producer_killed_between_fragments_leaves_no_partial_message():
+    r = Ring.create(_name(), 64, 64)  # max_fragment 1016: a 3000-byte message is three records
+    try:
+        t, got = _drain_in_thread(r)
+        _assert_killed(_peer("produce", r.name, 5, 3000, fault="ring.put.between_fragments:4"))
+        r.close_wake()
+        t.join(BOUND)
+        # message 0 is whole; message 1 had one fragment published, which the consumer read and dropped
+        assert got == [0, "closed"]
+        head, tail = r.positions()
+        assert head == tail
+    finally:
+        r.close()
+        r.unlink()
+
+
+@pytest.mark.parametrize(
+    "point,nth,taken",
+    [
+        ("ring.get.after_read", 3, 2),  # message 3 read, tail not stored: not taken, re-queue it
+        ("ring.get.after_tail", 3, 3),  # tail stored: taken (the worker may be acting on it)
+    ],
+)
+def test_consumer_killed_at_each_step_has_published_exactly_what_it_took(point, nth, taken):
+    r = Ring.create(_name(), 64, 64)
+    try:
+        ends = r.put_many([message(i, 40 + 30 * i) for i in range(10)])
+        _assert_killed(_peer("consume", r.name, 10, fault=f"{point}:{nth}"))
+        tail = r.positions()[1]
+        assert [end <= tail for end in ends] == [True] * taken + [False] * (10 - taken)
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep():
+    """A tiny ring and no spinning: the producer waits for room and the consumer for records all the time,
+    so every sleep races a position store on the other side; any lost wake-up is a hang."""
+    rnd = random.Random(9)
+    count = 4000
+    r = Ring.create(_name(), 8, 64)
+    r.spin = 0
+    try:
+        proc = _peer("consume", r.name, count, spin=0)
+        i = 0
+        while i < count:
+            burst = min(count - i, rnd.choice((1, 1, 2, 5, 17)))
+            msgs = [message(j, rnd.choice((8, 20, 56, 100, 300))) for j in range(i, i + burst)]
+            if burst == 1:
+                r.put(msgs[0], timeout=BOUND)
+            else:
+                r.put_many(msgs)
+            i += burst
+            if rnd.random() < 0.01:
+                time.sleep(0.001)  # let the consumer fall asleep on an empty ring
+        rc, out, err = _finish(proc)
+        assert (rc, out.strip()) == (0, "ok"), err
+    finally:
+        r.close()
+        r.unlink()
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_an_idle_consumer_sleeps_in_the_kernel():
+    r = Ring.create(_name(), 64, 64)
+    proc = _peer("consume", r.name, 1)
+    try:
+        # Wait until the peer has started and is blocked (its CPU time stops moving), bounded.
+        deadline, last = time.monotonic() + BOUND, -1
+        while (now := _cpu_ticks(proc.pid)) != last and time.monotonic() < deadline:
+            last = now
+            time.sleep(0.5)
+        time.sleep(2)
+        assert _cpu_ticks(proc.pid) - last <= 1, "an idle consumer used CPU"
+        r.put(message(0, 40))
+        rc, out, err = _finish(proc)
+        assert (rc, out.strip()) == (0, "ok"), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         r.close()
         r.unlink()

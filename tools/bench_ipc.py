@@ -6,7 +6,8 @@
 Python part: a producer process packs ``[ticket, url, None]`` (exactly 64 bytes of msgpack) and sends it;
 a consumer process receives it and unpacks it, over
 
-* shmfetch.ring (semaphore mode, the daemon's request-ring geometry 1024 x 256 B),
+* shmfetch.ring, ``put``/``get`` one record per call (protocol v2, the daemon's request-ring geometry
+  1024 x 256 B),
 * multiprocessing.Queue (bytes put/get),
 * multiprocessing.Pipe (send_bytes/recv_bytes).
 
@@ -15,8 +16,8 @@ between processes). Transports take turns within each repetition so that machine
 alike; the figure reported is the median over repetitions, and ratios are between medians of this run.
 
 Native part: builds native_bench with make and runs ``native_bench/build/ring_bench`` (see its header).
-Targets: P3 ring >= 3x Queue and >= 1.5x Pipe; P4 C ring >= 10 M records/s at 64 B and batched >= 2x
-semaphore mode.
+Targets (issue 9): Python ring >= 3x Queue and >= 1.5x Pipe; C ring (the daemon's protocol v2) >= 10 M
+records/s at 64 B, idle round trip p50 <= 10 us.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+import shmfetch.ring
 from shmfetch.ring import Ring, RingClosed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported (default 5)")
     ap.add_argument("--seconds", type=float, default=0.3, help="seconds per native run (default 0.3)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument(
+        "--spin", type=int, default=None, help="Ring.spin for the Python ring (default: shmfetch.ring.SPIN)"
+    )
     ap.add_argument("--no-native", action="store_true", help="skip the C table")
     ap.add_argument(
         "--transports",
@@ -314,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     if a.micro:
-        import shmfetch.ring as current
-
+        current = shmfetch.ring
         old = ring_at(a.micro)
         res = {}
         for _ in range(3):  # alternate, so that machine noise hits both alike
@@ -329,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<14} {p:>8.2f} {g:>15.2f}")
         return 0
 
+    if a.spin is not None:
+        shmfetch.ring.SPIN = a.spin  # before the consumers fork: both ends read it when they attach
     py = python_table(a.records, a.reps, a.transports.split(","))
     native = None if a.no_native else native_table(a.reps, a.seconds, a.json)
     if a.json:

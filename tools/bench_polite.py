@@ -53,7 +53,7 @@ def measured(socket_path: str, urls: list[str], n: int, conc: int) -> dict[str, 
 
 
 def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
-    origin = OwnOrigin(args.pages, 1, args.latency_ms, ("--cache-control", "max-age=3600"))
+    origin = OwnOrigin(args.pages, 1, args.latency_ms, extra=("--cache-control", "max-age=3600"))
     tmp = tempfile.mkdtemp(prefix="bench_polite.")
     try:
         pages = origin.urls
@@ -99,9 +99,6 @@ class _Dispatcher:
 
     def fail(self, job: Job, code: str, message: str | None = None) -> None:
         raise AssertionError(code)
-
-    def deliver(self, job: Job, frame: dict[str, Any]) -> None:
-        raise AssertionError("no cache in this bench")
 
 
 class _Sink:

@@ -278,17 +278,44 @@ def run_daemon(args: argparse.Namespace, socket_path: str, urls: list[str], n: i
     return res
 
 
-# -- peers: the same work (whole body, shmfetch.extract.html_to_text) with other designs ----------------
+# -- peers: the same work with other designs, and the naive ten lines a user would write instead -------
+
+
+def naive_text(body: bytes) -> str:
+    """The naive peers' extractor: lxml ``text_content()`` after dropping script and style."""
+    import lxml.html
+    from lxml import etree
+
+    root = lxml.html.fromstring(body)
+    etree.strip_elements(root, "script", "style", with_tail=False)
+    return root.text_content()
+
+
+def html_text_text(body: bytes) -> str:
+    """The equal-quality reference: the html_text library (it takes str)."""
+    import html_text
+
+    return html_text.extract_text(body.decode("utf-8", "replace"))
+
+
+# Peer name -> extractor: "same code" is the daemon's own (whole body, shmfetch.extract.html_to_text).
+EXTRACTORS: dict[str, Callable[[bytes], str]] = {
+    "same code": html_to_text,
+    "naive lxml": naive_text,
+    "html_text": html_text_text,
+}
 
 _session = None
+_extract: Callable[[bytes], str] = html_to_text
 
 
-def _peer_init() -> None:
+def _peer_init(extractor: str = "same code") -> None:
     import requests
 
-    global _session
+    global _session, _extract
     _session = requests.Session()
     _session.trust_env = False
+    _extract = EXTRACTORS[extractor]
 
 
 def _peer_fetch(url: str) -> tuple[float, bool, int]:
@@ -296,16 +323,18 @@ def _peer_fetch(url: str) -> tuple[float, bool, int]:
     t0 = time.perf_counter()
     try:
         r = _session.get(url, timeout=30)
-        text = html_to_text(r.content)
+        text = _extract(r.content)
         ok = 200 <= r.status_code < 300
         return time.perf_counter() - t0, ok, utf8_len(url, text)
     except Exception:
         return time.perf_counter() - t0, False, 0
 
 
-def peer_pool(urls: list[str], n: int, workers: int, progress: bool) -> dict[str, Any]:
+def peer_pool(
+    urls: list[str], n: int, workers: int, progress: bool, extractor: str = "same code"
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")  # a clean interpreter per process, like the daemon's workers
-    with ctx.Pool(workers, initializer=_peer_init) as pool:
+    with ctx.Pool(workers, initializer=_peer_init, initargs=(extractor,)) as pool:
         list(pool.imap_unordered(_peer_fetch, urls[: min(len(urls), 4 * workers)]))  # warm-up: connect
         pids = [p.pid for p in pool._pool]  # the pool's processes, for their CPU time
 
@@ -313,7 +342,7 @@ def peer_pool(urls: list[str], n: int, workers: int, progress: bool) -> dict[str
             return time.process_time() + sum(cpu_seconds(p) or 0.0 for p in pids)
 
         return _collect(
-            f"mp.Pool({workers})",
+            f"mp.Pool({workers}) {extractor}",
             lambda: pool.imap_unordered(_peer_fetch, _cycle(urls, n), 4),
             n,
             progress,
@@ -340,11 +369,15 @@ def peer_threads(urls: list[str], n: int, conc: int, progress: bool) -> dict[str
 
     with concurrent.futures.ThreadPoolExecutor(conc) as ex:
         list(ex.map(fetch, urls[: min(len(urls), conc)]))
-        return _collect(f"ThreadPool({conc})", lambda: ex.map(fetch, _cycle(urls, n)), n, progress)
+        return _collect(f"ThreadPool({conc}) same code", lambda: ex.map(fetch, _cycle(urls, n)), n, progress)
 
 
-def peer_aiohttp(urls: list[str], n: int, conc: int, progress: bool) -> dict[str, Any]:
+def peer_aiohttp(
+    urls: list[str], n: int, conc: int, progress: bool, extractor: str = "same code"
+) -> dict[str, Any]:
     import aiohttp
+
+    extract = EXTRACTORS[extractor]
 
     async def run() -> dict[str, Any]:
         conn = aiohttp.TCPConnector(limit=conc, force_close=False)
@@ -364,7 +397,7 @@ def peer_aiohttp(urls: list[str], n: int, conc: int, progress: bool) -> dict[str
                             body = await r.read()
                             ok = 200 <= r.status < 300
                         # In the loop, like a typical asyncio crawler: extraction blocks the loop meanwhile.
-                        text = html_to_text(body)
+                        text = extract(body)
                         res = (time.perf_counter() - t0, ok, utf8_len(url, text))
                     except Exception:
                         res = (time.perf_counter() - t0, False, 0)
@@ -380,7 +413,7 @@ def peer_aiohttp(urls: list[str], n: int, conc: int, progress: bool) -> dict[str
             wall = time.perf_counter() - t0
             used = time.process_time() - c0
             bar.close()
-            out = _summ(f"asyncio+aiohttp({conc})", results, wall)
+            out = _summ(f"asyncio+aiohttp({conc}) {extractor}", results, wall)
             out["cpu_us_per_page"] = round(used * 1e6 / max(1, len(results)), 1)
             return out
 
@@ -398,6 +431,28 @@ def ideal_floor(urls: list[str], n: int, progress: bool) -> dict[str, Any]:
     res["pages_per_s"] = round(res["pages_per_s"] * NCPU, 1)
     res["text_mb_per_s"] = round(res["text_mb_per_s"] * NCPU, 2)
     return res
+
+
+def fetcher_loop(urls: list[str], n: int, progress: bool) -> dict[str, Any]:
+    """One process running the daemon's own fetch path (shmfetch.fetch.Fetcher: SSRF pinning, deadline,
+    caps, charset, extraction) in a loop: the CPU per page the engine (IPC, master, threads) adds to."""
+    from shmfetch.config import Config
+    from shmfetch.fetch import Fetcher
+
+    cfg = Config.from_dict({"security": {"allow_networks": ["127.0.0.0/8", "::1/128"]}})
+    f = Fetcher(cfg.fetch, cfg.security)
+
+    def one(url: str) -> tuple[float, bool, int]:
+        t0 = time.perf_counter()
+        out = f.fetch(url)
+        return time.perf_counter() - t0, out.ok, utf8_len(url, out.text)
+
+    try:
+        for u in urls[:8]:
+            one(u)
+        return _collect("same code, 1 process loop (Fetcher)", lambda: map(one, _cycle(urls, n)), n, progress)
+    finally:
+        f.close()
 
 
 def _cycle(urls: list[str], n: int) -> list[str]:
@@ -524,9 +579,11 @@ def idle_cpu(socket_path: str, seconds: float) -> dict[str, Any]:
 class OwnOrigin:
     """tools/origin_server.py in a child process; stopped on exit."""
 
-    def __init__(self, pages: int, seed: int, latency_ms: float, extra: tuple[str, ...] = ()):
+    def __init__(
+        self, pages: int, seed: int, latency_ms: float, min_kb: int = 10, extra: tuple[str, ...] = ()
+    ):
         cmd = [sys.executable, str(ROOT / "tools" / "origin_server.py"), "--pages", str(pages)]
-        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), *extra]
+        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), "--min-kb", str(min_kb), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # blocks until it listens (or dies)
         if not line.startswith("PORT "):
@@ -601,15 +658,22 @@ class PrivateDaemon:
         os.rmdir(self.dir)
 
 
-def write_site(directory: str, pages: int, seed: int) -> None:
+def write_site(directory: str, pages: int, seed: int, min_kb: int) -> None:
+    """The page set as static files, each with a gzip twin (nginx's gzip_static serves it, as news sites
+    serve their pages compressed)."""
+    import gzip
+
     d = Path(directory)
     (d / "p").mkdir(parents=True, exist_ok=True)
     for i in range(pages):
-        (d / page_path(i).lstrip("/")).write_bytes(make_page(seed, i))
+        body = make_page(seed, i, min_kb * 1000)
+        path = d / page_path(i).lstrip("/")
+        path.write_bytes(body)
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(body, 6, mtime=0))
     (d / SMALL_PATH.lstrip("/")).write_bytes(SMALL_PAGE)
     # The URL list nginx_origin.sh hands to --urls (with its port substituted).
     (d / "paths.txt").write_text("".join(page_path(i) + "\n" for i in range(pages)))
-    print(f"wrote {pages} pages (seed {seed}) to {d}/p/")
+    print(f"wrote {pages} pages (seed {seed}, {min_kb}-300 KB) to {d}/p/")
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -649,27 +713,40 @@ def one_round(args: argparse.Namespace, socket_path: str, urls: list[str], worke
             peer_pool(urls, n, workers, prog),
             peer_threads(urls, n, args.c, prog),
             peer_aiohttp(urls, n, args.c, prog),
+            peer_pool(urls, n, NCPU, prog, "naive lxml"),
+            peer_aiohttp(urls, n, args.c, prog, "naive lxml"),
+            peer_pool(urls, n, NCPU, prog, "html_text"),
         ]
         floor = ideal_floor(urls, max(100, n // 4), prog)
+        loop = fetcher_loop(urls, max(100, n // 4), prog)
         d = rnd["daemon"]["pages_per_s"]
         best = max(peers, key=lambda p: p["pages_per_s"])
+        naive = max((p for p in peers if p["name"].endswith("naive lxml")), key=lambda p: p["pages_per_s"])
         rnd["peers"] = peers
         rnd["ideal_floor"] = floor
+        rnd["same_code_loop"] = loop
         rnd["ratios"] = {p["name"]: round(d / p["pages_per_s"], 3) for p in peers}
         rnd["ratio_vs_best_peer"] = round(d / best["pages_per_s"], 3)
         rnd["best_peer"] = best["name"]
+        rnd["ratio_vs_best_naive_peer"] = round(d / naive["pages_per_s"], 3)
+        rnd["best_naive_peer"] = naive["name"]
         rnd["ratio_vs_ideal_floor"] = round(d / floor["pages_per_s"], 3)
         # CPU per page is robust to other load on the box (wall rates are not): peer CPU / daemon CPU,
         # above 1 means the daemon spends less CPU per page.
         dc = rnd["daemon"]["cpu_us_per_page"]
-        rnd["cpu_ratios"] = {p["name"]: round(p["cpu_us_per_page"] / dc, 3) for p in [*peers, floor] if dc}
+        rnd["cpu_ratios"] = {
+            p["name"]: round(p["cpu_us_per_page"] / dc, 3) for p in [*peers, floor, loop] if dc
+        }
+        # The engine's cost: the daemon's CPU per page (master + workers) over the same fetch+extract code
+        # in one process (target <= 1.05).
+        rnd["daemon_cpu_over_same_code_loop"] = round(dc / loop["cpu_us_per_page"], 3) if dc else None
     return rnd
 
 
 def print_round(i: int, rnd: dict[str, Any]) -> None:
     d = rnd["daemon"]
     print(f"\n== round {i}")
-    rows = [d, *rnd.get("peers", []), *([rnd["ideal_floor"]] if "ideal_floor" in rnd else [])]
+    rows = [d, *rnd.get("peers", []), *(rnd[k] for k in ("ideal_floor", "same_code_loop") if k in rnd)]
     print(
         f"{'':42} {'pages/s':>9} {'text MB/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'CPU us/pg':>9}"
         "  errors"
@@ -692,6 +769,8 @@ def print_round(i: int, rnd: dict[str, Any]) -> None:
         for name, ratio in rnd["ratios"].items():
             print(f"daemon / {name}: {ratio:.3f}")
         print(f"daemon / best peer ({rnd['best_peer']}): {rnd['ratio_vs_best_peer']:.3f}")
+        print(f"daemon / best naive peer ({rnd['best_naive_peer']}): {rnd['ratio_vs_best_naive_peer']:.3f}")
+        print(f"daemon CPU per page / same code in 1 process: {rnd['daemon_cpu_over_same_code_loop']}")
         print(f"daemon / ideal floor: {rnd['ratio_vs_ideal_floor']:.3f}")
         for name, ratio in rnd["cpu_ratios"].items():
             print(f"CPU per page, {name} / daemon: {ratio:.3f}")
@@ -716,6 +795,9 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"ratio[{name}]"] = med(lambda r, name=name: r["ratios"][name])
         out["ideal_floor_pages_per_s"] = med(lambda r: r["ideal_floor"]["pages_per_s"])
         out["ratio_vs_best_peer"] = med(lambda r: r["ratio_vs_best_peer"])
+        out["ratio_vs_best_naive_peer"] = med(lambda r: r["ratio_vs_best_naive_peer"])
+        out["daemon_cpu_over_same_code_loop"] = med(lambda r: r["daemon_cpu_over_same_code_loop"])
+        out["same_code_loop_cpu_us_per_page"] = med(lambda r: r["same_code_loop"]["cpu_us_per_page"])
         out["ratio_vs_ideal_floor"] = med(lambda r: r["ratio_vs_ideal_floor"])
         out["daemon_cpu_us_per_page"] = med(lambda r: r["daemon"]["cpu_us_per_page"])
         for name in rounds[0]["cpu_ratios"]:
@@ -795,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=200, help="own origin: pages in the set (default 200)")
     ap.add_argument("--seed", type=int, default=1, help="own origin: seed of the page set (default 1)")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="own origin: delay per response")
+    ap.add_argument("--min-kb", type=int, default=10, help="smallest page of the set (default 10; news: 50)")
     ap.add_argument("--small", action="store_true", help="request only the origin's small page (/small.html)")
     ap.add_argument("--write-site", metavar="DIR", help="write the page set as static files to DIR and exit")
     ap.add_argument("--compare", action="store_true", help="also run the peers and the ideal floor")
@@ -814,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
     if args.write_site:
-        write_site(args.write_site, args.pages, args.seed)
+        write_site(args.write_site, args.pages, args.seed, args.min_kb)
         return 0
     if missing := check_imports(args):
         print(missing, file=sys.stderr)
@@ -848,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
                 if host not in ("127.0.0.1", "localhost", "[::1]"):
                     raise SystemExit(f"loadgen fetches from loopback only, not {u}")
         else:
-            origin = OwnOrigin(args.pages, args.seed, args.latency_ms)
+            origin = OwnOrigin(args.pages, args.seed, args.latency_ms, args.min_kb)
             cleanup.append(origin)
             urls = origin.urls
         small_url = urls[0].rsplit("/p/", 1)[0] + SMALL_PATH  # the origin's (or nginx site's) small page

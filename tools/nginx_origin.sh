@@ -1,7 +1,7 @@
 #!/bin/sh
 # Serve loadgen's generated page set with Debian's nginx on 127.0.0.1:PORT around ONE command, then stop it.
 #
-#   tools/nginx_origin.sh [-p PORT] [-n PAGES] [-s SEED] -- COMMAND [ARGS...]
+#   tools/nginx_origin.sh [-p PORT] [-n PAGES] [-s SEED] [-m MIN_KB] -- COMMAND [ARGS...]
 #
 # Writes the page set (tools/loadgen.py --write-site) and a minimal nginx config into a fresh temporary
 # directory (no system config is read or changed; nginx runs as this user with `-p` and `-c` pointing
@@ -17,13 +17,15 @@ set -eu
 PORT=8099
 PAGES=200
 SEED=1
+MINKB=10
 while [ $# -gt 0 ]; do
     case "$1" in
         -p) PORT=$2; shift 2 ;;
         -n) PAGES=$2; shift 2 ;;
         -s) SEED=$2; shift 2 ;;
+        -m) MINKB=$2; shift 2 ;;
         --) shift; break ;;
-        *) echo "usage: $0 [-p PORT] [-n PAGES] [-s SEED] -- COMMAND [ARGS...]" >&2; exit 2 ;;
+        *) echo "usage: $0 [-p PORT] [-n PAGES] [-s SEED] [-m MIN_KB] -- COMMAND [ARGS...]" >&2; exit 2 ;;
     esac
 done
 [ $# -gt 0 ] || { echo "$0: no command given" >&2; exit 2; }
@@ -51,7 +53,7 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-"$PY" "$HERE/loadgen.py" --write-site "$TMP/site" --pages "$PAGES" --seed "$SEED" >/dev/null
+"$PY" "$HERE/loadgen.py" --write-site "$TMP/site" --pages "$PAGES" --seed "$SEED" --min-kb "$MINKB" >/dev/null
 sed "s|^|http://127.0.0.1:$PORT|" "$TMP/site/paths.txt" >"$TMP/urls.txt"
 
 # Minimal config: one worker process (the box has 2 cores and the daemon needs them), static files from
@@ -65,6 +67,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     sendfile on;
+    gzip_static on;  # the .gz twins --write-site writes: pages travel compressed, as from news sites
     tcp_nopush on;
     keepalive_timeout 120s;
     keepalive_requests 1000000;

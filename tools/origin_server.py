@@ -121,16 +121,18 @@ def _block(rnd: random.Random) -> str:
     return f"<h{h}>{_sentence(rnd)}</h{h}>"
 
 
-def page_size(seed: int, i: int) -> int:
-    """Target size of page ``i``: log-uniform in [MIN_BYTES, MAX_BYTES]."""
+def page_size(seed: int, i: int, min_bytes: int = MIN_BYTES) -> int:
+    """Target size of page ``i``: log-uniform in [min_bytes, MAX_BYTES]."""
     rnd = random.Random(f"{seed}/{i}/size")
-    return int(math.exp(rnd.uniform(math.log(MIN_BYTES), math.log(MAX_BYTES))))
+    return int(math.exp(rnd.uniform(math.log(min_bytes), math.log(MAX_BYTES))))
 
 
-def make_page(seed: int, i: int) -> bytes:
-    """Page ``i`` of the set for ``seed``: byte-identical on every call and in every process."""
+def make_page(seed: int, i: int, min_bytes: int = MIN_BYTES) -> bytes:
+    """Page ``i`` of the set for ``seed``: byte-identical on every call and in every process.
+
+    ``min_bytes=50_000`` gives the news-article set of issue 11 (50-300 KB, 170 KB on average)."""
     rnd = random.Random(f"{seed}/{i}")
-    target = page_size(seed, i)
+    target = page_size(seed, i, min_bytes)
     nav = "".join(
         f'<li><a href="/p/{k}.html">{rnd.choice(_WORDS)}</a></li>' for k in range(rnd.randint(8, 30))
     )
@@ -167,7 +169,7 @@ def page_path(i: int) -> str:
 async def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web  # the bench extra; imported here so make_page works without it
 
-    pages = [make_page(args.seed, i) for i in range(args.pages)]
+    pages = [make_page(args.seed, i, args.min_kb * 1000) for i in range(args.pages)]
     delay = args.latency_ms / 1000.0
 
     async def handle(request: web.Request) -> web.Response:
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the page set (default 1)")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
     ap.add_argument("--cache-control", default="", help="a Cache-Control header on every page (default none)")
+    ap.add_argument(
+        "--min-kb", type=int, default=MIN_BYTES // 1000, help="smallest page (default 10; news: 50)"
+    )
     ap.add_argument("--host", default="127.0.0.1", help="loopback only (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     args = ap.parse_args(argv)

@@ -1,0 +1,446 @@
+"""The master's Redis intake: jobs from a consumer group into the dispatcher, results back as one script.
+
+It runs on the master's event loop with ``redis.asyncio``, in three tasks, none of which blocks the loop:
+
+- ``_read_loop``: ``XREADGROUP GROUP g host:pid COUNT <free capacity> BLOCK`` → one ``Job`` per entry,
+  submitted to the dispatcher like a local request. Free capacity is the workers' unused credit minus the
+  jobs already queued in the master, so a daemon holds no more jobs than it can work on and the rest
+  stays in the stream for the other daemons. When there is none it waits for a result to free some.
+- ``_commit_loop``: results wait in ``backlog`` and are committed in pipelined batches of the ``COMMIT``
+  script (streams.py): store the result, XACK, INCR the cluster total, all or nothing, and only while the
+  entry is still pending under this consumer. A batch that meets a dead connection stays in the backlog
+  and is retried after reconnecting; the entry stays pending meanwhile, so nothing acknowledged is lost
+  and a retry never stores twice.
+- ``_maintain_loop``, every ``claim_idle / 4``: ``REFRESH`` the entries held longer than ``claim_idle / 3``
+  (a slow job is not stolen from a live daemon; one already stolen is dropped), ``XAUTOCLAIM`` entries idle
+  longer than ``claim_idle`` (a dead daemon's jobs), read the group's figures for ``stats``, and trim
+  the jobs stream of the entries the group has acknowledged.
+
+A job answered ``shutting_down`` or ``overloaded`` is not acknowledged: it stays pending and another
+daemon reclaims it. If Redis is down, local clients do not notice; the intake logs the state once,
+retries with exponential backoff and shows ``state`` in ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..dispatch import Dispatcher, Job
+from ..listener import MAX_URL_CHARS
+from ..protocol import error_frame
+from . import streams
+
+log = logging.getLogger("shmfetch.cluster")
+
+BLOCK_MS = 2000
+COMMIT_BATCH = 256
+CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
+CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
+RELEASE_CODES = ("shutting_down", "overloaded")  # answers that leave the job to another daemon
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class StreamSink:
+    """The sink of one job read from the stream (dispatch.Sink): its answer goes to ``ClusterIntake``.
+
+    ``closed`` turns true once the entry is known to belong to another consumer: the dispatcher then skips
+    the job if it is still queued, and a result that arrives anyway is dropped.
+    """
+
+    __slots__ = ("intake", "entry", "job_id", "reply_to", "closed", "fresh")
+
+    def __init__(self, intake: ClusterIntake, entry: str, job_id: str | None, reply_to: str | None):
+        self.intake = intake
+        self.entry = entry
+        self.job_id = job_id
+        self.reply_to = reply_to
+        self.closed = False
+        self.fresh = time.monotonic()  # when its idle time in Redis was last reset
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.intake.complete(self, frame)
+
+
+class ClusterIntake:
+    def __init__(self, cfg: Any, dispatcher: Dispatcher, claim_idle: float):
+        self.cfg = cfg  # config.ClusterConfig
+        self.dispatcher = dispatcher
+        self.claim_idle = claim_idle
+        self.consumer = streams.consumer_name()
+        # One immediate retry (a pooled connection may be stale after a Redis restart); past that the
+        # loops below back off themselves, and report the outage at once instead of after redis-py's own
+        # backoff schedule.
+        self.redis = aioredis.Redis.from_url(
+            cfg.redis,
+            socket_timeout=BLOCK_MS / 1000 + 5,
+            socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 1),
+        )
+        # XAUTOCLAIM's reply differs between Redis 6.2 and 7; streams.autoclaim_reply reads both raw.
+        self.redis.set_response_callback("XAUTOCLAIM", lambda reply, **_: reply)
+        self._commit = self.redis.register_script(streams.COMMIT)
+        self._refresh = self.redis.register_script(streams.REFRESH)
+        self.keys = (cfg.jobs, cfg.results, streams.total_key(cfg.jobs), streams.dead_key(cfg.jobs))
+        self.held: dict[str, StreamSink] = {}  # entries pending under this consumer that we work on
+        self.backlog: deque[tuple[StreamSink, dict[str, Any]]] = deque()
+        self.accepting = True
+        self.state = "connecting"
+        self.failures = 0
+        self._backoff = ExponentialBackoff(cap=5.0, base=0.1)
+        self._capacity = asyncio.Event()
+        self._results = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.group_info: dict[str, Any] = {}
+        self.counts = dict.fromkeys(
+            ("claimed", "reclaimed", "committed", "stale_dropped", "released", "dead_lettered", "malformed"),
+            0,
+        )
+
+    # -- life -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for coro in (self._read_loop(), self._commit_loop(), self._maintain_loop()):
+            task = loop.create_task(coro)
+            task.add_done_callback(_log_crash)
+            self._tasks.append(task)
+        log.info(
+            "cluster: consumer %s in group %s on %s %s (claim_idle %.1fs)",
+            self.consumer,
+            self.cfg.group,
+            streams.safe_url(self.cfg.redis),
+            self.cfg.jobs,
+            self.claim_idle,
+        )
+
+    def stop_accepting(self) -> None:
+        """Read no more jobs; the ones held finish, and their results are still committed."""
+        self.accepting = False
+        if self._tasks and not self._tasks[0].done():
+            self._tasks[0].cancel()  # it may sit in XREADGROUP BLOCK
+
+    async def close(self, timeout: float) -> None:
+        """Commit what is in the backlog (for up to ``timeout`` s), then stop the tasks and disconnect."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.backlog:
+            log.warning(
+                "cluster: %d result(s) not committed (Redis %s); their jobs stay pending for another daemon",
+                len(self.backlog),
+                self.state,
+            )
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+
+    # -- connection state -------------------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if self.state != "up":
+            log.info("cluster: Redis %s is up", streams.safe_url(self.cfg.redis))
+        self.state = "up"
+        self.failures = 0
+
+    async def _down(self, err: BaseException) -> None:
+        if self.state != "down":
+            log.warning("cluster: Redis %s is down (%s); retrying", streams.safe_url(self.cfg.redis), err)
+        self.state = "down"
+        self.failures += 1
+        await asyncio.sleep(self._backoff.compute(self.failures))
+
+    async def _ensure_group(self) -> None:
+        """Create the group at the start of the stream (jobs enqueued before any daemon ran count too)."""
+        try:
+            await self.redis.xgroup_create(self.cfg.jobs, self.cfg.group, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    # -- intake -----------------------------------------------------------------------------------------
+
+    def free_capacity(self) -> int:
+        """Jobs the workers can take now: their unused credit, less what already waits in the master."""
+        d = self.dispatcher
+        credit = sum(
+            max(0, d.max_inflight - len(w.outstanding)) for w in d.workers if w is not None and w.alive
+        )
+        return min(credit, d.max_pending) - len(d.pending)
+
+    async def _read_loop(self) -> None:
+        group_ready = False
+        while self.accepting:
+            free = self.free_capacity()
+            if free <= 0:
+                self._capacity.clear()
+                # Results of our own jobs set the event; local clients' results free credit too, unseen.
+                try:
+                    await asyncio.wait_for(self._capacity.wait(), 0.5)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
+                reply = await self.redis.xreadgroup(
+                    self.cfg.group, self.consumer, {self.cfg.jobs: ">"}, count=free, block=BLOCK_MS
+                )
+            except ResponseError as e:
+                if "NOGROUP" in str(e):  # Redis lost the group (restarted without persistence)
+                    group_ready = False
+                await self._down(e)
+                continue
+            except _DOWN as e:
+                await self._down(e)
+                continue
+            self._up()
+            for _stream, entries in reply or []:
+                for eid, fields in entries:
+                    self.counts["claimed"] += 1
+                    self._take(eid.decode(), fields)
+
+    def _take(self, entry: str, fields: dict[bytes, bytes] | None) -> None:
+        if entry in self.held:  # ours already (XAUTOCLAIM hands back our own idle entries too)
+            return
+        try:
+            url, job_id, reply_to = streams.parse_job(fields)
+        except streams.MalformedJob as e:
+            self.counts["malformed"] += 1
+            log.warning("cluster: malformed job %s: %s", entry, e)
+            sink = self._hold(entry, None, streams.reply_key(fields))
+            sink.send(error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
+            return
+        sink = self._hold(entry, job_id, reply_to)
+        if len(url) > MAX_URL_CHARS:
+            sink.send(
+                error_frame(None, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
+            )
+            return
+        self.dispatcher.submit(Job(sink, job_id, url))
+
+    def _hold(self, entry: str, job_id: str | None, reply_to: str | None) -> StreamSink:
+        sink = StreamSink(self, entry, job_id, reply_to)
+        self.held[entry] = sink
+        return sink
+
+    # -- results ----------------------------------------------------------------------------------------
+
+    def complete(self, sink: StreamSink, frame: dict[str, Any]) -> None:
+        """A job's answer (from the dispatcher): queue its commit, or leave the job to another daemon."""
+        if sink.closed:
+            self.counts["stale_dropped"] += 1
+            return
+        if not frame.get("ok") and frame.get("error") in RELEASE_CODES:
+            self.held.pop(sink.entry, None)
+            self.counts["released"] += 1
+            self._capacity.set()
+            return
+        self.backlog.append((sink, frame))
+        self._results.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._results.wait()
+            self._results.clear()
+            while self.backlog:
+                batch = [self.backlog.popleft() for _ in range(min(COMMIT_BATCH, len(self.backlog)))]
+                try:
+                    replies = await self._commit_batch(batch)
+                except _DOWN as e:
+                    self.backlog.extendleft(reversed(batch))
+                    await self._down(e)
+                    continue
+                self._up()
+                for (sink, frame), reply in zip(batch, replies, strict=True):
+                    self._committed(sink, frame, reply)
+                self._capacity.set()
+
+    async def _commit_batch(self, batch: list[tuple[StreamSink, dict[str, Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for sink, frame in batch:
+            await self._commit_call(pipe, sink, frame, dead=frame.get("dead_letter", False))
+        return await pipe.execute(raise_on_error=False)
+
+    async def _commit_call(self, client: Any, sink: StreamSink, frame: dict[str, Any], dead: bool) -> Any:
+        jobs, results, total, dead_key = self.keys
+        fields = streams.result_fields(sink.entry, sink.job_id, self.consumer, frame)
+        args = [self.cfg.group, self.consumer, sink.entry, self.cfg.results_maxlen]
+        args += ["1" if frame.get("ok") else "0", "1" if dead else "0", *fields]
+        return await self._commit(
+            keys=[jobs, sink.reply_to or results, total, dead_key], args=args, client=client
+        )
+
+    def _committed(self, sink: StreamSink, frame: dict[str, Any], reply: Any) -> None:
+        if isinstance(reply, ResponseError):
+            if sink.reply_to:  # e.g. reply_to names a key that is not a stream: use the default stream
+                log.warning("cluster: cannot store result of %s in %s: %s", sink.entry, sink.reply_to, reply)
+                sink.reply_to = None
+                self.backlog.append((sink, frame))
+                self._results.set()
+                return
+            log.error("cluster: cannot store result of %s: %s", sink.entry, reply)
+        elif reply == 1:
+            self.counts["committed"] += 1
+            self.counts["dead_lettered"] += bool(frame.get("dead_letter"))
+        else:  # another consumer owns the entry by now (it reclaimed it while we were slow)
+            self.counts["stale_dropped"] += 1
+        self.held.pop(sink.entry, None)
+
+    # -- maintenance ------------------------------------------------------------------------------------
+
+    async def _maintain_loop(self) -> None:
+        period = min(5.0, max(0.05, self.claim_idle / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._refresh_held()
+                if self.accepting:
+                    await self._reclaim()
+                await self._read_group_info()
+            except ResponseError as e:
+                log.warning("cluster: maintenance: %s", e)
+            except _DOWN:
+                pass  # the read and commit loops report the state and back off
+
+    async def _refresh_held(self) -> None:
+        now = time.monotonic()
+        stale = [s for s in self.held.values() if now - s.fresh > self.claim_idle / 3 and not s.closed]
+        if not stale:
+            return
+        lost = await self._refresh(
+            keys=[self.cfg.jobs], args=[self.cfg.group, self.consumer, *[s.entry for s in stale]]
+        )
+        for s in stale:
+            s.fresh = now
+        for eid in lost:
+            sink = self.held.pop(eid.decode(), None)
+            if sink is not None:
+                sink.closed = True
+                log.warning(
+                    "cluster: job %s was reclaimed by another consumer; dropping our copy", sink.entry
+                )
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle longer than ``claim_idle``: their consumer died or stopped."""
+        cursor: Any = "0-0"
+        for _ in range(CLAIM_ROUNDS):
+            # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
+            # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
+            d = self.dispatcher
+            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - len(d.pending)))
+            if free <= 0:
+                return
+            reply = await self.redis.execute_command(
+                "XAUTOCLAIM", self.cfg.jobs, self.cfg.group, self.consumer, int(self.claim_idle * 1000), cursor,
+                "COUNT", free,
+            )  # fmt: skip
+            cursor, claimed, deleted = streams.autoclaim_reply(reply)
+            if deleted:  # 6.2 leaves them pending: ack them, there is no job to do
+                await self.redis.xack(self.cfg.jobs, self.cfg.group, *deleted)
+            if claimed:
+                await self._take_claimed(claimed)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def _take_claimed(self, claimed: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        ids = [eid for eid, _ in claimed]
+        info = await self.redis.xpending_range(
+            self.cfg.jobs, self.cfg.group, min=ids[0], max=ids[-1], count=len(ids) + len(self.held),
+            consumername=self.consumer,
+        )  # fmt: skip
+        deliveries = {p["message_id"]: p["times_delivered"] for p in info}
+        for eid, fields in claimed:
+            entry = eid.decode()
+            if entry in self.held:
+                continue
+            n = deliveries.get(eid, 1)
+            self.counts["reclaimed"] += 1
+            log.info("cluster: reclaimed job %s (delivery %d)", entry, n)
+            if n > self.cfg.max_deliveries:
+                self._dead_letter(entry, fields, n)
+            else:
+                self._take(entry, fields)
+
+    def _dead_letter(self, entry: str, fields: dict[bytes, bytes], deliveries: int) -> None:
+        try:
+            url, job_id, reply_to = streams.parse_job(fields)
+        except streams.MalformedJob:
+            url, job_id, reply_to = "", None, streams.reply_key(fields)
+        sink = self._hold(entry, job_id, reply_to)
+        frame = error_frame(
+            None,
+            "worker_crashed",
+            f"delivered {deliveries} times without a result (max_deliveries = {self.cfg.max_deliveries}); "
+            f"moved to {self.keys[3]}",
+            url=url,
+        )
+        frame["dead_letter"] = True
+        sink.send(frame)
+
+    async def _read_group_info(self) -> None:
+        """The group's figures for ``stats``; then trim the jobs stream of what the group is done with."""
+        groups = await self.redis.xinfo_groups(self.cfg.jobs)
+        total = await self.redis.get(self.keys[2])
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == self.cfg.group:
+                self.group_info = {
+                    "lag": g.get("lag"),
+                    "pending": g.get("pending"),
+                    "consumers": g.get("consumers"),
+                    "cluster_total": int(total or 0),
+                }
+                await self._trim_jobs(g["last-delivered-id"])
+
+    async def _trim_jobs(self, last_delivered: bytes) -> None:
+        """Drop acknowledged jobs: every entry older than both the oldest pending one and the group's
+        last delivered one is done (XTRIM MINID only cuts from the front, so the group's lag stays exact)."""
+        summary = await self.redis.xpending(self.cfg.jobs, self.cfg.group)
+        oldest = summary.get("min") or last_delivered
+        minid = min(_id_key(oldest), _id_key(last_delivered))
+        if minid > (0, 0):
+            await self.redis.xtrim(self.cfg.jobs, minid=f"{minid[0]}-{minid[1]}", approximate=True)
+
+    # -- stats ------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "redis": streams.safe_url(self.cfg.redis),
+            "state": self.state,
+            "consumer": self.consumer,
+            "group": self.cfg.group,
+            "jobs": self.cfg.jobs,
+            "lag": self.group_info.get("lag"),
+            "pending": self.group_info.get("pending"),
+            "consumers": self.group_info.get("consumers"),
+            "cluster_total": self.group_info.get("cluster_total"),
+            "held": len(self.held),
+            "commit_backlog": len(self.backlog),
+            **self.counts,
+        }
+
+
+def _id_key(eid: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable pair."""
+    ms, _, seq = (eid.decode() if isinstance(eid, bytes) else eid).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    """A loop that ends by a bug says so in the log (a task's exception is otherwise silent)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cluster: %s stopped", task.get_coro().__qualname__, exc_info=task.exception())
