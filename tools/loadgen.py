@@ -611,6 +611,8 @@ class PrivateDaemon:
         conf = {
             "daemon": {"workers": workers, "threads": threads, "socket": self.socket, "log_level": "warning"},
             "security": {"allow_networks": "127.0.0.0/8, ::1/128"},
+            # The page set is one host: [politeness] per_host (default 8) would cap the throughput measured.
+            "politeness": {"per_host": 65536},
         }
         conf["daemon"]["pidfile"] = os.path.join(self.dir, "d.pid")
         for sec, kv in (extra or {}).items():
