@@ -40,7 +40,7 @@ from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
 from .extract import html_to_text, xml_to_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
-from .protocol import Outcome
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY, Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -75,12 +75,6 @@ class ExtractGate:
 
 EXTRACT_GATE = ExtractGate(2)
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
-
-
-# Request options the master may send with a URL (the third element of the request message).
-OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
-OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
-OPT_NO_STATUS_RETRY = "no_status_retry"  # answer 429/503 at once: the master pauses the host and retries
 
 
 class FetchError(Exception):

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import Entry, HttpCache, cache_key, open_cache
 from .config import Config
-from .fetch import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
-from .protocol import master_frame
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY, master_frame
 from .replies import send_result, text
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 

@@ -191,6 +191,11 @@ def master_frame(req_id: Any, url: str, **values: Any) -> dict[str, Any]:
 
 _packer = msgpack.Packer(use_bin_type=True)
 
+# Request options the master may send with a URL (the third element of the request message, docs/RING.md).
+OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
+OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
+OPT_NO_STATUS_RETRY = "no_status_retry"  # answer 429/503 at once: the master pauses the host and retries
+
 
 def pack_request(ticket: int, url: str, options: dict[str, Any] | None = None) -> bytes:
     return _packer.pack([ticket, url, options])

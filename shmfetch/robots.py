@@ -30,12 +30,14 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protego import Protego
 
 from .config import FetchConfig, RobotsConfig, SecurityConfig
-from .fetch import Fetcher
+
+if TYPE_CHECKING:
+    from .fetch import Fetcher
 
 log = logging.getLogger("shmfetch.robots")
 
@@ -142,6 +144,10 @@ class Robots:
     def _fetcher(self) -> Fetcher:
         f = getattr(self._local, "fetcher", None)
         if f is None:
+            # Imported here: fetch.py pulls in requests and lxml, which the master otherwise never loads
+            # (a broken lxml must fail the workers' boot, not the master's: tests/test_faults.py).
+            from .fetch import Fetcher
+
             f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security)
             f.session.headers["Accept"] = "text/plain, */*;q=0.1"
         return f
