@@ -1,11 +1,13 @@
 """The master: owns every shared object, supervises the workers, and runs the client-facing loop.
 
 Shaped after gunicorn's arbiter. Signal handlers only record the signal and wake the main loop, which does
-the work. Children are reaped with waitpid(-1, WNOHANG) in a loop. A dead worker's lock is repaired, its
-committed results drained, its counter contribution reconciled, its unanswered jobs re-dispatched once,
-and it is respawned on fresh rings, with a backoff when it dies while booting. Shutdown is staged:
-stop accepting, drain until ``drain_timeout``, then force (SIGKILL), and either way reap, unlink, and
-print ``downloaded N URLs`` as the last line of stdout.
+the work. Children are reaped with waitpid(-1, WNOHANG) in a loop (``reap``), and each dead worker is buried
+in steps (``_bury``): its committed results drained, its unanswered jobs re-homed (those it never took
+without a strike), its rings freed, its counter contribution reconciled, and it is respawned on fresh rings,
+with a backoff when it dies while booting. Shutdown is staged (``_teardown``): stop accepting, drain until
+``drain_timeout``, ask the workers to leave within what is left of it, then SIGKILL, reap, finish the
+burials, and print ``downloaded N URLs`` as the last line of stdout. Nothing here waits without bound on a
+peer that may be dead: every wait is on a reaped process's ring, a non-blocking lock try, or a deadline.
 """
 
 from __future__ import annotations
@@ -514,17 +516,21 @@ class Master:
                 "counter %d differs from ok results delivered %d", self.ctl.counter, self.dispatcher.ok_total
             )
 
+    def _unlink_socket(self) -> None:
+        """Remove our socket's name, only if it is still ours (the file we linked there)."""
+        try:
+            st = os.stat(self.cfg.daemon.socket)
+            if (st.st_dev, st.st_ino) == self._sock_id:
+                os.unlink(self.cfg.daemon.socket)
+        except FileNotFoundError:
+            pass
+
     def _release_control(self) -> None:
         """Give back what check_not_running and run claimed: socket, control segment, then the pidfile lock
         (last, so that the next daemon starts only once everything of ours is gone). Safe to call twice."""
         if self.sock is not None:
             self.sock.close()
-            try:
-                st = os.stat(self.cfg.daemon.socket)
-                if (st.st_dev, st.st_ino) == self._sock_id:
-                    os.unlink(self.cfg.daemon.socket)
-            except FileNotFoundError:
-                pass
+            self._unlink_socket()
             self.sock = None
         if self.ctl is not None:
             self.ctl.close()

@@ -7,9 +7,11 @@ while other shmfetch daemons, or another copy of the suite, run on the same mach
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing.resource_tracker
 import os
 import re
+import sys
 
 import pytest
 
@@ -57,6 +59,18 @@ def _resource_tracker():
     # front so that no test sees it appear as a child that test left behind.
     multiprocessing.resource_tracker.ensure_running()
     yield
+
+
+# A backstop for blocking calls that lack their own bound (a ring put, a join): a test still running
+# after TEST_LIMIT is stuck, so dump every thread's stack and end the run rather than hang a CI job.
+TEST_LIMIT = 600.0
+
+
+@pytest.fixture(autouse=True)
+def bounded_test():
+    faulthandler.dump_traceback_later(TEST_LIMIT, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)

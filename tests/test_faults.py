@@ -42,7 +42,7 @@ def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_p
                 results = list(c.fetch_many(urls, concurrency=96))
         finally:
             stop.set()
-            killer.join()
+            killer.join(10)
         rc, out = d.stop()
     crashed = sum(1 for r in results if r.error == "worker_crashed")
     print(
@@ -172,7 +172,7 @@ def test_second_signal_during_drain_forces_a_quick_stop_that_still_cleans_up(tmp
         rc, _ = d.stop(signal.SIGTERM)
         assert time.monotonic() - t0 < 8
         assert done.wait(10)
-        t.join()
+        t.join(10)
         c.close()
     assert rc == 0
     assert len(results) == 9

@@ -104,7 +104,7 @@ def _finish(proc: subprocess.Popen[str]) -> None:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.communicate(timeout=10)
         raise
     assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.strip()}"
 
@@ -132,7 +132,7 @@ def _consume_in_python(ring: Ring, proc: subprocess.Popen[str], expected: Iterat
             proc.wait(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(10)
         ring.close_wake()  # after the C producer is gone: a no-op for a finished stream, a wake-up otherwise
 
     t = threading.Thread(target=watch, daemon=True)
@@ -140,7 +140,7 @@ def _consume_in_python(ring: Ring, proc: subprocess.Popen[str], expected: Iterat
     try:
         for i, want in enumerate(expected):
             try:
-                got = ring.get()
+                got = ring.get(timeout=TIMEOUT)
             except RingClosed:
                 pytest.fail(f"C producer stopped before record {i}: {proc.stderr.read().strip()}")
             check(i, got, want)
@@ -185,7 +185,7 @@ def test_python_produces_c_consumes(interop: Path, make_ring, nslots: int, slot_
             ring.put(rec, timeout=TIMEOUT)  # a dead consumer turns into BusyError, not a hang
     except BaseException:
         proc.kill()
-        proc.communicate()
+        proc.communicate(timeout=10)
         raise
     _finish(proc)
     assert ring.positions()[0] == ring.positions()[1]
@@ -237,17 +237,17 @@ def test_c_consumer_detects_a_corrupted_record(interop: Path, make_ring) -> None
     finally:
         if proc.returncode is None:
             proc.kill()
-            proc.communicate()
+            proc.communicate(timeout=10)
     assert proc.returncode == 1 and f"record {bad}" in err
 
 
 def test_close_wake_from_c_stops_python_consumer(interop: Path, make_ring) -> None:
     """The C close wake-up (CLOSED flag, one fill post) is seen by Python after it drains."""
     ring = make_ring(8, 64)
-    ring.put(b"last")
+    ring.put(b"last", timeout=5)
     _finish(_run_c(interop, "close", ring.name))
     assert ring.closed
-    assert ring.get() == b"last"
+    assert ring.get(timeout=5) == b"last"
     with pytest.raises(RingClosed):
         ring.get(timeout=5)
 

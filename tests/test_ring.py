@@ -59,9 +59,9 @@ def test_sizes_from_empty_to_larger_than_the_ring(ring, size):
     prod, cons = ring
     payload = os.urandom(size)
     # A message larger than the ring needs the consumer running while the producer writes.
-    t = threading.Thread(target=prod.put, args=(payload,))
+    t = threading.Thread(target=prod.put, args=(payload,), kwargs={"timeout": 10})
     t.start()
-    assert cons.get() == payload
+    assert cons.get(timeout=10) == payload
     t.join(5)
     assert not t.is_alive()
 
@@ -71,8 +71,8 @@ def test_wrap_around_keeps_every_record(ring):
     # 8 slots of 64 bytes: sizes chosen so records straddle the end of the data area many times.
     for i in range(500):
         payload = bytes([i % 256]) * (i * 7 % 180)
-        prod.put(payload)
-        assert cons.get() == payload
+        prod.put(payload, timeout=10)
+        assert cons.get(timeout=10) == payload
     head, tail = prod.positions()
     assert head == tail and head > 8 * 20
 
@@ -82,12 +82,12 @@ def test_full_ring_blocks_the_producer_and_empty_ring_blocks_the_consumer(ring):
     with pytest.raises(posix_ipc.BusyError):
         cons.get(timeout=0)
     for i in range(8):  # 8 one-slot records fill 8 slots
-        prod.put(bytes([i]) * (64 - REC_HDR.size))
+        prod.put(bytes([i]) * (64 - REC_HDR.size), timeout=10)
     with pytest.raises(posix_ipc.BusyError):
         prod.put(b"x", timeout=0.05)
-    assert cons.get() == bytes([0]) * 56
+    assert cons.get(timeout=10) == bytes([0]) * 56
     prod.put(b"x", timeout=0.05)  # one slot freed: fits now
-    got = [cons.get() for _ in range(8)]
+    got = [cons.get(timeout=10) for _ in range(8)]
     assert got[-1] == b"x"
     with pytest.raises(posix_ipc.BusyError):
         cons.get(timeout=0.01)
@@ -95,33 +95,33 @@ def test_full_ring_blocks_the_producer_and_empty_ring_blocks_the_consumer(ring):
 
 def test_close_wakes_the_consumer_after_it_drained(ring):
     prod, cons = ring
-    prod.put(b"last")
+    prod.put(b"last", timeout=10)
     prod.close_wake()
-    assert cons.get() == b"last"
+    assert cons.get(timeout=10) == b"last"
     with pytest.raises(RingClosed):
-        cons.get()
+        cons.get(timeout=10)
     assert cons.closed
 
 
 def test_get_many_takes_what_is_there_and_does_not_wait_for_more(ring):
     prod, cons = ring
     big = bytes(range(256)) + b"x" * 44  # 300 bytes: three fragments in this 8 x 64 B ring
-    prod.put(b"one")
-    prod.put(big)
+    prod.put(b"one", timeout=10)
+    prod.put(big, timeout=10)
     got: list = []
-    t = threading.Thread(target=lambda: got.append(cons.get_many(bytes, 64)))
+    t = threading.Thread(target=lambda: got.append(cons.get_many(bytes, 64, timeout=10)))
     t.start()
     t.join(5)
     blocked = t.is_alive()
-    prod.put(b"late")  # frees a get_many that waits for more than was there
+    prod.put(b"late", timeout=10)  # frees a get_many that waits for more than was there
     t.join(5)
     # Counting semaphore posts would have asked for three messages here: fragments are posted one by one.
     assert not blocked, "get_many waited for messages that were not there"
     assert got == [[b"one", big]]
     prod.close_wake()
-    assert cons.get_many(bytes, 64) == [b"late"]
+    assert cons.get_many(bytes, 64, timeout=10) == [b"late"]
     with pytest.raises(RingClosed):
-        cons.get_many(bytes, 64)
+        cons.get_many(bytes, 64, timeout=10)
 
 
 def test_blocked_consumer_is_woken_by_close(ring):
@@ -130,7 +130,7 @@ def test_blocked_consumer_is_woken_by_close(ring):
 
     def consume():
         try:
-            cons.get()
+            cons.get(timeout=10)
         except RingClosed:
             out.append("closed")
 
@@ -158,7 +158,7 @@ def test_attach_rejects_a_foreign_segment():
 
 def _consumer(name: str, count: int, conn) -> None:
     r = Ring.attach(name)
-    got = [r.get(msgpack.unpackb) for _ in range(count)]
+    got = [r.get(msgpack.unpackb, timeout=60) for _ in range(count)]
     r.close()
     conn.send(got)
     conn.close()
@@ -183,14 +183,14 @@ def test_producer_and_consumer_processes_agree_on_every_record(records):
     p.start()
     try:
         for rec in records:
-            r.put(msgpack.packb(rec))
+            r.put(msgpack.packb(rec), timeout=60)
         assert parent.poll(60), "consumer did not finish"
         assert parent.recv() == records
     finally:
         p.join(10)
         if p.is_alive():
             p.kill()
-            p.join()
+            p.join(10)
         r.close()
         r.unlink()
 
