@@ -1,4 +1,4 @@
-"""Command line: ``shmfetch serve | submit | stats | stop | enqueue | results``.
+"""Command line: ``shmfetch serve | submit | stats | stop | enqueue | results | cache stats|purge``.
 
 Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
 3 the workers could not boot (serve).
@@ -199,6 +199,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"pages/s  10s: {st['pages_per_s_10s']:.1f}  60s: {st['pages_per_s_60s']:.1f}")
     fails = ", ".join(f"{k}={v}" for k, v in sorted(st["failures"].items())) or "none"
     print(f"failures: {fails}")
+    if fr := st.get("frontier"):
+        p, c, r = fr["politeness"], fr["cache"], fr["robots"]
+        print(
+            f"hosts {p['hosts']} (waiting {p['waiting']}, active {p['active']}, paused {p['paused']})  "
+            f"retries {st['retries']}  response bytes {fr['response_bytes']}"
+        )
+        lookups = ", ".join(f"{k}={v}" for k, v in sorted(c["lookups"].items())) or "none"
+        print(f"cache: {'on' if c['enabled'] else 'off'}  lookups {lookups}  answers {c['answers']}")
+        if r is not None:
+            print(f"robots: origins {r['origins']}  fetches {r['fetches']}  denied {r['denied']}")
     if c := st.get("cluster"):
         print(
             f"cluster: {c['consumer']} in {c['group']} on {c['redis']} ({c['state']})  lag {c['lag']}  "
@@ -257,6 +267,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import open_cache
+
+    cfg = config_mod.load(args.config or DEFAULT_CONFIG)
+    cache = open_cache(cfg.cache)
+    if cache is None:
+        print("shmfetch: [cache] path is not set: the cache is off", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if not cache.enabled:
+            return EXIT_FAILED  # the reason is logged
+        if args.action == "purge":
+            print(f"purged {cache.purge()} entries from {cache.path}")
+        else:
+            print(json.dumps(cache.stats(), indent=2))
+    finally:
+        cache.close()
+    return EXIT_OK
+
+
 def _add_redis_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("-c", "--config", help="read [cluster] from this config")
     s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
@@ -300,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--socket")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("cache", help="HTTP cache: show its figures or delete every entry")
+    s.add_argument("action", choices=("stats", "purge"))
+    s.add_argument("-c", "--config", default=None)
+    s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("stop", help="stop the daemon (SIGUSR1) and wait for it to exit")
     s.add_argument("-c", "--config", default=None)

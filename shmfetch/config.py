@@ -87,6 +87,33 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class PolitenessConfig:
+    per_host: int = field(default=8, metadata=_check(1, 65536))
+    delay: float = field(default=0.0, metadata=_check(0, 3600))
+    max_retry_after: float = field(default=120.0, metadata=_check(0, 86400))
+    backoff: float = field(default=1.0, metadata=_check(0, 3600))
+    max_wait: float = field(default=60.0, metadata=_check(0.01, 86400))
+
+
+@dataclass(frozen=True)
+class RobotsConfig:
+    obey: bool = False
+    user_agent: str = "shmfetch"
+    ttl: float = field(default=86400.0, metadata=_check(1, 30 * 86400))
+    error_ttl: float = field(default=300.0, metadata=_check(1, 86400))
+    timeout: float = field(default=10.0, metadata=_check(0.01, 600))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    path: str = ""
+    max_bytes: int = field(default=1 << 30, metadata=_check(1 << 16, 1 << 44))
+    heuristic_fraction: float = field(default=0.1, metadata=_check(0, 1))
+    heuristic_max: float = field(default=86400.0, metadata=_check(0, 365 * 86400))
+    count_hits: bool = False
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Redis Streams intake (shmfetch/cluster); off while ``redis`` is empty."""
 
@@ -107,6 +134,9 @@ class Config:
     fetch: FetchConfig = FetchConfig()
     security: SecurityConfig = SecurityConfig()
     http: HttpConfig = HttpConfig()
+    politeness: PolitenessConfig = PolitenessConfig()
+    robots: RobotsConfig = RobotsConfig()
+    cache: CacheConfig = CacheConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -125,6 +155,18 @@ class Config:
 _SECTIONS = {f.name: f.default.__class__ for f in dataclasses.fields(Config)}
 
 
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
 def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
     where = f"[{section}] {key} = {raw!r}"
     typ = f.type
@@ -135,14 +177,13 @@ def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
         elif typ == "float":
             val = float(raw)
         elif typ == "bool":
-            low = raw.strip().lower()
-            if low not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-                raise ValueError(raw)
-            val = low in ("true", "yes", "on", "1")
+            val = _BOOLS[raw.strip().lower()]
         elif typ == "tuple[str, ...]":
             val = tuple(x for x in raw.replace(",", " ").split() if x)
         else:
             val = raw.strip()
+    except KeyError:
+        raise ConfigError(f"{where}: expected true or false") from None
     except ValueError:
         expected = {"int": "an integer", "bool": "true or false"}.get(typ, "a number")
         raise ConfigError(f"{where}: expected {expected}") from None

@@ -23,30 +23,48 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .collector import start_collector
 from .protocol import error_frame, pack_request, result_frame
 from .replies import Sink, send_result, text
 from .ring import Ring
 
+if TYPE_CHECKING:
+    from .cache import Entry
+    from .frontier import Frontier
+
 log = logging.getLogger("shmfetch.master")
 
 
 class Job:
-    __slots__ = ("sink", "req_id", "url", "options", "attempts", "t0", "ticket", "slots", "payload", "end")
+    __slots__ = (
+        "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload", "end",
+        # the admission path (frontier.py): per-request options, host gate, cache, timing
+        "options", "ring_options", "arrived", "host", "holds_host", "polite_retries", "cache_key", "stale",
+        "sent",
+    )  # fmt: skip
 
     def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
         self.sink = sink
         self.req_id = req_id
         self.url = url
-        self.options = options  # checked by options.check; forwarded to the worker as given
         self.attempts = 0  # crashes of a worker that had taken it
         self.t0 = time.perf_counter()
         self.ticket = 0
         self.slots = 0
         self.payload = b""
         self.end = 0  # end position of its record in the request ring it was put in
+        self.options = options  # the client's per-request options, checked by options.check
+        # what goes to the worker with the URL: those, plus the frontier's own (options.INTERNAL)
+        self.ring_options: dict[str, Any] | None = options
+        self.arrived = time.monotonic()
+        self.host = ""
+        self.holds_host = False  # counts against its host's per_host limit
+        self.polite_retries = 0
+        self.cache_key = ""
+        self.stale: Entry | None = None  # a stale cache entry this fetch revalidates
+        self.sent = 0.0  # perf_counter at dispatch to a worker
 
 
 class WorkerHandle:
@@ -85,10 +103,12 @@ class Dispatcher:
         self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
         self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
         self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
+        self.frontier: Frontier | None = None  # cache, robots.txt, per-host gate (set by the master)
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
         self.completions: deque[tuple[float, int]] = deque()  # (monotonic second, pages) for the rates
+        self.redispatched = 0
 
     # -- intake ---------------------------------------------------------------------------------------
 
@@ -96,30 +116,56 @@ class Dispatcher:
         """Queue a job, or answer it at once (``shutting_down``, ``overloaded``; counted like any failure)."""
         if not self.accepting:
             self.fail(job, "shutting_down")
-        elif len(self.pending) >= self.max_pending:
+        elif self.queued() >= self.max_pending:
             self.fail(job, "overloaded")
+        elif self.frontier is not None:
+            self.frontier.admit(job)
         else:
             self.pending.append(job)
             self.pump()
 
+    def queued(self) -> int:
+        """Requests waiting in the master: for robots.txt, for their host, or for a worker's credit."""
+        return len(self.pending) + (self.frontier.waiting if self.frontier is not None else 0)
+
+    def dispatched(self) -> int:
+        return sum(len(w.outstanding) for w in self.workers if w is not None)
+
     def inflight(self) -> int:
-        return len(self.pending) + sum(len(w.outstanding) for w in self.workers if w is not None)
+        return self.queued() + self.dispatched()
 
     # -- dispatch -------------------------------------------------------------------------------------
 
     def pump(self) -> None:
         """Hand queued jobs, in order, to the workers with credit, round robin; stop when none has any."""
         pending = self.pending
-        while pending:
+        frontier = self.frontier
+        while pending or (frontier is not None and self._take_ready(frontier)):
             job = pending[0]
             if job.sink.closed:  # its client went away; do not spend a fetch on it
                 pending.popleft()
+                if frontier is not None:
+                    frontier.release(job)
                 continue
             w = self._next_with_credit(job)
             if w is None:
-                return  # every live worker is full (a result will pump again) or none is alive (respawn will)
+                break  # every live worker is full (a result will pump again) or none is alive (respawn will)
             pending.popleft()
             self._send(w, job)
+        if frontier is not None:
+            frontier.schedule()
+
+    def _take_ready(self, frontier: Frontier) -> bool:
+        """Move the next job whose host may start now from the frontier to ``pending``; False if none.
+
+        Only when ``pending`` is empty: a job leaves the frontier when a worker can take it, so its host's
+        delay is measured at dispatch, not while it sits behind other jobs here.
+        """
+        job = frontier.pop_ready()
+        if job is None:
+            return False
+        self.pending.append(job)
+        return True
 
     def _next_with_credit(self, job: Job) -> WorkerHandle | None:
         """The first live worker with credit for ``job``, from the one whose turn it is; the turn then
@@ -133,7 +179,7 @@ class Dispatcher:
                 continue
             if not job.payload:
                 job.ticket = next(self._tickets)
-                job.payload = pack_request(job.ticket, job.url, job.options)
+                job.payload = pack_request(job.ticket, job.url, job.ring_options)
                 job.slots = w.req.slots_for(len(job.payload))  # every request ring has the same geometry
             if w.has_credit(job, self.max_inflight):
                 self.rr = (i + 1) % n
@@ -147,6 +193,7 @@ class Dispatcher:
                 self.on_busy()
         w.outstanding[job.ticket] = job
         w.credit_used += job.slots
+        job.sent = time.perf_counter()
         job.end = w.req.put(job.payload)  # never blocks: credit guarantees the slots are free
 
     # -- results --------------------------------------------------------------------------------------
@@ -160,6 +207,7 @@ class Dispatcher:
         w.last_progress = now
         done = 0
         debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
+        frontier = self.frontier
         for record in batch:
             job = w.outstanding.pop(record[0], None)
             w.served += 1
@@ -168,6 +216,8 @@ class Dispatcher:
             w.credit_used -= job.slots
             elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
             frame = result_frame(job.req_id, job.url, w.index, elapsed_ms, record)
+            if frontier is not None and frontier.finished(job, frame):
+                continue  # retried after a 429/503 pause, or a 304 answered from the cache
             if frame["ok"]:
                 w.ok_received += 1
                 self.ok_total += 1
@@ -181,11 +231,7 @@ class Dispatcher:
                 log.debug("%s: worker %d %s in %.1f ms", job.url, w.index, outcome, elapsed_ms)
         self._note_completions(now, done)
         self.pump()
-        if (
-            self.on_idle is not None
-            and not self.pending
-            and not any(x.outstanding for x in self.workers if x is not None)
-        ):
+        if self.on_idle is not None and not self.inflight():
             self.on_idle()
 
     def _note_completions(self, now: float, n: int) -> None:
@@ -205,6 +251,8 @@ class Dispatcher:
     # -- failure paths --------------------------------------------------------------------------------
 
     def fail(self, job: Job, code: str, message: str | None = None) -> None:
+        if self.frontier is not None:
+            self.frontier.release(job)  # a job answered while it held its host's slot gives it back
         self.failures[code] += 1
         job.sink.send(error_frame(job.req_id, code, message, url=job.url))
 
@@ -230,6 +278,7 @@ class Dispatcher:
                 self.fail(job, "worker_crashed", "the worker fetching this URL died twice")
             else:
                 job.payload = b""  # new ticket: the old one may still be in the dead ring's records
+                self.redispatched += 1
                 retry.append(job)
         self.pending.extendleft(reversed(retry))
         self.pump()
@@ -237,6 +286,10 @@ class Dispatcher:
     def fail_all(self, code: str) -> int:
         """Answer every job still waiting or in flight with ``code``. Returns how many."""
         n = 0
+        if self.frontier is not None:
+            for job in self.frontier.drain():
+                self.fail(job, code)
+                n += 1
         while self.pending:
             self.fail(self.pending.popleft(), code)
             n += 1

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import errno
 import heapq
@@ -269,6 +270,16 @@ def check_url(url: str) -> urllib.parse.SplitResult:
     return u
 
 
+def _conditional_headers(opts: Options) -> dict[str, str] | None:
+    """If-None-Match / If-Modified-Since from the master's request options, or None."""
+    headers = {}
+    if opts.if_none_match:
+        headers["If-None-Match"] = str(opts.if_none_match)
+    if opts.if_modified_since:
+        headers["If-Modified-Since"] = str(opts.if_modified_since)
+    return headers or None
+
+
 def _retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent or bad."""
     if not value:
@@ -314,6 +325,8 @@ class Fetcher:
         self.session.mount("https://", adapter)
         self.defaults = effective(None, cfg)
         self.opts = self.defaults  # those of the fetch in progress (a Fetcher serves one thread)
+        self._received = 0  # body bytes of the response being read (Outcome.body_bytes)
+        self._robots_opts = dataclasses.replace(self.defaults, no_status_retry=True)  # see fetch_raw
 
     def close(self) -> None:
         self.session.close()
@@ -327,25 +340,26 @@ class Fetcher:
         ctx = self._ctx
         gen = ctx.generation
         _watchdog.arm(deadline + WATCHDOG_GRACE, ctx, gen)
-        state: dict[str, Any] = {"url": url if isinstance(url, str) else None, "status": None}
+        state: dict[str, Any] = {"url": url if isinstance(url, str) else None, "status": None, "retries": 0}
         try:
-            return self._fetch(url, deadline, state)
+            out = self._fetch(url, deadline, state, opts, self._finish)
+            out.retries = state["retries"]
         except FetchError as e:
-            return Outcome(
-                False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e)
-            )
+            out = Outcome(False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e))
         except ContentError as e:
-            return Outcome(False, state["status"], state["url"], None, "", e.code, str(e))
+            out = Outcome(False, state["status"], state["url"], None, "", e.code, str(e))
         except Exception as e:
             code, msg = self._classify(e, deadline)
             if code == "internal_error":
                 log.exception("unexpected error fetching %s", url)
-            return Outcome(False, state["status"], state["url"], None, "", code, msg)
+            out = Outcome(False, state["status"], state["url"], None, "", code, msg)
         finally:
             with ctx.lock:
                 ctx.generation += 1
                 ctx.sock = None
                 ctx.pins.clear()
+        out.answered_at = state.get("answered_at")
+        return out
 
     @staticmethod
     def _classify(e: Exception, deadline: float) -> tuple[str, str]:
@@ -393,20 +407,63 @@ class Fetcher:
         vet(self.policy, addrs)
         self._ctx.pins[key] = addrs
 
-    def _fetch(self, url: str, deadline: float, state: dict[str, Any]) -> Outcome:
+    def fetch_raw(self, url: str, limit: int) -> Outcome:
+        """The body of ``url`` as text (UTF-8, errors replaced), its first ``limit`` bytes only, not
+        extracted: for robots.txt (RFC 9309 parses a prefix of an oversized file). Same policy otherwise."""
+
+        def finish(r: requests.Response, final: str, deadline: float) -> Outcome:
+            body = self._read_prefix(r, deadline, limit)
+            return Outcome(
+                200 <= r.status_code < 300, r.status_code, final, None, body.decode("utf-8", "replace")
+            )
+
+        deadline = time.monotonic() + self.cfg.timeout
+        state: dict[str, Any] = {"url": url, "status": None, "retries": 0}
+        _watchdog.arm(deadline + WATCHDOG_GRACE, self._ctx, self._ctx.generation)
+        try:
+            return self._fetch(url, deadline, state, self._robots_opts, finish)
+        except FetchError as e:
+            return Outcome(False, e.status or state["status"], state["url"], None, "", e.code, str(e))
+        except Exception as e:
+            code, msg = self._classify(e, deadline)
+            return Outcome(False, state["status"], state["url"], None, "", code, msg)
+        finally:
+            with self._ctx.lock:
+                self._ctx.generation += 1
+                self._ctx.sock = None
+                self._ctx.pins.clear()
+
+    def _read_prefix(self, r: requests.Response, deadline: float, limit: int) -> bytes:
+        """At most ``limit`` decoded bytes of the body; the rest is not read."""
+        out = bytearray()
+        for chunk in r.iter_content(CHUNK):
+            self._remaining(deadline)
+            out += chunk
+            if len(out) >= limit:
+                break
+        return bytes(out[:limit])
+
+    def _fetch(self, url: str, deadline: float, state: dict[str, Any], opts: Options, finish: Any) -> Outcome:
         cfg = self.cfg
         attempt = 0  # retries made so far; at most cfg.retries
         hops = 0
         check_url(url)
+        conditional = _conditional_headers(opts)
+        status_retries = 0 if opts.no_status_retry else cfg.retries
         while True:
             state["url"] = url
+            state["retries"] = attempt
             # Pin the host exactly as urllib3 will see it (IDNA-encoded by requests, trailing dot dropped).
-            headers = {"Accept-Language": self.opts.accept_language} if self.opts.accept_language else None
+            # Validators go only to the URL they belong to, not to a redirect target.
+            headers = dict(conditional) if conditional and hops == 0 else {}
+            if opts.accept_language:
+                headers["Accept-Language"] = opts.accept_language
             prep = self.session.prepare_request(requests.Request("GET", url, headers=headers))
             self._pin(urllib.parse.urlsplit(prep.url), deadline)
             left = self._remaining(deadline)
             try:
                 r = self.session.send(prep, timeout=(left, left), stream=True, allow_redirects=False)
+                state["answered_at"] = time.monotonic()
             except (requests.ConnectionError, urllib3.exceptions.ProtocolError) as e:
                 if isinstance(e, (requests.exceptions.SSLError, requests.Timeout)) or attempt >= cfg.retries:
                     raise
@@ -432,14 +489,14 @@ class Fetcher:
                         ) from None
                     check_url(url)
                     continue
-                if r.status_code in RETRY_CODES and attempt < cfg.retries:
+                if r.status_code in RETRY_CODES and attempt < status_retries:
                     wait = _retry_after(r.headers.get("Retry-After"), time.time())
                     if self._can_retry(attempt + 1, wait, deadline):
                         attempt += 1
                         self._backoff(attempt, wait, deadline, None)
                         continue
                 try:
-                    return self._finish(r, url, deadline)
+                    return finish(r, url, deadline)
                 except (requests.ConnectionError, urllib3.exceptions.ProtocolError,
                         requests.exceptions.ChunkedEncodingError) as e:  # fmt: skip
                     # Reset in the middle of the body: a GET is safe to repeat.
@@ -483,6 +540,7 @@ class Fetcher:
         while True:
             if chunk:
                 received += len(chunk)
+                self._received = received
                 if received > max_bytes:
                     raise FetchError("too_large", f"body exceeds max_bytes={max_bytes}", r.status_code)
                 if decoder is not None:
@@ -513,7 +571,22 @@ class Fetcher:
         return r.raw.read1(CHUNK, decode_content=False)
 
     def _finish(self, r: requests.Response, url: str, deadline: float) -> Outcome:
+        out = self._finish_body(r, url, deadline)
+        h = r.headers
+        out.etag = h.get("ETag")
+        out.last_modified = h.get("Last-Modified")
+        out.cache_control = h.get("Cache-Control")
+        out.expires = h.get("Expires")
+        out.date = h.get("Date")
+        out.retry_after = _retry_after(h.get("Retry-After"), time.time())
+        out.body_bytes = self._received
+        return out
+
+    def _finish_body(self, r: requests.Response, url: str, deadline: float) -> Outcome:
         cfg = self.cfg
+        self._received = 0
+        if r.status_code == 304:
+            return Outcome(False, 304, url, None, "", "not_modified", "304 Not Modified")
         status = r.status_code
         ok = 200 <= status < 300
         ctype_header = r.headers.get("Content-Type", "")

@@ -1,4 +1,5 @@
-"""The optional HTTP API: ``GET /fetch?url=...`` and ``GET /stats``, inside the master's event loop.
+"""The optional HTTP API: ``GET /fetch?url=...``, ``GET /stats`` and ``GET /metrics`` (Prometheus, see
+metrics.py), inside the master's event loop.
 
 ``/fetch`` takes the per-request options (shmfetch/options.py) as further query parameters:
 ``/fetch?url=...&mode=markdown&links=true&timeout=2``. ``Accept: text/markdown`` asks for Markdown when
@@ -30,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import __version__, metrics
 from .config import FetchConfig
 from .dispatch import Dispatcher, Job
 from .listener import MAX_URL_CHARS
@@ -128,6 +130,7 @@ class HttpApi:
         app = web.Application(client_max_size=1024)  # GET only: no request body worth reading
         app.router.add_get("/fetch", self._fetch, allow_head=False)
         app.router.add_get("/stats", self._stats, allow_head=False)
+        app.router.add_get("/metrics", self._metrics, allow_head=False)
         # handler_cancellation: a client that hangs up cancels its handler, which marks its job's sink
         # closed, so a request still queued in the master is skipped instead of fetched for nobody.
         self.runner = web.AppRunner(
@@ -194,6 +197,10 @@ class HttpApi:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = metrics.render(self.stats, __version__)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     def stop_accepting(self) -> None:
         if self.server is not None:

@@ -28,6 +28,7 @@ from . import names
 from .config import Config
 from .control import S_BUSY, Control
 from .dispatch import Dispatcher, WorkerHandle
+from .frontier import Frontier
 from .listener import Listener, SocketInUse, bind_exclusive
 from .pidfile import AlreadyRunning, PidFile
 from .ring import Ring
@@ -125,7 +126,7 @@ class Master:
                 await self._main_loop()
             finally:
                 await self._teardown()  # reaps the workers a failed start had already spawned
-            print(f"downloaded {self.ctl.counter} URLs", flush=True)
+            print(f"downloaded {self.downloaded()} URLs", flush=True)
             return self.exit_code
         except StartupError as e:
             log.error("cannot start: %s", e)
@@ -150,6 +151,7 @@ class Master:
         self.dispatcher.on_idle = self.wake.set
         self.dispatcher.on_busy = self._arm_watchdog
         self.dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
+        self.dispatcher.frontier = Frontier(self.cfg, self.dispatcher, loop)
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes,
             fetch_cfg=self.cfg.fetch,
@@ -447,6 +449,8 @@ class Master:
         self._answer_leftovers()
         await self._close_fronts()
         self._check_count()
+        if self.dispatcher.frontier is not None:
+            self.dispatcher.frontier.close()
 
     async def _stop_workers(self) -> None:
         """Staged, as gunicorn's arbiter: with nothing left to do, close the request rings and give the
@@ -497,7 +501,7 @@ class Master:
             log.warning("answered %d unfinished request(s) with shutting_down", n)
         if self.listener is not None:
             for conn, req_id in self.listener.exit_waiters:
-                conn.send({"id": req_id, "ok": True, "downloaded": self.ctl.counter})
+                conn.send({"id": req_id, "ok": True, "downloaded": self.downloaded()})
 
     async def _close_fronts(self) -> None:
         if self.cluster is not None:  # commit the results of finished jobs (bounded by drain_timeout)
@@ -550,6 +554,11 @@ class Master:
                 h.release()
             log.info("log file reopened")
 
+    def downloaded(self) -> int:
+        """The SIGUSR1 count: the workers' shared counter, plus cache answers if [cache] count_hits."""
+        fr = self.dispatcher.frontier if self.dispatcher is not None else None
+        return self.ctl.counter + (fr.counted_hits if fr is not None else 0)
+
     def stats(self) -> dict[str, Any]:
         d = self.dispatcher
         workers = []
@@ -572,17 +581,20 @@ class Master:
         return {
             "pid": self.pid,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "downloaded": self.ctl.counter,
+            "downloaded": self.downloaded(),
             "ok_delivered": d.ok_total,
             "failures": dict(d.failures),
             "in_flight": d.inflight(),
-            "pending": len(d.pending),
+            "pending": d.queued(),
+            "dispatched": d.dispatched(),
+            "retries": d.redispatched + (d.frontier.retries if d.frontier is not None else 0),
             "pages_per_s_10s": round(d.rate(10), 3),
             "pages_per_s_60s": round(d.rate(60), 3),
             "connections": len(self.listener.connections),
             "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
             "workers": workers,
+            "frontier": d.frontier.stats() if d.frontier is not None else None,
             "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 

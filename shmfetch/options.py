@@ -14,6 +14,11 @@ options a request left out (``effective``), so a request without options costs n
 
 An unknown name or a value of the wrong type or out of range raises ``OptionError``; the master answers
 ``bad_request`` with a message naming the option.
+
+The master's frontier (frontier.py) adds options of its own to the same map before dispatch:
+``no_status_retry`` (answer 429/503 at once, the master pauses the host) and ``if_none_match`` /
+``if_modified_since`` (revalidate a cached entry). ``check`` refuses them from clients: they are unknown
+names there.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import MODES, FetchConfig
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
 
 NAMES = ("mode", "metadata", "links", "timeout", "accept_language", "max_bytes")
 MAX_ACCEPT_LANGUAGE = 256
@@ -41,6 +47,9 @@ class Options:
     timeout: float
     accept_language: str | None
     max_bytes: int
+    no_status_retry: bool = False
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -107,4 +116,7 @@ def effective(given: dict[str, Any] | None, cfg: FetchConfig) -> Options:
         timeout=g.get("timeout", cfg.timeout),
         accept_language=g.get("accept_language"),
         max_bytes=g.get("max_bytes", cfg.max_bytes),
+        no_status_retry=bool(g.get(OPT_NO_STATUS_RETRY)),
+        if_none_match=g.get(OPT_IF_NONE_MATCH),
+        if_modified_since=g.get(OPT_IF_MODIFIED_SINCE),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 import struct
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -45,6 +45,8 @@ ERRORS: dict[str, str] = {
     "bad_request": "the frame is not a valid request",
     "frame_too_large": "the frame is larger than [daemon] max_frame_bytes",
     "internal_error": "an unexpected error in the worker; see the daemon's log",
+    "robots_denied": "robots.txt of the host disallows this URL for [robots] user_agent; nothing was fetched",
+    "not_modified": "the server answered 304 Not Modified to a request the master did not make conditional",
 }
 
 
@@ -75,6 +77,20 @@ class Outcome:
     published: str | None = None  # YYYY-MM-DD, with metadata=true (request or [fetch] metadata)
     links: list[dict[str, Any]] | None = None  # [{"url": str, "internal": bool}], with links=true
     links_truncated: bool | None = None  # with links=true: more than [fetch] max_links links
+    # The response's caching and politeness headers, for the master's HTTP cache and per-host gate
+    # (frontier.py; docs/FETCH.md, "What the worker reports for the master"); None when absent.
+    # compare=False: they describe the transfer, not what was fetched.
+    etag: str | None = field(default=None, compare=False)
+    last_modified: str | None = field(default=None, compare=False)
+    cache_control: str | None = field(default=None, compare=False)
+    expires: str | None = field(default=None, compare=False)
+    date: str | None = field(default=None, compare=False)
+    retry_after: float | None = field(default=None, compare=False)  # seconds, from Retry-After
+    body_bytes: int = field(default=0, compare=False)  # bytes received for the last response's body
+    retries: int = field(default=0, compare=False)  # retries the fetcher made (transient errors, 429/503)
+    # time.monotonic() in the worker (CLOCK_MONOTONIC: one clock for every process) by which the last
+    # request of the fetch had surely reached the origin (its response headers had arrived); None if none
+    answered_at: float | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -85,6 +101,7 @@ class Result(Outcome):
     url: str = ""
     worker: int | None = None  # the worker slot that fetched it
     elapsed_ms: float | None = None  # from the master taking the request to the answer
+    cached: bool = False  # answered from the HTTP cache ([cache] path) without a fetch, or after a 304
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
@@ -162,13 +179,32 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
         "message": message or ERRORS.get(code, code),
     }
     if url is not None:  # an answer to a fetch request: a whole result, every field present
-        frame = {**_OUTCOME_DEFAULTS, **frame, "url": url, "worker": None, "elapsed_ms": None}
+        frame = master_frame(req_id, url, **frame)
     return frame
+
+
+def master_frame(req_id: Any, url: str, **values: Any) -> dict[str, Any]:
+    """A whole result frame for an answer the master makes itself (an error, a cache hit): ``values`` over
+    the defaults of every ``Result`` field."""
+    return {
+        **_OUTCOME_DEFAULTS,
+        "worker": None,
+        "elapsed_ms": None,
+        "cached": False,
+        **values,
+        "id": req_id,
+        "url": url,
+    }
 
 
 # -- ring messages ------------------------------------------------------------------------------------
 
 _packer = msgpack.Packer(use_bin_type=True)
+
+# Request options the master may send with a URL (the third element of the request message, docs/RING.md).
+OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
+OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
+OPT_NO_STATUS_RETRY = "no_status_retry"  # answer 429/503 at once: the master pauses the host and retries
 
 
 def pack_request(ticket: int, url: str, options: dict[str, Any] | None = None) -> bytes:
@@ -199,4 +235,5 @@ def result_frame(req_id: Any, url: str, worker: int, elapsed_ms: float, record: 
     frame["url"] = url
     frame["worker"] = worker
     frame["elapsed_ms"] = elapsed_ms
+    frame["cached"] = False
     return frame

@@ -125,7 +125,7 @@ class Worker:
         try:
             ticket, url = msg[0], msg[1]
             # The master checked the options (options.check); the config fills in the rest.
-            opts = effective(msg[2] if len(msg) > 2 else None, self.cfg.fetch)
+            opts = effective(msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else None, self.cfg.fetch)
         except (TypeError, IndexError, KeyError, AttributeError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return

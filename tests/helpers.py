@@ -47,6 +47,9 @@ def write_config(tmp: Path, **sections: dict[str, object]) -> Path:
         },
         "fetch": {"timeout": 5},
         "security": {"allow_networks": "127.0.0.1/32"},
+        # The suite's origin is one host; tests not about politeness run without a per-host cap, as they
+        # did before it existed (tests/test_politeness.py sets its own).
+        "politeness": {"per_host": 65536},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

@@ -38,6 +38,15 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /pages/NAME                 the content-mode evaluation page tests/pages/NAME (tools/make_eval_pages.py)
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
+  /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V]  a page with those cache headers
+                              (Cache-Control, ETag, Last-Modified, Expires); 304 when If-None-Match is E
+                              or If-Modified-Since is LM; hits counted as K and, for 304s, K:304;
+                              its text is ``numbered_text(V)`` (V default 1)
+
+Every origin records each request's path, start and end times (``Origin.log``) and the most requests it
+served at once (``Origin.max_concurrent``): the politeness tests judge the daemon by these. ``Origin(host=
+"127.0.0.2")`` listens on another loopback address, which the daemon treats as another host.
+``Origin.respond(path, status, body, headers, delay)`` overrides one exact path (robots.txt cases).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator
@@ -267,6 +277,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self.server.hits[key]
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        srv = self.server
+        with srv.lock:
+            srv.active += 1
+            srv.max_concurrent = max(srv.max_concurrent, srv.active)
+            entry = [self.path, time.monotonic(), None]
+            srv.log.append(entry)
+        try:
+            self._route()
+        finally:
+            with srv.lock:
+                srv.active -= 1
+                entry[2] = time.monotonic()
+
+    def _route(self) -> None:
+        fixed = self.server.fixed.get(self.path)
+        if fixed is not None:
+            status, body, headers, delay = fixed
+            if delay:
+                self.server.stopping.wait(delay)
+            hdrs = dict(headers)
+            ctype = hdrs.pop("Content-Type", "text/plain")
+            self._send(status, body, ctype, **hdrs)
+            return
         u = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(u.query, keep_blank_values=True))
         parts = u.path.strip("/").split("/")
@@ -303,6 +336,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def r_slow(self, parts: list[str], q: dict[str, str]) -> None:
         self.server.stopping.wait(float(q.get("s", "1")))
         self._send(200, b"<p>slow</p>")
+
+    def r_cacheable(self, parts: list[str], q: dict[str, str]) -> None:
+        key = q.get("key", "cacheable")
+        self._count(key)
+        hdrs = {}
+        for name, header in (("cc", "Cache-Control"), ("etag", "ETag"), ("lm", "Last-Modified"),
+                             ("expires", "Expires")):  # fmt: skip
+            if name in q:
+                hdrs[header] = q[name]
+        etag, lm = q.get("etag"), q.get("lm")
+        if (etag and self.headers.get("If-None-Match") == etag) or (
+            lm and not etag and self.headers.get("If-Modified-Since") == lm
+        ):
+            self._count(key + ":304")
+            self.send_response(304)
+            for k, v in hdrs.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._send(
+            200,
+            numbered_html(int(q.get("v", "1"))).encode(),
+            **{k.replace("-", "_"): v for k, v in hdrs.items()},
+        )
 
     def r_headers(self, parts: list[str], q: dict[str, str]) -> None:
         body = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
@@ -544,10 +602,14 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.stopping = threading.Event()
         self.lock = threading.Lock()
+        self.active = 0
+        self.max_concurrent = 0
+        self.log: list[list] = []  # [path, start, end] per request, in arrival order
+        self.fixed: dict[str, tuple[int, bytes, dict[str, str], float]] = {}
         self.hits: dict[str, int] = {}
         self.connections = 0  # TCP connections accepted (keep-alive and SSRF tests)
         self._gz: tuple[bytes, bytes] | None = None
@@ -577,8 +639,8 @@ class Origin:
     With ``tls=(certfile, keyfile)`` it speaks HTTPS (see ``make_cert``).
     """
 
-    def __init__(self, tls: tuple[str, str] | None = None) -> None:
-        self.httpd = _Server()
+    def __init__(self, tls: tuple[str, str] | None = None, host: str = "127.0.0.1") -> None:
+        self.httpd = _Server(host)
         self.scheme = "http"
         if tls:
             import ssl
@@ -587,7 +649,7 @@ class Origin:
             ctx.load_cert_chain(*tls)
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
             self.scheme = "https"
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="origin", daemon=True
@@ -596,7 +658,29 @@ class Origin:
         self._stopped = False
 
     def url(self, path: str) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
+
+    def respond(
+        self,
+        path: str,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        delay: float = 0,
+    ) -> None:
+        """Answer requests for exactly ``path`` with this status, body and headers, after ``delay`` s."""
+        with self.httpd.lock:
+            self.httpd.fixed[path] = (status, body, dict(headers or {}), delay)
+
+    @property
+    def log(self) -> list[list]:
+        with self.httpd.lock:
+            return [list(e) for e in self.httpd.log]
+
+    @property
+    def max_concurrent(self) -> int:
+        with self.httpd.lock:
+            return self.httpd.max_concurrent
 
     @property
     def connections(self) -> int:
@@ -618,8 +702,8 @@ class Origin:
 
 
 @contextlib.contextmanager
-def start_origin(tls: tuple[str, str] | None = None) -> Iterator[Origin]:
-    o = Origin(tls)
+def start_origin(tls: tuple[str, str] | None = None, host: str = "127.0.0.1") -> Iterator[Origin]:
+    o = Origin(tls, host)
     try:
         yield o
     finally:

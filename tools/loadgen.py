@@ -579,9 +579,11 @@ def idle_cpu(socket_path: str, seconds: float) -> dict[str, Any]:
 class OwnOrigin:
     """tools/origin_server.py in a child process; stopped on exit."""
 
-    def __init__(self, pages: int, seed: int, latency_ms: float, min_kb: int):
+    def __init__(
+        self, pages: int, seed: int, latency_ms: float, min_kb: int = 10, extra: tuple[str, ...] = ()
+    ):
         cmd = [sys.executable, str(ROOT / "tools" / "origin_server.py"), "--pages", str(pages)]
-        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), "--min-kb", str(min_kb)]
+        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), "--min-kb", str(min_kb), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()  # blocks until it listens (or dies)
         if not line.startswith("PORT "):
@@ -609,6 +611,8 @@ class PrivateDaemon:
         conf = {
             "daemon": {"workers": workers, "threads": threads, "socket": self.socket, "log_level": "warning"},
             "security": {"allow_networks": "127.0.0.0/8, ::1/128"},
+            # The page set is one host: [politeness] per_host (default 8) would cap the throughput measured.
+            "politeness": {"per_host": 65536},
         }
         conf["daemon"]["pidfile"] = os.path.join(self.dir, "d.pid")
         for sec, kv in (extra or {}).items():

@@ -180,7 +180,10 @@ async def _serve(args: argparse.Namespace) -> None:
             raise web.HTTPNotFound() from None
         if delay:
             await asyncio.sleep(delay)
-        return web.Response(body=body, content_type="text/html", charset="utf-8", headers={"X-Page": name})
+        headers = {"X-Page": name}
+        if args.cache_control:  # cacheable pages, for the HTTP cache benchmark (tools/bench_polite.py)
+            headers["Cache-Control"] = args.cache_control
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
     app = web.Application()
 
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=200, help="pages in the set (default 200)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the page set (default 1)")
     ap.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
+    ap.add_argument("--cache-control", default="", help="a Cache-Control header on every page (default none)")
     ap.add_argument(
         "--min-kb", type=int, default=MIN_BYTES // 1000, help="smallest page (default 10; news: 50)"
     )

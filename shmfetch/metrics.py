@@ -1,0 +1,122 @@
+"""Prometheus metrics: ``GET /metrics`` on the HTTP API, from one custom collector in the master.
+
+The collector reads the master's ``stats()`` (which reads the shared-memory counter and the master's own
+figures) at scrape time, so ``/metrics`` and ``shmfetch stats`` show the same numbers by construction.
+prometheus_client's multiprocess mode is not used: it breaks custom collectors and needs a directory
+wiped between runs, and the master already sees every result.
+
+Names follow prometheus.io/docs/practices/naming; no label carries a URL or a host.
+
+    shmfetch_requests_total{outcome}        answered requests: "ok" or the error code
+    shmfetch_fetch_duration_seconds         histogram: dispatch to a worker -> its result, per fetch
+    shmfetch_response_bytes_total           body bytes received from origins
+    shmfetch_retries_total                  retries: in the worker, after a 429/503 pause, after a crash
+    shmfetch_queue_depth                    requests waiting in the master (robots, host gate, credit)
+    shmfetch_inflight_requests              requests handed to workers and not answered yet
+    shmfetch_workers_alive                  live worker processes
+    shmfetch_downloads_total                the SIGUSR1 count (the shared-memory counter)
+    shmfetch_robots_denied_total            requests answered robots_denied
+    shmfetch_cache_lookups_total{result}    hit, miss, revalidate
+    shmfetch_build_info{version,python}     always 1
+"""
+
+from __future__ import annotations
+
+import bisect
+import platform
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.exposition import generate_latest
+
+# prometheus_client's default buckets, in seconds
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Histogram:
+    """Bucket counts and a sum, fed by the master per result (a bisect and two adds)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"buckets": [[le, cumulative count], ...], "count": n, "sum": s}`` (JSON-friendly)."""
+        cum, out = 0, []
+        for le, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+            cum += n
+            out.append(["+Inf" if le == float("inf") else le, cum])
+        return {"buckets": out, "count": cum, "sum": round(self.sum, 6)}
+
+
+class StatsCollector:
+    """The one collector: turns a ``stats()`` snapshot into metric families."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]], version: str):
+        self.stats = stats
+        self.version = version
+
+    def collect(self) -> Iterator[Any]:
+        st = self.stats()
+        fr = st.get("frontier") or {}
+        outcomes = CounterMetricFamily(
+            "shmfetch_requests", "Answered requests by outcome", labels=["outcome"]
+        )
+        outcomes.add_metric(["ok"], st["ok_delivered"] + (fr.get("cache") or {}).get("answers", 0))
+        for code, n in sorted(st["failures"].items()):
+            outcomes.add_metric([code], n)
+        yield outcomes
+        h = fr.get("fetch_seconds") or Histogram().snapshot()
+        yield HistogramMetricFamily(
+            "shmfetch_fetch_duration_seconds",
+            "Time from dispatch to a worker to its result",
+            buckets=[(str(le), n) for le, n in h["buckets"]],
+            sum_value=h["sum"],
+        )
+        yield CounterMetricFamily(
+            "shmfetch_response_bytes", "Body bytes received from origins", value=fr.get("response_bytes", 0)
+        )
+        yield CounterMetricFamily("shmfetch_retries", "Retries of fetches", value=st.get("retries", 0))
+        yield GaugeMetricFamily("shmfetch_queue_depth", "Requests waiting in the master", value=st["pending"])
+        yield GaugeMetricFamily(
+            "shmfetch_inflight_requests", "Requests handed to workers, not answered", value=st["dispatched"]
+        )
+        alive = sum(1 for w in st["workers"] if w["alive"])
+        yield GaugeMetricFamily("shmfetch_workers_alive", "Live worker processes", value=alive)
+        yield CounterMetricFamily("shmfetch_downloads", "The SIGUSR1 download count", value=st["downloaded"])
+        yield CounterMetricFamily(
+            "shmfetch_robots_denied",
+            "Requests refused by robots.txt",
+            value=st["failures"].get("robots_denied", 0),
+        )
+        lookups = CounterMetricFamily(
+            "shmfetch_cache_lookups", "HTTP cache lookups by result", labels=["result"]
+        )
+        got = (fr.get("cache") or {}).get("lookups", {})
+        for result in ("hit", "miss", "revalidate"):
+            lookups.add_metric([result], got.get(result, 0))
+        yield lookups
+        info = InfoMetricFamily("shmfetch_build", "shmfetch build information")
+        info.add_metric([], {"version": self.version, "python": platform.python_version()})
+        yield info
+
+
+def render(stats: Callable[[], dict[str, Any]], version: str) -> bytes:
+    """The Prometheus text exposition of ``stats()`` (a fresh registry per scrape: nothing global)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, version))
+    return generate_latest(registry)

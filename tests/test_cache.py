@@ -1,0 +1,135 @@
+"""The HTTP cache ([cache] path): real SQLite files, real daemons, the real origin counting its hits."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from shmfetch import Client
+from shmfetch.cache import HttpCache, cache_key
+
+from .helpers import daemon_stats, run_cli, running_daemon
+from .origin import numbered_text
+
+
+def cache_cfg(tmp_path, **extra: object) -> dict[str, object]:
+    return {"path": tmp_path / "cache.db", **extra}
+
+
+def get(d, url: str):
+    with Client(d.socket, timeout=30) as c:
+        return c.fetch(url)
+
+
+def test_fresh_entry_is_answered_without_an_origin_hit(tmp_path, origin):
+    url = origin.url("/cacheable?key=fresh&cc=max-age%3D600&v=7")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        first, second = get(d, url), get(d, url)
+        st = daemon_stats(d.socket)
+        rc, _ = d.stop()
+    assert origin.hits("fresh") == 1
+    assert first.ok and not first.cached
+    assert second.ok and second.cached and second.worker is None
+    assert second.text == first.text == numbered_text(7)
+    assert st["frontier"]["cache"]["lookups"] == {"miss": 1, "hit": 1}
+    # default: a cache hit is not a download for the SIGUSR1 count (README, "HTTP cache")
+    assert rc == 0 and d.last_line() == "downloaded 1 URLs"
+
+
+def test_stale_entry_is_revalidated_with_its_etag_and_a_304_gives_the_same_text(tmp_path, origin):
+    url = origin.url('/cacheable?key=stale&cc=max-age%3D0&etag="v1"&v=3')
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        first, second = get(d, url), get(d, url)
+        st = daemon_stats(d.socket)
+    assert origin.hits("stale") == 2 and origin.hits("stale:304") == 1
+    assert first.ok and second.ok and second.cached
+    assert second.text == first.text == numbered_text(3)
+    assert st["frontier"]["cache"]["lookups"] == {"miss": 1, "revalidate": 1}
+
+
+def test_last_modified_validator_and_heuristic_freshness(tmp_path, origin):
+    lm = "Mon, 01 Jan 2024 00:00:00 GMT"
+    url = origin.url(f"/cacheable?key=lm&lm={lm}&v=4")  # no max-age: (Date - LM) / 10 is many days
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        assert get(d, url).ok and get(d, url).cached
+    assert origin.hits("lm") == 1
+    url = origin.url(f"/cacheable?key=lm0&lm={lm}&v=4")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path, heuristic_fraction=0)) as d:
+        first, second = get(d, url), get(d, url)
+    assert origin.hits("lm0") == 2 and origin.hits("lm0:304") == 1  # If-Modified-Since
+    assert second.cached and second.text == first.text
+
+
+def test_no_store_is_never_cached(tmp_path, origin):
+    url = origin.url("/cacheable?key=nostore&cc=no-store&etag=x")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        results = [get(d, url) for _ in range(3)]
+    assert origin.hits("nostore") == 3 and origin.hits("nostore:304") == 0
+    assert all(r.ok and not r.cached for r in results)
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+
+
+def test_cache_survives_a_restart_and_hits_count_only_when_configured(tmp_path, origin):
+    url = origin.url("/cacheable?key=restart&cc=max-age%3D600&v=5")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        assert get(d, url).ok
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path, count_hits="true")) as d:
+        r = get(d, url)
+        rc, _ = d.stop()
+    assert r.cached and r.text == numbered_text(5)
+    assert origin.hits("restart") == 1
+    assert rc == 0 and d.last_line() == "downloaded 1 URLs"  # count_hits = true
+
+
+@pytest.mark.parametrize("damage", ["garbage", "unwritable"])
+def test_a_corrupt_or_unwritable_cache_is_logged_and_the_daemon_goes_on(tmp_path, origin, damage):
+    path = tmp_path / "cache.db"
+    if damage == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        path = tmp_path / "no-such-dir" / "cache.db"
+    urls = [origin.url(f"/cacheable?key=corrupt-{damage}&cc=max-age%3D600&v={i}") for i in range(20)]
+    with running_daemon(tmp_path, cache={"path": path}) as d:
+        with Client(d.socket, timeout=30) as c:
+            results = list(c.fetch_many(urls + urls))
+        rc, _ = d.stop()
+    assert rc == 0 and all(r.ok and not r.cached for r in results)
+    assert origin.hits(f"corrupt-{damage}") == 40
+    assert "going on without the cache" in d.stderr
+    assert d.last_line() == "downloaded 40 URLs"
+
+
+def test_size_cap_evicts_least_recently_used(tmp_path):
+    c = HttpCache(str(tmp_path / "c.db"), max_bytes=64 * 1024, heuristic_fraction=0.1, heuristic_max=86400)
+    text = b"x" * 10_000
+    headers = {"cache_control": "max-age=600"}
+    keys = [cache_key(f"http://h/{i}", "text") for i in range(10)]
+    for i, k in enumerate(keys[:5]):
+        assert c.store(k, 200, None, "text/plain", text, headers, now=1000.0 + i)
+    assert c.lookup(keys[0], now=1010.0).fresh  # key 0 becomes the most recently used
+    for i, k in enumerate(keys[5:]):
+        c.store(k, 200, None, "text/plain", text, headers, now=1020.0 + i)
+    present = {k for k in keys if c.lookup(k, now=1030.0) is not None}
+    assert keys[0] in present and keys[1] not in present and keys[-1] in present
+    assert c.stats(now=1030.0)["bytes"] <= 64 * 1024
+    c.close()
+
+
+def test_key_normalizes_the_url_and_includes_the_mode():
+    assert cache_key("HTTP://Example.COM:80/a?b=1#frag", "text") == "text http://example.com/a?b=1"
+    assert cache_key("https://example.com", "text") == "text https://example.com/"
+    assert cache_key("http://example.com/a", "markdown") != cache_key("http://example.com/a", "text")
+
+
+def test_cache_stats_and_purge_commands(tmp_path, origin):
+    url = origin.url("/cacheable?key=cli&cc=max-age%3D600")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        assert get(d, url).ok
+        st = json.loads(run_cli("cache", "stats", "-c", str(d.config)).stdout)
+        assert st["entries"] == 1 and st["fresh"] == 1
+    p = run_cli("cache", "purge", "-c", str(d.config))
+    assert p.returncode == 0 and "purged 1 entries" in p.stdout
+    assert json.loads(run_cli("cache", "stats", "-c", str(d.config)).stdout)["entries"] == 0

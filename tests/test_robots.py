@@ -1,0 +1,139 @@
+"""robots.txt through a real daemon ([robots] obey = true): RFC 9309 cases, each on its own origin.
+
+One daemon serves every test of the module: robots.txt is cached per origin, and each test has its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shmfetch import Client
+
+from .helpers import Daemon, daemon_stats, write_config
+from .origin import Origin, start_origin
+
+ROBOTS_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp: Path = tmp_path_factory.mktemp("robots")
+    cfg = write_config(tmp, robots={"obey": "true", "user_agent": "shmbot", "timeout": ROBOTS_TIMEOUT})
+    d = Daemon(cfg, tmp / "shmfetch.sock")
+    try:
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+        if d.proc.poll() is None:
+            d.kill()
+
+
+@pytest.fixture
+def site() -> Iterator[Origin]:
+    with start_origin() as o:
+        yield o
+
+
+def fetch_all(d: Daemon, urls: list[str]) -> dict[str, object]:
+    with Client(d.socket, timeout=60) as c:
+        return {r.url: r for r in c.fetch_many(urls, concurrency=len(urls))}
+
+
+def fetched(o: Origin, path: str) -> int:
+    return sum(1 for e in o.log if e[0] == path)
+
+
+def test_rules_wildcards_dollar_and_longest_match(daemon, site):
+    site.respond(
+        "/robots.txt",
+        200,
+        b"User-agent: otherbot\nDisallow: /\n\n"
+        b"User-agent: shmbot\nDisallow: /private\nAllow: /private/open\nDisallow: /*.pdf$\n"
+        b"Disallow: /tmp*/cache\n",
+    )
+    cases = {
+        "/page/1": True,
+        "/private/x": False,
+        "/private/open/1": True,  # Allow beats the shorter Disallow
+        "/doc.pdf": False,
+        "/doc.pdf?x=1": True,  # $ anchors the end
+        "/tmp1/cache": False,  # wildcard
+        "/tmp1/other": True,
+    }
+    res = fetch_all(daemon, [site.url(p) for p in cases])
+    for path, allowed in cases.items():
+        r = res[site.url(path)]
+        if allowed:
+            assert r.error != "robots_denied", path
+            assert fetched(site, path) == 1, path
+        else:
+            assert r.error == "robots_denied", (path, r.error)
+            assert fetched(site, path) == 0, f"{path} was fetched although denied"
+    assert fetched(site, "/robots.txt") == 1  # cached for the origin
+
+
+def test_404_allows_everything(daemon, site):
+    site.respond("/robots.txt", 404, b"no")
+    res = fetch_all(daemon, [site.url("/page/1"), site.url("/page/2")])
+    assert all(r.ok for r in res.values())
+
+
+def test_503_disallows_everything_and_is_cached(daemon, site):
+    site.respond("/robots.txt", 503, b"busy")
+    res = fetch_all(daemon, [site.url("/page/1")])
+    assert res[site.url("/page/1")].error == "robots_denied"
+    res = fetch_all(daemon, [site.url("/page/2")])
+    assert res[site.url("/page/2")].error == "robots_denied"
+    assert fetched(site, "/page/1") == fetched(site, "/page/2") == 0
+    assert fetched(site, "/robots.txt") == 1  # the error is cached for error_ttl
+
+
+def test_slow_robots_is_unreachable_and_disallows(daemon, site):
+    site.respond("/robots.txt", 200, b"User-agent: *\nAllow: /\n", delay=ROBOTS_TIMEOUT + 2)
+    t0 = time.monotonic()
+    res = fetch_all(daemon, [site.url("/page/1")])
+    assert res[site.url("/page/1")].error == "robots_denied"
+    assert time.monotonic() - t0 < ROBOTS_TIMEOUT + 1.5
+    assert fetched(site, "/page/1") == 0
+
+
+def test_redirect_loop_is_unavailable_after_five_redirects(daemon, site):
+    site.respond("/robots.txt", 302, b"", {"Location": "/robots.txt"})
+    res = fetch_all(daemon, [site.url("/page/1")])
+    assert res[site.url("/page/1")].ok  # more than 5 redirects: "unavailable", like a 4xx
+    assert fetched(site, "/robots.txt") == 6  # the first request and five redirects, no more
+
+
+def test_two_mib_file_is_read_to_500_kib(daemon, site):
+    padding = b"# " + b"x" * 97 + b"\n"
+    body = (
+        b"User-agent: *\nDisallow: /early\n" + padding * (2 * 1024 * 1024 // 100 + 1) + b"Disallow: /late\n"
+    )
+    assert len(body) > 2 * 1024 * 1024
+    site.respond("/robots.txt", 200, body)
+    res = fetch_all(daemon, [site.url("/early"), site.url("/late")])
+    assert res[site.url("/early")].error == "robots_denied"
+    assert res[site.url("/late")].error != "robots_denied"  # past 500 KiB: not parsed
+
+
+def test_crawl_delay_spaces_the_fetches(daemon, site):
+    site.respond("/robots.txt", 200, b"User-agent: *\nCrawl-delay: 1\n")
+    res = fetch_all(daemon, [site.url(f"/page/{i}") for i in range(3)])
+    assert all(r.ok for r in res.values())
+    starts = sorted(e[1] for e in site.log if e[0].startswith("/page/"))
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 0.99, gaps
+
+
+def test_stats_count_the_denials(daemon, site):
+    site.respond("/robots.txt", 200, b"User-agent: *\nDisallow: /\n")
+    before = daemon_stats(daemon.socket)["failures"].get("robots_denied", 0)
+    fetch_all(daemon, [site.url("/a"), site.url("/b")])
+    st = daemon_stats(daemon.socket)
+    assert st["failures"]["robots_denied"] == before + 2
+    assert st["frontier"]["robots"]["denied"] >= 2
