@@ -1,6 +1,5 @@
 """shmfetch: a daemon that turns URLs into plain text at high throughput over POSIX shared memory."""
 
-from .client import AsyncClient, Client, DaemonUnavailable
 from .protocol import ERRORS, Result
 
 __all__ = ["AsyncClient", "Client", "DaemonUnavailable", "ERRORS", "RedisClient", "Result"]
@@ -8,7 +7,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # RedisClient is imported on first use: daemons and workers without [cluster] never load redis-py.
+    # The clients are imported on first use: a worker process imports this package before anything else,
+    # and must not pay for asyncio (the socket clients) or redis-py (RedisClient) while it boots.
+    if name in ("AsyncClient", "Client", "DaemonUnavailable"):
+        from . import client
+
+        return getattr(client, name)
     if name == "RedisClient":
         from .cluster.client import RedisClient
 

@@ -43,7 +43,7 @@ OFF_JCOUNTER = 80
 OFF_JWORKER = 88
 OFF_JCOUNTED = 96
 # worker slot fields
-S_PID, S_GEN, S_COUNTED, S_BUSY = 0, 4, 8, 24  # offset 16: reserved (docs/RING.md)
+S_PID, S_GEN, S_COUNTED, S_BUSY, S_READY = 0, 4, 8, 24, 32  # offset 16: reserved (docs/RING.md)
 
 
 class Control:

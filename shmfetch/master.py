@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import names
 from .config import Config
-from .control import S_BUSY, Control
+from .control import S_BUSY, S_PID, S_READY, Control
 from .dispatch import Dispatcher, WorkerHandle
 from .frontier import Frontier
 from .listener import Listener, SocketInUse, bind_exclusive
@@ -271,7 +271,7 @@ class Master:
             raise
         w.pid = pid
         w.alive = True
-        self.ctl.init_slot(index, w.pid, gen)
+        self.ctl.set_slot(index, S_PID, w.pid, size=4)  # not init_slot: the worker may be ready already
         self.by_pid[w.pid] = w
         self.dispatcher.workers[index] = w
         # "started" on every spawn (tests and log greps count those); a respawn says so as well.
@@ -383,7 +383,8 @@ class Master:
 
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
-        if _is_boot_failure(status, time.monotonic() - w.started, w.served):
+        ready = bool(self.ctl.slot(i, S_READY, 4))  # read before the respawn re-inits the slot
+        if _is_boot_failure(status, time.monotonic() - w.started, w.served, ready):
             self.boot_failures[i] += 1
         else:
             self.boot_failures[i] = 0
@@ -626,14 +627,17 @@ def _wait_any() -> tuple[int, int] | None:
     return (pid, status) if pid else None
 
 
-def _is_boot_failure(status: int, lived: float, served: int) -> bool:
-    """A worker that exits by itself, early, having served nothing, failed to boot (bad install, cannot
-    attach). One killed by a signal did not: a kill storm must not look like a boot loop. Except SIGBUS,
-    at any age: it is what touching shared memory that /dev/shm cannot back gives, and a new worker on new
-    rings would meet the same full /dev/shm."""
+def _is_boot_failure(status: int, lived: float, served: int, ready: bool) -> bool:
+    """A worker that exits by itself having served nothing, before it said it was ready (its slot's
+    ``ready`` word) or early, failed to boot (bad install, cannot attach). "Before ready" holds however slow
+    the imports are on a loaded machine; "early" covers a worker that died right after. One killed by a
+    signal did not: a kill storm must not look like a boot loop. Except SIGBUS, at any age: it is what
+    touching shared memory that /dev/shm cannot back gives, and a new worker on new rings would meet the
+    same full /dev/shm."""
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
         return True
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0 and lived < BOOT_WINDOW and served == 0
+    exited = os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0
+    return exited and served == 0 and (not ready or lived < BOOT_WINDOW)
 
 
 def _describe_status(status: int) -> str:

@@ -23,9 +23,16 @@ import threading
 import time
 from typing import Any
 
+if __name__ == "__main__":
+    # Before the heavy imports below (requests, lxml: seconds on a loaded machine): a master SIGKILLed
+    # while we boot must take us along. main() then checks that the master is still our parent.
+    from ._parentdeath import die_with_parent
+
+    die_with_parent()
+
 from . import faults
 from .config import Config
-from .control import S_BUSY, Control
+from .control import S_BUSY, S_READY, Control
 from .fetch import Fetcher
 from .options import effective
 from .protocol import Outcome, pack_result, unpack
@@ -34,7 +41,6 @@ from .ring import Ring, RingClosed
 log = logging.getLogger("shmfetch.worker")
 
 EXIT_BOOT_ERROR = 3
-PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
@@ -45,17 +51,6 @@ def _set_process_name(index: int) -> None:
         libc.prctl(PR_SET_NAME, f"shmfetch-w{index}".encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _die_with_parent(master_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when the master dies, then close the race where it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != master_pid:
-        os._exit(EXIT_BOOT_ERROR)
 
 
 class Worker:
@@ -159,7 +154,8 @@ class Worker:
 def main() -> int:
     faults.arm_from_env()  # first: a crash-point test may aim at anything after this
     spec = json.loads(sys.stdin.buffer.read())  # the master wrote it whole and closed the pipe
-    _die_with_parent(spec["master_pid"])
+    if os.getppid() != spec["master_pid"]:
+        return EXIT_BOOT_ERROR  # the master died before the kernel could tie us to it
     _set_process_name(spec["index"])
     # The master decides when we stop (it closes our ring); a Ctrl-C or a USR1 sent to the whole process
     # group must not kill us in the middle of a result.
@@ -183,6 +179,7 @@ def main() -> int:
     except Exception as e:
         log.error("worker %s: cannot attach shared memory: %s", spec.get("index"), e)
         return EXIT_BOOT_ERROR
+    ctl.set_slot(spec["index"], S_READY, 1, size=4)  # booted: a death from now on is not a boot failure
     Worker(cfg, spec["index"], req, res, ctl).run()
     for obj in (req, res, ctl):
         obj.close()

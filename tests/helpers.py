@@ -66,7 +66,14 @@ class Daemon:
     pid is the daemon's): ``serve_argv(config)`` is the daemon's own command line.
     """
 
-    def __init__(self, config: Path, socket_path: Path, wait: bool = True, argv: list[str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        socket_path: Path,
+        wait: bool = True,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.config = config
         self.socket = str(socket_path)
         self.proc = subprocess.Popen(
@@ -75,6 +82,7 @@ class Daemon:
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
+            env=env,
         )
         started_pids.add(self.proc.pid)
         self.stdout = ""

@@ -129,6 +129,43 @@ def test_workers_that_cannot_boot_stop_the_daemon_with_a_clear_error(tmp_path):
     assert p.stdout.strip().splitlines()[-1] == "downloaded 0 URLs"
 
 
+def _slow_broken_lxml(tmp_path, seconds: float) -> dict[str, str]:
+    """An environment whose workers take ``seconds`` to import lxml and then fail (the master never
+    imports it): a worker that boots as slowly as on a loaded machine."""
+    broken = tmp_path / "slow"
+    (broken / "lxml").mkdir(parents=True)
+    (broken / "lxml" / "__init__.py").write_text(
+        f"import time\ntime.sleep({seconds})\nraise ImportError('lxml is broken on purpose')\n"
+    )
+    return dict(os.environ, PYTHONPATH=f"{broken}{os.pathsep}{REPO}")
+
+
+def test_a_worker_that_fails_to_boot_slowly_still_counts_as_a_boot_failure(tmp_path):
+    # Regression: "boot failure" was "died within 2 s of its spawn"; on a loaded machine imports alone
+    # took longer, so a worker that could never boot was respawned forever and serve never exited 3.
+    cfg = write_config(tmp_path, daemon={"workers": 1})
+    p = run_cli("serve", "-c", str(cfg), env=_slow_broken_lxml(tmp_path, 2.5), timeout=90)
+    assert p.returncode == 3, p.stderr
+    assert "failed to boot 5 times" in p.stderr
+
+
+def test_a_master_killed_while_its_workers_boot_takes_them_along(tmp_path):
+    # Regression: the worker asked for SIGKILL-on-parent-death only after its imports, so a master killed
+    # during those seconds left workers running.
+    cfg = write_config(tmp_path, daemon={"workers": 2})
+    d = Daemon(cfg, tmp_path / "shmfetch.sock", wait=False, env=_slow_broken_lxml(tmp_path, 30))
+    try:
+        workers = wait_for(lambda: len(d.worker_pids()) == 2 and d.worker_pids(), 20, "two workers")
+        time.sleep(0.5)  # past the package import, inside the slow one
+        d.proc.kill()
+        d.proc.wait(10)
+        wait_for(
+            lambda: not any(names.pid_alive(p) for p in workers), 2, "the workers to die with the master"
+        )
+    finally:
+        d.kill()
+
+
 def test_sigusr1_under_load_answers_everything_and_counts_what_clients_got(tmp_path, origin):
     n = 2000
     urls = [origin.url(f"/page/{i}") for i in range(n)]
