@@ -109,7 +109,7 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
     failed = 0
     try:
         with client:
-            # Only the options given: the cluster's client takes none (yet).
+            # Only the options given; both clients take them as keyword arguments.
             options = {k: v for k in OPTION_NAMES if (v := getattr(args, k)) is not None}
             for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency, **options):
                 if not r.ok:

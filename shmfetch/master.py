@@ -189,7 +189,7 @@ class Master:
         from .cluster.intake import ClusterIntake  # imported only when configured
         from .cluster.streams import claim_idle
 
-        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg))
+        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg), self.cfg.fetch)
         self.cluster.start()
 
     def _stop_accepting(self) -> None:

@@ -322,6 +322,27 @@ def test_redis_client_fetch_and_fetch_many(tmp_path, origin, redis_server):
     assert r.xlen(RESULTS) == 0  # replies went to the private stream only
 
 
+def test_jobs_carry_the_per_request_options(tmp_path, origin, redis_server):
+    # A job's fields may be the local protocol's request options; the daemon checks them as it checks a
+    # socket client's (a bad one is a bad_request naming it) and the worker applies them.
+    r = redis_server.client()
+    bad = r.xadd(JOBS, {"url": origin.url("/page/1"), "mode": "poetry"}).decode()
+    d = cluster_daemon(tmp_path, "a", redis_server.url)
+    try:
+        with RedisClient(redis_server.url, timeout=30) as c:
+            plain = c.fetch(origin.url("/page/7"))
+            linked = c.fetch(origin.url("/page/7"), links=True)
+            capped = c.fetch(origin.url("/page/7"), max_bytes=10)
+        wait_for(lambda: r.xlen(RESULTS) >= 1, timeout=30, what="the bad job's result")
+    finally:
+        stop_all(d)
+    assert plain.ok and plain.links is None
+    assert linked.ok and linked.text == plain.text and isinstance(linked.links, list)
+    assert not capped.ok and capped.error == "too_large"
+    got = results_by_job(r)[bad][0]
+    assert got["error"] == "bad_request" and "mode" in got["message"], got
+
+
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:notaport/0", "http://127.0.0.1:6379", "redis://"])
 def test_malformed_redis_url_exits_2(tmp_path, url):
     cfg = write_config(tmp_path, cluster={"redis": url})

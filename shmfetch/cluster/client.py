@@ -33,18 +33,24 @@ def connect(url: str) -> redis.Redis:
 
 
 def enqueue(
-    r: redis.Redis, jobs: str, urls: Iterable[str], reply_to: str | None = None, first_id: int | None = None
+    r: redis.Redis,
+    jobs: str,
+    urls: Iterable[str],
+    reply_to: str | None = None,
+    first_id: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Append one job per URL to ``jobs``, pipelined; yield the entry ids in order.
 
-    With ``first_id`` the jobs get client ids ``first_id, first_id + 1, ...``.
+    With ``first_id`` the jobs get client ids ``first_id, first_id + 1, ...``; ``options`` (the per-request
+    options of shmfetch/options.py) go with every job.
     """
     ids = itertools.count(first_id) if first_id is not None else itertools.repeat(None)
     it = iter(urls)
     while batch := list(itertools.islice(it, ENQUEUE_BATCH)):
         pipe = r.pipeline(transaction=False)
         for url, job_id in zip(batch, ids, strict=False):
-            pipe.xadd(jobs, streams.job_fields(url, job_id, reply_to))
+            pipe.xadd(jobs, streams.job_fields(url, job_id, reply_to, options))
         for eid in pipe.execute():
             yield eid.decode()
 
@@ -100,12 +106,13 @@ class RedisClient:
         finally:
             self.redis.close()
 
-    def fetch(self, url: str) -> Result:
-        """Fetch one URL through the cluster and wait for its result."""
-        return next(self.fetch_many([url], concurrency=1))
+    def fetch(self, url: str, **options: Any) -> Result:
+        """Fetch one URL through the cluster and wait for its result; ``options`` as for ``Client.fetch``."""
+        return next(self.fetch_many([url], concurrency=1, **options))
 
-    def fetch_many(self, urls: Iterable[str], concurrency: int = 64) -> Iterator[Result]:
-        """Enqueue at most ``concurrency`` URLs ahead of their results; yield results in completion order."""
+    def fetch_many(self, urls: Iterable[str], concurrency: int = 64, **options: Any) -> Iterator[Result]:
+        """Enqueue at most ``concurrency`` URLs ahead of their results; yield results in completion order.
+        ``options`` (mode, metadata, links, timeout, accept_language, max_bytes) go with every URL."""
         it = iter(urls)
         waiting = 0
         while True:
@@ -113,7 +120,9 @@ class RedisClient:
             if more:
                 first = next(self._ids)
                 self._ids = itertools.count(first + len(more))
-                waiting += sum(1 for _ in enqueue(self.redis, self.jobs, more, self.reply_to, first))
+                waiting += sum(
+                    1 for _ in enqueue(self.redis, self.jobs, more, self.reply_to, first, options or None)
+                )
             if not waiting:
                 return
             for frame in self._next_results():

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..dispatch import Dispatcher, Job
 from ..listener import MAX_URL_CHARS
+from ..options import OptionError, check
 from ..protocol import error_frame
 from . import streams
 
@@ -74,8 +75,9 @@ class StreamSink:
 
 
 class ClusterIntake:
-    def __init__(self, cfg: Any, dispatcher: Dispatcher, claim_idle: float):
+    def __init__(self, cfg: Any, dispatcher: Dispatcher, claim_idle: float, fetch_cfg: Any):
         self.cfg = cfg  # config.ClusterConfig
+        self.fetch_cfg = fetch_cfg  # config.FetchConfig: the bounds of per-request options
         self.dispatcher = dispatcher
         self.claim_idle = claim_idle
         self.consumer = streams.consumer_name()
@@ -225,8 +227,9 @@ class ClusterIntake:
         if entry in self.held:  # ours already (XAUTOCLAIM hands back our own idle entries too)
             return
         try:
-            url, job_id, reply_to = streams.parse_job(fields)
-        except streams.MalformedJob as e:
+            url, job_id, reply_to, raw_options = streams.parse_job(fields)
+            options = check(raw_options, self.fetch_cfg)
+        except (streams.MalformedJob, OptionError) as e:
             self.counts["malformed"] += 1
             log.warning("cluster: malformed job %s: %s", entry, e)
             sink = self._hold(entry, None, streams.reply_key(fields))
@@ -238,7 +241,7 @@ class ClusterIntake:
                 error_frame(None, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
             )
             return
-        self.dispatcher.submit(Job(sink, job_id, url))
+        self.dispatcher.submit(Job(sink, job_id, url, options))
 
     def _hold(self, entry: str, job_id: str | None, reply_to: str | None) -> StreamSink:
         sink = StreamSink(self, entry, job_id, reply_to)
@@ -394,7 +397,7 @@ class ClusterIntake:
 
     def _dead_letter(self, entry: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         try:
-            url, job_id, reply_to = streams.parse_job(fields)
+            url, job_id, reply_to, _ = streams.parse_job(fields)
         except streams.MalformedJob:
             url, job_id, reply_to = "", None, streams.reply_key(fields)
         sink = self._hold(entry, job_id, reply_to)

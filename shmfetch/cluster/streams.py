@@ -27,6 +27,7 @@ import socket
 import urllib.parse
 from typing import Any
 
+from ..options import NAMES as OPTION_NAMES
 from ..protocol import RESULT_FIELDS, Result
 
 DEFAULT_JOBS = "shmfetch:jobs"
@@ -120,30 +121,43 @@ def claim_idle(cfg: Any) -> float:
 # -- jobs -------------------------------------------------------------------------------------------------
 
 
-def job_fields(url: str, job_id: str | int | None = None, reply_to: str | None = None) -> dict[str, str]:
+def job_fields(
+    url: str,
+    job_id: str | int | None = None,
+    reply_to: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """A job entry's fields. ``options`` are the per-request options of shmfetch/options.py, one field
+    each, as text (booleans ``true``/``false``); the daemon checks them as it checks a socket client's."""
     fields = {"url": url}
     if job_id is not None:
         fields["id"] = str(job_id)
     if reply_to:
         fields["reply_to"] = reply_to
+    for name, v in (options or {}).items():
+        fields[name] = ("true" if v else "false") if isinstance(v, bool) else str(v)
     return fields
 
 
-def parse_job(fields: dict[bytes, bytes] | None) -> tuple[str, str | None, str | None]:
-    """``(url, client id, reply_to)`` of a jobs-stream entry; ``MalformedJob`` says what is wrong."""
+def parse_job(
+    fields: dict[bytes, bytes] | None,
+) -> tuple[str, str | None, str | None, dict[str, str] | None]:
+    """``(url, client id, reply_to, options)`` of a jobs-stream entry, the options as the text they
+    arrived in (options.check types and bounds them); ``MalformedJob`` says what is wrong."""
     if not fields:
         raise MalformedJob("the entry has no fields")
     try:
         f = {k.decode(): v.decode() for k, v in fields.items()}
     except UnicodeDecodeError:
         raise MalformedJob("a field name or value is not UTF-8") from None
-    unknown = set(f) - {"url", "id", "reply_to"}
+    unknown = set(f) - {"url", "id", "reply_to", *OPTION_NAMES}
     if unknown:
         raise MalformedJob(f"unknown field(s): {', '.join(sorted(unknown))}")
     url = f.get("url", "")
     if not url:
         raise MalformedJob("missing field 'url'")
-    return url, f.get("id"), f.get("reply_to") or None
+    options = {k: v for k, v in f.items() if k in OPTION_NAMES}
+    return url, f.get("id"), f.get("reply_to") or None, options or None
 
 
 def reply_key(fields: dict[bytes, bytes] | None) -> str | None:
