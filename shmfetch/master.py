@@ -569,6 +569,7 @@ class Master:
                     "index": i,
                     "pid": w.pid if w else None,
                     "alive": bool(w and w.alive),
+                    "ready": bool(w and w.alive and self.ctl.slot(i, S_READY, 4)),  # booted, serving
                     "generation": self.generations[i],
                     "restarts": self.restarts[i],
                     # Counted by the master as results arrive, so a client that has its answers sees

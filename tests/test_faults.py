@@ -18,9 +18,14 @@ from .helpers import REPO, Daemon, daemon_stats, page_text, run_cli, running_dae
 
 
 def _killer(d: Daemon, stop: threading.Event, every: float, log: list[int]) -> None:
+    """SIGKILL a random *serving* worker every ``every`` s. A worker still booting is spared: on a loaded
+    machine booting takes longer than the interval, and killing only booting workers tests nothing."""
     rnd = random.Random(7)
     while not stop.wait(every):
-        pids = d.worker_pids()
+        try:
+            pids = [w["pid"] for w in daemon_stats(d.socket)["workers"] if w["ready"]]
+        except OSError:
+            continue
         if pids:
             victim = rnd.choice(pids)
             try:
