@@ -412,3 +412,18 @@ def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_pa
     assert p.returncode == 0, p.stdout[-3000:]
     assert p.stdout.splitlines()[-1].startswith("4 passed"), p.stdout[-3000:]
     assert code == 0
+
+
+def test_docs_and_tools_run_python_from_the_readme_venv():
+    # Regression (issue 10, finding 9): docs/BENCHMARKS.md and docs/FETCH.md called a private virtualenv's
+    # Python at a path that existed only on the machine that wrote them. Every command we document or ship
+    # runs the README's .venv (or whatever python is first on PATH).
+    paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tools").glob("*"))]
+    bad = []
+    for path in paths:
+        if path.is_file():
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                for m in re.finditer(r"(\S*)/bin/python", line):
+                    if not m.group(1).endswith(".venv"):
+                        bad.append(f"{path.relative_to(REPO)}:{n}: {m.group(0)}")
+    assert not bad, "a command names a Python outside the README's .venv:\n" + "\n".join(bad)
