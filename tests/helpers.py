@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from .origin import Origin, numbered_text
 
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
-    "daemon_stats", "proc_kib", "serve_argv",
+    "daemon_stats", "proc_kib", "worker_killer", "serve_argv",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,17 +79,19 @@ class Daemon:
     ):
         self.config = config
         self.socket = str(socket_path)
+        self._errfile = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             argv or serve_argv(config),
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: nobody reads a pipe while the daemon runs, and a master logging into a
+            # full one (a kill storm logs ~300 lines a minute) blocks its event loop on the write.
+            stderr=self._errfile,
             text=True,
             cwd=REPO,
             env=env,
         )
         started_pids.add(self.proc.pid)
         self.stdout = ""
-        self.stderr = ""
         if wait:
             self.wait_ready()
 
@@ -98,13 +103,19 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate(timeout=10)
-                raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {err}")
+                self.proc.communicate(timeout=10)
+                raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {self.stderr}")
             if os.path.exists(self.socket) and self.worker_pids():
                 if all(_is_running_worker(p) for p in self.worker_pids()):
                     return
             time.sleep(0.05)
         raise TimeoutError("daemon did not become ready")
+
+    @property
+    def stderr(self) -> str:
+        """What the daemon wrote to stderr so far (read with pread: the daemon shares the file offset)."""
+        fd = self._errfile.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def worker_pids(self) -> list[int]:
         try:
@@ -119,7 +130,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+            self.stdout, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
@@ -134,7 +145,7 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            self.stdout, self.stderr = self.proc.communicate(timeout=10)
+            self.stdout, _ = self.proc.communicate(timeout=10)
         for entry in names.owned_by(self.pid):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(names.SHM_DIR, entry))
@@ -238,3 +249,31 @@ def proc_kib(pid: int | str, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def worker_killer(
+    d: Daemon,
+    stop: threading.Event,
+    every: float,
+    killed: list[int],
+    choose: Callable[[dict], bool],
+    most: int | None = None,
+    seed: int = 7,
+) -> None:
+    """Every ``every`` s until ``stop``, SIGKILL a random live worker whose ``stats`` entry ``choose``
+    accepts (``most`` kills at most); each victim's pid goes into ``killed``. Run it in a thread."""
+    rnd = random.Random(seed)
+    while (most is None or len(killed) < most) and not stop.wait(every):
+        try:
+            with Client(d.socket, timeout=5) as c:
+                workers = c.stats()["workers"]
+        except OSError:
+            continue
+        pids = [w["pid"] for w in workers if w["alive"] and choose(w)]
+        if pids:
+            victim = rnd.choice(pids)
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            except ProcessLookupError:
+                pass

@@ -6,7 +6,6 @@ All against real daemons, real shared memory and a real HTTP origin on 127.0.0.1
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -14,25 +13,23 @@ from collections import Counter
 
 from shmfetch import Client, names
 
-from .helpers import REPO, Daemon, daemon_stats, page_text, run_cli, running_daemon, wait_for, write_config
+from .helpers import (
+    REPO,
+    Daemon,
+    daemon_stats,
+    page_text,
+    run_cli,
+    running_daemon,
+    wait_for,
+    worker_killer,
+    write_config,
+)
 
 
-def _killer(d: Daemon, stop: threading.Event, every: float, log: list[int]) -> None:
-    """SIGKILL a random *serving* worker every ``every`` s. A worker still booting is spared: on a loaded
-    machine booting takes longer than the interval, and killing only booting workers tests nothing."""
-    rnd = random.Random(7)
-    while not stop.wait(every):
-        try:
-            pids = [w["pid"] for w in daemon_stats(d.socket)["workers"] if w["ready"]]
-        except OSError:
-            continue
-        if pids:
-            victim = rnd.choice(pids)
-            try:
-                os.kill(victim, signal.SIGKILL)
-                log.append(victim)
-            except ProcessLookupError:
-                pass
+def _serving(w: dict) -> bool:
+    """A worker still booting is spared: on a loaded machine booting takes longer than the storm's
+    interval, and killing only booting workers would starve the daemon instead of testing it."""
+    return w["ready"]
 
 
 def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_path, origin):
@@ -40,7 +37,7 @@ def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_p
     urls = [origin.url(f"/page/{i}") for i in range(n)]
     with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
         stop, killed = threading.Event(), []
-        killer = threading.Thread(target=_killer, args=(d, stop, 0.2, killed))
+        killer = threading.Thread(target=worker_killer, args=(d, stop, 0.2, killed, _serving))
         killer.start()
         try:
             with Client(d.socket, timeout=120) as c:

@@ -111,7 +111,7 @@ def _race(configs: list[Path], sock: Path) -> tuple[Daemon, Daemon]:
         assert loser is not None, "both daemons are still running"
         winner = next(d for d in ds if d is not loser)
         winner.wait_ready()
-        loser.stdout, loser.stderr = loser.proc.communicate(timeout=10)
+        loser.stdout, _ = loser.proc.communicate(timeout=10)
         return winner, loser
     except BaseException:
         for d in ds:
@@ -258,7 +258,7 @@ def test_a_worker_dying_of_sigbus_is_a_boot_failure(tmp_path):
                         os.kill(pid, signal.SIGBUS)
             time.sleep(0.02)
         assert d.proc.poll() is not None, f"still respawning after {len(killed)} SIGBUS deaths"
-        d.stdout, d.stderr = d.proc.communicate(timeout=10)
+        d.stdout, _ = d.proc.communicate(timeout=10)
     finally:
         if d.proc.poll() is None:
             d.kill()

@@ -98,7 +98,7 @@ def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
         assert p.stdout.strip() == "downloaded 3 URLs"
         d.proc.wait(timeout=20)
         assert d.proc.returncode == 0
-        d.stdout, d.stderr = d.proc.communicate(timeout=30)
+        d.stdout, _ = d.proc.communicate(timeout=30)
         assert d.last_line() == "downloaded 3 URLs"
     assert not os.path.exists(tmp_path / "shmfetch.pid") and not os.path.exists(d.socket)
     p = run_cli("stop", "-c", str(d.config))

@@ -3,42 +3,23 @@ its ring go back to the queue without a strike; only the ones it had taken count
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import threading
 from collections import Counter
 
 from shmfetch import Client
 
-from .helpers import Daemon, page_text, running_daemon
+from .helpers import page_text, running_daemon, worker_killer
 
 KILLS = 20
 
 
-def _killer(d: Daemon, stop: threading.Event, every: float, most: int, killed: list[int]) -> None:
-    """Every ``every`` s, SIGKILL a random worker among those fetching right now, ``most`` times at most.
-
-    The issue's target (a kill every 300 ms through 1500 requests) is about 20 kills where 1500 pages take
-    6 s. On a shared 2-core box the same run can take minutes, and an unbounded storm then kills each
-    request's worker twice by sheer count; so the storm is the target's 20 kills, at the target's pace.
-    A worker still booting is not picked (it would take nothing: that case is covered by the busy ones'
-    queued requests)."""
-    rnd = random.Random(9)
-    while len(killed) < most and not stop.wait(every):
-        try:
-            with Client(d.socket, timeout=5) as c:
-                workers = c.stats()["workers"]
-        except OSError:
-            continue
-        busy = [w["pid"] for w in workers if w["alive"] and w["in_flight"] > w["queued"]]
-        if busy:
-            victim = rnd.choice(busy)
-            try:
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
-            except ProcessLookupError:
-                pass
+def _busy(w: dict) -> bool:
+    """Fetching right now. The issue's target (a kill every 300 ms through 1500 requests) is about 20 kills
+    where 1500 pages take 6 s. On a shared 2-core box the same run can take minutes, and an unbounded storm
+    then kills each request's worker twice by sheer count; so the storm is the target's 20 kills, at the
+    target's pace. A worker still booting is not picked (it would take nothing: that case is covered by
+    the busy ones' queued requests)."""
+    return w["in_flight"] > w["queued"]
 
 
 def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path, origin):
@@ -46,7 +27,7 @@ def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path, origin
     urls = [origin.url(f"/page/{i}") for i in range(n)]
     with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
         stop, killed = threading.Event(), []
-        killer = threading.Thread(target=_killer, args=(d, stop, 0.3, KILLS, killed))
+        killer = threading.Thread(target=worker_killer, args=(d, stop, 0.3, killed, _busy, KILLS, 9))
         killer.start()
         try:
             with Client(d.socket, timeout=120) as c:
