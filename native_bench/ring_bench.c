@@ -477,7 +477,7 @@ static const char *size_label(size_t s, char *buf, size_t cap) {
 
 int main(int argc, char **argv) {
     double seconds = 0.3;
-    int reps = 5, spin = 0, json = 0;
+    int reps = 5, spin = RING_SPIN, json = 0;
     size_t sizes[16] = {64, 1024, 16384, 65536};
     int nsizes = 4;
     int want[T_COUNT] = {1, 1, 1, 1, 1};

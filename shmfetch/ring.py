@@ -254,7 +254,7 @@ class Ring:
             first = end - lo
             mm[lo:end] = payload[:first]
             mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
-        _pack_rec_hdr(mm, start, n, flags)
+        self._u64[start >> 3] = n | flags << 32  # the record header, one aligned store (REC_HDR layout)
         self._head = head = head + k
         return head
 
@@ -352,10 +352,10 @@ class Ring:
     def _read_record(self, decode: Callable[[Any], Any]) -> Any:
         """The one record read: the record at the private ``tail`` (published by the producer), stepped
         over privately; returns the decoded message, or _MORE after a fragment that is not the last."""
-        mm = self._mm
         tail = self._tail
         start = HEADER_SIZE + (tail & self._mask) * self.slot_size
-        n, flags = _unpack_rec_hdr(mm, start)
+        word = self._u64[start >> 3]  # the record header (REC_HDR layout), one aligned load
+        n, flags = word & 0xFFFFFFFF, word >> 32
         k = (n + self._k_round) >> self._shift
         if k > self.nslots:
             raise RingError(f"{self.name}: corrupt record length {n}")
@@ -501,5 +501,3 @@ def unlink_ring(name: str) -> None:
 
 
 _MORE = object()
-_pack_rec_hdr = REC_HDR.pack_into
-_unpack_rec_hdr = REC_HDR.unpack_from
