@@ -131,9 +131,12 @@ class Daemon:
             self.proc.send_signal(sig)
         try:
             self.stdout, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             self.kill()
-            raise
+            raise AssertionError(
+                f"daemon {self.pid} did not exit within {timeout}s of {signal.Signals(sig).name}; "
+                f"its stderr ends:\n{self.stderr[-4000:]}"
+            ) from e
         return self.proc.returncode, self.stdout
 
     def kill(self) -> None:

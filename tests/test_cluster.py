@@ -33,12 +33,17 @@ def cluster_daemon(tmp: Path, name: str, redis_url: str, wait: bool = True, **cl
 
 
 def stop_all(*daemons: Daemon) -> None:
+    """Stop every daemon (killing one that does not stop), then raise the first failure, if any."""
+    failures: list[BaseException] = []
     for d in daemons:
         if d.proc.poll() is None:
             try:
                 d.stop()
-            except Exception:
+            except Exception as e:
+                failures.append(e)
                 d.kill()
+    if failures:
+        raise failures[0]
 
 
 def results_by_job(r) -> dict[str, list[dict]]:
