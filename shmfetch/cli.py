@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -30,30 +33,70 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
 
 
-def _setup_logging(cfg: config_mod.Config) -> logging.Handler:
+LOG_QUEUE_RECORDS = 10_000  # master log records waiting for a slow stderr before new ones are dropped
+LOG_FLUSH_TIMEOUT = 2.0  # at exit, the longest the master waits for its queued log lines to be written
+
+
+class _LogQueue(logging.handlers.QueueHandler):
+    """The master's root handler: the event loop only formats a record and queues it; a thread writes
+    it out. A stderr nobody reads (a full pipe, a paused terminal) then costs log lines, counted in
+    ``dropped``, instead of the loop blocking in ``write`` (stats, signals and every client with it)."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__(queue.Queue(LOG_QUEUE_RECORDS))
+        self.target = target
+        self.dropped = 0
+        self._writer = threading.Thread(target=self._write_out, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_out(self) -> None:
+        while (record := self.queue.get()) is not None:
+            self.target.handle(record)
+
+    def flush_and_stop(self, timeout: float) -> None:
+        """Write out what is queued, waiting at most ``timeout`` s for a stderr that does not drain."""
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._writer.join(timeout)
+
+
+def _setup_logging(cfg: config_mod.Config) -> tuple[logging.Handler, _LogQueue]:
+    """The master's log: (the handler that writes, for SIGHUP's reopen; the root's queueing handler)."""
     d = cfg.daemon
     handler: logging.Handler = (
         logging.FileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [master %(process)d] %(message)s"))
+    front = _LogQueue(handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [front]
     root.setLevel(d.log_level.upper())
-    return handler
+    return handler, front
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .master import Master, StartupError
 
     cfg = config_mod.load(args.config)
-    handler = _setup_logging(cfg)
-    master = Master(cfg, handler)
+    handler, front = _setup_logging(cfg)
+    master = Master(cfg, handler, front)
     try:
-        master.check_not_running()
-    except StartupError as e:
-        print(f"shmfetch: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return asyncio.run(master.run())
+        try:
+            master.check_not_running()
+        except StartupError as e:
+            print(f"shmfetch: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return asyncio.run(master.run())
+    finally:
+        front.flush_and_stop(LOG_FLUSH_TIMEOUT)
 
 
 def _socket_path(args: argparse.Namespace) -> str:

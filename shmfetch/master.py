@@ -62,10 +62,11 @@ class StartupError(RuntimeError):
 
 
 class Master:
-    def __init__(self, cfg: Config, log_handler: logging.Handler | None = None):
+    def __init__(self, cfg: Config, log_handler: logging.Handler | None = None, log_queue: Any = None):
         self.cfg = cfg
         self.pid = os.getpid()
-        self.log_handler = log_handler
+        self.log_handler = log_handler  # the handler that writes (SIGHUP reopens its file)
+        self.log_queue = log_queue  # cli._LogQueue in front of it, or None; its ``dropped`` goes in stats
         self.pidfile: PidFile | None = None
         self.sock: socket.socket | None = None  # the listening socket, bound by check_not_running
         self._sock_id: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file at its path
@@ -595,6 +596,7 @@ class Master:
             "connections": len(self.listener.connections),
             "http_connections": len(self.http.connections) if self.http is not None else 0,
             "stopping": self.stopping,
+            "log_dropped": self.log_queue.dropped if self.log_queue is not None else 0,
             "workers": workers,
             "frontier": d.frontier.stats() if d.frontier is not None else None,
             "cluster": self.cluster.stats() if self.cluster is not None else None,

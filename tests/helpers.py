@@ -76,6 +76,7 @@ class Daemon:
         wait: bool = True,
         argv: list[str] | None = None,
         env: dict[str, str] | None = None,
+        stderr_pipe: bool = False,
     ):
         self.config = config
         self.socket = str(socket_path)
@@ -83,9 +84,9 @@ class Daemon:
         self.proc = subprocess.Popen(
             argv or serve_argv(config),
             stdout=subprocess.PIPE,
-            # A file, not a pipe: nobody reads a pipe while the daemon runs, and a master logging into a
-            # full one (a kill storm logs ~300 lines a minute) blocks its event loop on the write.
-            stderr=self._errfile,
+            # A file, not a pipe, unless a test asks for one (that nobody reads until stop()): the tests
+            # read the daemon's log while it runs.
+            stderr=subprocess.PIPE if stderr_pipe else self._errfile,
             text=True,
             cwd=REPO,
             env=env,

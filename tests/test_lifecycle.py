@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from shmfetch import names
+from shmfetch import Client, names
 
 from .helpers import REPO, Daemon, daemon_stats, run_cli, serve_argv, started_pids, wait_for, write_config
 
@@ -427,3 +428,24 @@ def test_docs_and_tools_run_python_from_the_readme_venv():
                     if not m.group(1).endswith(".venv"):
                         bad.append(f"{path.relative_to(REPO)}:{n}: {m.group(0)}")
     assert not bad, "a command names a Python outside the README's .venv:\n" + "\n".join(bad)
+
+
+def test_a_stderr_nobody_reads_does_not_stop_the_master(tmp_path):
+    """Regression: the master wrote its log on the event loop's thread, so once an unread stderr pipe was
+    full (64 KiB) the loop blocked in ``write``: clients, ``stats`` and signals all stopped (found by a
+    kill storm whose test harness did not read the pipe). 1 500 bad clients log ~160 KiB here."""
+    cfg = write_config(tmp_path)
+    d = Daemon(cfg, tmp_path / "shmfetch.sock", stderr_pipe=True)
+    try:
+        for _ in range(1500):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)  # the old master stops answering after ~600 of these
+                s.connect(d.socket)
+                s.sendall(b"\xff\xff\xff\xff")  # a frame longer than max_frame_bytes: logged, then closed
+                while s.recv(4096):
+                    pass
+        with Client(d.socket, timeout=2) as c:
+            assert c.stats()["pid"] == d.pid
+    finally:
+        rc, out = d.stop(timeout=20)  # communicate() reads the pipe now, so the queued lines drain
+    assert rc == 0 and out.strip().endswith("downloaded 0 URLs")
