@@ -354,3 +354,35 @@ def test_malformed_redis_url_exits_2(tmp_path, url):
     p = run_cli("serve", "-c", str(cfg), timeout=30)
     assert p.returncode == 2
     assert "[cluster] redis" in p.stderr
+
+
+def test_departed_consumers_are_removed_and_only_those(tmp_path, origin, redis_server):
+    """Every daemon that ever ran used to stay in the group as a host:pid consumer. A consumer with nothing
+    pending and idle for 5 x claim_idle is removed; one that still holds an entry never is (the check and
+    the removal are one atomic script, because XGROUP DELCONSUMER drops pending entries with it)."""
+    r = redis_server.client()
+    r.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
+    r.xgroup_createconsumer(JOBS, GROUP, "gone:1")
+    forget = r.register_script(streams.FORGET)
+    r.xadd(JOBS, {"url": origin.url("/page/1")})
+    r.xreadgroup(GROUP, "holder:2", {JOBS: ">"}, count=1)  # holder:2 now has one pending entry
+    assert forget(keys=[JOBS], args=[GROUP, "holder:2"]) == 0
+    assert {c["name"].decode() for c in r.xinfo_consumers(JOBS, GROUP)} == {"gone:1", "holder:2"}
+
+    d = cluster_daemon(tmp_path, "a", redis_server.url, claim_idle=1)
+    try:
+        wait_for(lambda: r.xlen(RESULTS) >= 1, timeout=30, what="holder:2's job reclaimed and answered")
+        wait_for(
+            lambda: {c["name"].decode() for c in r.xinfo_consumers(JOBS, GROUP)} == {streams_name(d)},
+            timeout=30,
+            what="the two departed consumers removed",
+        )
+        st = daemon_stats(d.socket)["cluster"]
+    finally:
+        stop_all(d)
+    assert st["forgotten"] == 2 and st["reclaimed"] == 1
+    assert r.xpending(JOBS, GROUP)["pending"] == 0
+
+
+def streams_name(d: Daemon) -> str:
+    return daemon_stats(d.socket)["cluster"]["consumer"]

@@ -46,6 +46,7 @@ from . import streams
 log = logging.getLogger("shmfetch.cluster")
 
 BLOCK_MS = 2000
+FORGET_AFTER = 5  # × claim_idle: a consumer idle this long with nothing pending has departed
 COMMIT_BATCH = 256
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
 CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
@@ -94,6 +95,7 @@ class ClusterIntake:
         self.redis.set_response_callback("XAUTOCLAIM", lambda reply, **_: reply)
         self._commit_sha = hashlib.sha1(streams.COMMIT.encode()).hexdigest()
         self._refresh = self.redis.register_script(streams.REFRESH)
+        self._forget = self.redis.register_script(streams.FORGET)
         self.keys = (cfg.jobs, cfg.results, streams.total_key(cfg.jobs), streams.dead_key(cfg.jobs))
         self.held: dict[str, StreamSink] = {}  # entries pending under this consumer that we work on
         self.backlog: deque[tuple[StreamSink, dict[str, Any]]] = deque()
@@ -106,7 +108,16 @@ class ClusterIntake:
         self._tasks: list[asyncio.Task] = []
         self.group_info: dict[str, Any] = {}
         self.counts = dict.fromkeys(
-            ("claimed", "reclaimed", "committed", "stale_dropped", "released", "dead_lettered", "malformed"),
+            (
+                "claimed",
+                "reclaimed",
+                "committed",
+                "stale_dropped",
+                "released",
+                "dead_lettered",
+                "malformed",
+                "forgotten",
+            ),
             0,
         )
 
@@ -331,6 +342,7 @@ class ClusterIntake:
                 if self.accepting:
                     await self._reclaim()
                 await self._read_group_info()
+                await self._forget_departed()
             except ResponseError as e:
                 log.warning("cluster: maintenance: %s", e)
             except _DOWN:
@@ -425,6 +437,21 @@ class ClusterIntake:
                     "cluster_total": int(total or 0),
                 }
                 await self._trim_jobs(g["last-delivered-id"])
+
+    async def _forget_departed(self) -> None:
+        """Delete the group's consumers that hold no pending entry and have not touched Redis for
+        ``FORGET_AFTER`` × ``claim_idle``: daemons that stopped or died (their entries reclaimed by now).
+        Without this, every restart of every daemon leaves a ``host:pid`` consumer in the group for good.
+        The pending check is repeated inside the atomic FORGET script, so nothing is lost; a live daemon
+        that was idle that long (its capacity all taken by local clients) is re-created by its next read."""
+        forget_ms = FORGET_AFTER * self.claim_idle * 1000
+        for c in await self.redis.xinfo_consumers(self.cfg.jobs, self.cfg.group):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name == self.consumer or c["pending"] or c["idle"] <= forget_ms:
+                continue
+            if await self._forget(keys=[self.cfg.jobs], args=[self.cfg.group, name]):
+                self.counts["forgotten"] += 1
+                log.info("cluster: removed departed consumer %s from group %s", name, self.cfg.group)
 
     async def _trim_jobs(self, last_delivered: bytes) -> None:
         """Drop acknowledged jobs: every entry older than both the oldest pending one and the group's

@@ -67,6 +67,19 @@ end
 return lost
 """
 
+# Remove a consumer from the group only if it holds no pending entry, in one atomic step: XGROUP
+# DELCONSUMER drops the consumer's pending entries with it, so a check made in a separate round trip could
+# race with a read that just handed it jobs, and those jobs would be neither pending nor ever delivered
+# again. Returns 1 if removed, 0 if it holds entries.
+# KEYS: jobs   ARGV: group, consumer
+FORGET = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class MalformedJob(ValueError):
     """A jobs-stream entry that is not a valid job; it is answered with a ``bad_request`` result."""
