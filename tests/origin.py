@@ -252,6 +252,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in hdrs.items():
             self.send_header(k.replace("_", "-"), v)
         self.end_headers()
+        # The response is over, as a client can see it, once its last bytes are handed to the socket:
+        # close the request's count before that write. Counting it after (in do_GET's finally) races with
+        # a client that starts its next request the moment it has the body, and reads as overlap.
+        self._end_count()
         self.wfile.write(body)
 
     def _stream(self, ctype: str, chunks: Iterator[bytes], **hdrs: str) -> None:
@@ -281,14 +285,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with srv.lock:
             srv.active += 1
             srv.max_concurrent = max(srv.max_concurrent, srv.active)
-            entry = [self.path, time.monotonic(), None]
-            srv.log.append(entry)
+            self._entry: list | None = [self.path, time.monotonic(), None]
+            srv.log.append(self._entry)
         try:
             self._route()
         finally:
-            with srv.lock:
-                srv.active -= 1
-                entry[2] = time.monotonic()
+            self._end_count()
+
+    def _end_count(self) -> None:
+        """This request no longer counts as being served (once per request)."""
+        with self.server.lock:
+            if self._entry is not None:
+                self.server.active -= 1
+                self._entry[2] = time.monotonic()
+                self._entry = None
 
     def _route(self) -> None:
         fixed = self.server.fixed.get(self.path)
