@@ -61,6 +61,10 @@ def test_jobs_through_one_daemon_exactly_one_result_each(tmp_path, origin, redis
     d = cluster_daemon(tmp_path, "a", redis_server.url)
     try:
         wait_for(lambda: r.xlen(RESULTS) >= len(ids), timeout=30, what="all results")
+        # A result is in Redis before the daemon has read the COMMIT reply that counts it.
+        wait_for(
+            lambda: daemon_stats(d.socket)["cluster"]["committed"] >= len(ids), timeout=10, what="counted"
+        )
         st = daemon_stats(d.socket)["cluster"]
     finally:
         stop_all(d)
@@ -239,6 +243,7 @@ def test_too_many_deliveries_go_to_the_dead_letter_stream(tmp_path, origin, redi
     try:
         wait_for(lambda: r.xlen(RESULTS) >= 1, timeout=20, what="the dead-letter result")
         wait_for(lambda: r.xpending(JOBS, GROUP)["pending"] == 0, timeout=10, what="an empty PEL")
+        wait_for(lambda: daemon_stats(d.socket)["cluster"]["dead_lettered"] >= 1, timeout=10, what="counted")
         st = daemon_stats(d.socket)["cluster"]
     finally:
         stop_all(d)
@@ -377,6 +382,7 @@ def test_departed_consumers_are_removed_and_only_those(tmp_path, origin, redis_s
             timeout=30,
             what="the two departed consumers removed",
         )
+        wait_for(lambda: daemon_stats(d.socket)["cluster"]["forgotten"] >= 2, timeout=10, what="counted")
         st = daemon_stats(d.socket)["cluster"]
     finally:
         stop_all(d)
