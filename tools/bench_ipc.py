@@ -279,8 +279,9 @@ def ring_at(ref: str) -> Any:
         capture_output=True,
         text=True,
     ).stdout
-    mod = types.ModuleType(f"ring_at_{ref}")
+    mod = types.ModuleType(f"shmfetch.ring_at_{ref}")
     mod.__file__ = f"{ref}:shmfetch/ring.py"
+    mod.__package__ = "shmfetch"  # its relative imports (faults, segment) resolve to the working tree's
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
     return mod
 
