@@ -14,6 +14,7 @@ standfirst sit in the article's <header>; the headline is the page's ``title`` m
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import sys
@@ -384,4 +385,6 @@ def main(out: Path = OUT) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", type=Path, default=OUT, help=f"directory to write (default {OUT})")
+    sys.exit(main(ap.parse_args().out))
