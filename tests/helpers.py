@@ -24,7 +24,7 @@ from .origin import Origin, numbered_text
 
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
-    "daemon_stats", "proc_kib", "worker_killer", "serve_argv",
+    "daemon_stats", "proc_kib", "fetch_through_kill_storm", "serve_argv",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,17 +255,37 @@ def proc_kib(pid: int | str, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def worker_killer(
+def fetch_through_kill_storm(
+    d: Daemon,
+    urls: list[str],
+    every: float,
+    choose: Callable[[dict], bool],
+    most: int | None = None,
+    seed: int = 7,
+) -> tuple[list, list[int]]:
+    """Fetch ``urls`` (96 in flight) while, every ``every`` s, a random live worker whose ``stats``
+    entry ``choose`` accepts is SIGKILLed (``most`` kills at most). Returns (results, killed pids)."""
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_workers, args=(d, stop, every, killed, choose, most, seed))
+    killer.start()
+    try:
+        with Client(d.socket, timeout=120) as c:
+            return list(c.fetch_many(urls, concurrency=96)), killed
+    finally:
+        stop.set()
+        killer.join(10)
+
+
+def _kill_workers(
     d: Daemon,
     stop: threading.Event,
     every: float,
     killed: list[int],
     choose: Callable[[dict], bool],
-    most: int | None = None,
-    seed: int = 7,
+    most: int | None,
+    seed: int,
 ) -> None:
-    """Every ``every`` s until ``stop``, SIGKILL a random live worker whose ``stats`` entry ``choose``
-    accepts (``most`` kills at most); each victim's pid goes into ``killed``. Run it in a thread."""
+    """The storm's thread: until ``stop``, or ``most`` kills, one kill every ``every`` s."""
     rnd = random.Random(seed)
     while (most is None or len(killed) < most) and not stop.wait(every):
         try:

@@ -17,11 +17,11 @@ from .helpers import (
     REPO,
     Daemon,
     daemon_stats,
+    fetch_through_kill_storm,
     page_text,
     run_cli,
     running_daemon,
     wait_for,
-    worker_killer,
     write_config,
 )
 
@@ -36,15 +36,7 @@ def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_p
     n = 3000
     urls = [origin.url(f"/page/{i}") for i in range(n)]
     with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
-        stop, killed = threading.Event(), []
-        killer = threading.Thread(target=worker_killer, args=(d, stop, 0.2, killed, _serving))
-        killer.start()
-        try:
-            with Client(d.socket, timeout=120) as c:
-                results = list(c.fetch_many(urls, concurrency=96))
-        finally:
-            stop.set()
-            killer.join(10)
+        results, killed = fetch_through_kill_storm(d, urls, 0.2, _serving)
         rc, out = d.stop()
     crashed = sum(1 for r in results if r.error == "worker_crashed")
     print(

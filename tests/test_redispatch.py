@@ -3,12 +3,9 @@ its ring go back to the queue without a strike; only the ones it had taken count
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 
-from shmfetch import Client
-
-from .helpers import page_text, running_daemon, worker_killer
+from .helpers import fetch_through_kill_storm, page_text, running_daemon
 
 KILLS = 20
 
@@ -26,15 +23,7 @@ def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path, origin
     n = 1500
     urls = [origin.url(f"/page/{i}") for i in range(n)]
     with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
-        stop, killed = threading.Event(), []
-        killer = threading.Thread(target=worker_killer, args=(d, stop, 0.3, killed, _busy, KILLS, 9))
-        killer.start()
-        try:
-            with Client(d.socket, timeout=120) as c:
-                results = list(c.fetch_many(urls, concurrency=96))
-        finally:
-            stop.set()
-            killer.join()
+        results, killed = fetch_through_kill_storm(d, urls, 0.3, _busy, KILLS, 9)
         rc, _ = d.stop()
     oks = [r for r in results if r.ok]
     crashed = [r for r in results if r.error == "worker_crashed"]
