@@ -210,8 +210,15 @@ def html_to_text(
     try:
         return tree_to_text(parse_html(body, encoding, skip), noscript, keep_title)
     except (TooDeep, etree.XSLTApplyError):
-        # The stream applies the same rules without a tree, so it has no depth or recursion limit.
-        return _stream_to_text(_BAD_CHARS.sub("", decode_as(body, encoding, skip)), noscript, keep_title)
+        return text_without_tree(body, encoding, skip, noscript, keep_title)
+
+
+def text_without_tree(
+    body: bytes | bytearray, encoding: str, skip: int = 0, noscript: str = "drop", keep_title: bool = True
+) -> str:
+    """The text of a page libxml2 cannot make a tree of (nested too deep) or libxslt gives up on: the
+    stream applies the same rules without a tree, so it has no depth or recursion limit."""
+    return _stream_to_text(_BAD_CHARS.sub("", decode_as(body, encoding, skip)), noscript, keep_title)
 
 
 def _stylesheet() -> str:

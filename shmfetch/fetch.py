@@ -648,8 +648,7 @@ class Fetcher:
             if kind == "html":
                 # The bytes go to the parser as they are (no str copy, no re-encoding) when they are UTF-8.
                 enc, skip = charset.choose(body, http_charset)
-                markup = body[skip:] if skip else body
-                text, root = html_text(markup, opts.mode, url, self.cfg.noscript, encoding=enc)
+                text, root = html_text(body, opts.mode, url, self.cfg.noscript, encoding=enc, skip=skip)
                 page = page_fields(root, url, opts.metadata, opts.links, self.cfg.max_links)
             else:
                 text, _enc = charset.decode(body, http_charset, markup=kind != "text")

@@ -22,7 +22,7 @@ from typing import Any
 
 from lxml import etree
 
-from .extract import TooDeep, html_to_text, parse_html, tree_to_text
+from .extract import TooDeep, parse_html, text_without_tree, tree_to_text
 
 EXTRACT_OPTIONS: dict[str, Any] = {
     "fast": True,
@@ -72,20 +72,25 @@ def _load() -> None:
 
 
 def html_text(
-    html: bytes | bytearray | str, mode: str, url: str | None, noscript: str = "drop", encoding: str = "utf-8"
+    html: bytes | bytearray | str,
+    mode: str,
+    url: str | None,
+    noscript: str = "drop",
+    encoding: str = "utf-8",
+    skip: int = 0,
 ) -> tuple[str, Any]:
-    """A page's text in ``mode``, parsed once: ``(text, root)``. ``html`` is markup in ``encoding`` (as
-    shmfetch.charset.choose names it) or a str. The worker goes on to read metadata and links from
-    ``root``; it is None for an empty page, and for one nested too deep for libxml2, whose full text then
-    comes from extract's streaming parser, in every mode."""
+    """A page's text in ``mode``, parsed once: ``(text, root)``. ``html`` is markup in ``encoding`` after
+    ``skip`` bytes of BOM (as shmfetch.charset.choose names them), or a str. The worker goes on to read
+    metadata and links from ``root``; it is None for an empty page, and for one nested too deep for
+    libxml2, whose full text then comes from extract's streaming parser, in every mode."""
     if isinstance(html, str):
-        html, encoding = html.encode("utf-8", "replace"), "utf-8"
+        html, encoding, skip = html.encode("utf-8", "replace"), "utf-8", 0
     try:
-        root = parse_html(html, encoding)
+        root = parse_html(html, encoding, skip)
         if mode == "text":
             return tree_to_text(root, noscript), root
     except (TooDeep, etree.XSLTApplyError):
-        return html_to_text(html, noscript, encoding=encoding), None
+        return text_without_tree(html, encoding, skip, noscript), None
     return main_content(root, url, mode), root
 
 
