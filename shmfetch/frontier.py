@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shmfetch.master")
 
-DEFAULT_MODE = "text"
 # Result fields (protocol.Outcome) the cache stores freshness and validators from.
 CACHE_HEADERS = ("etag", "last_modified", "cache_control", "expires", "date")
 
@@ -53,6 +52,7 @@ class Frontier:
         self.loop = loop
         self.max_wait = p.max_wait
         self.max_retries = cfg.fetch.retries
+        self.default_mode = cfg.fetch.mode  # the cache key's mode for a request that names none
         self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff)
         self.cache: HttpCache | None = open_cache(cfg.cache)
         self.count_hits = cfg.cache.count_hits
@@ -95,7 +95,7 @@ class Frontier:
         self._to_gate(job)
 
     def _from_cache(self, job: Job) -> bool:
-        job.cache_key = cache_key(job.url, (job.options or {}).get("mode", DEFAULT_MODE))
+        job.cache_key = cache_key(job.url, (job.options or {}).get("mode", self.default_mode))
         entry = self.cache.lookup(job.cache_key)
         if entry is None:
             self.cache_lookups["miss"] += 1

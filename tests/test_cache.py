@@ -124,6 +124,22 @@ def test_key_normalizes_the_url_and_includes_the_mode():
     assert cache_key("http://example.com/a", "markdown") != cache_key("http://example.com/a", "text")
 
 
+def test_the_key_carries_the_mode_in_force_when_the_request_names_none(tmp_path, origin):
+    """Regression: the frontier keyed a request without a mode as "text" whatever [fetch] mode said, so a
+    daemon whose default is main stored its main-content text under the full-text key, where a later
+    ``mode=text`` request was answered with it."""
+    url = origin.url("/cacheable?key=mode&cc=max-age%3D600&v=5")
+    with running_daemon(tmp_path, fetch={"mode": "main"}, cache=cache_cfg(tmp_path)) as d:
+        default, text = get(d, url), None
+        with Client(d.socket, timeout=30) as c:
+            text = c.fetch(url, mode="text")
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        keys = sorted(k for (k,) in db.execute("SELECT key FROM entries"))
+    assert keys == sorted([cache_key(url, "main"), cache_key(url, "text")])
+    assert default.ok and text.ok and not text.cached
+    assert origin.hits("mode") == 2
+
+
 def test_cache_stats_and_purge_commands(tmp_path, origin):
     url = origin.url("/cacheable?key=cli&cc=max-age%3D600")
     with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
