@@ -25,11 +25,8 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,9 @@ sys.path.insert(0, str(REPO))
 from shmfetch import AsyncClient  # noqa: E402
 from shmfetch.evaluate import load_expected, token_scores  # noqa: E402
 from shmfetch.maintext import EXTRACT_OPTIONS  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tools"))
+from loadgen import PrivateDaemon, cpu_seconds, daemon_pids, proc_mem  # noqa: E402
 
 PAGES = REPO / "tests" / "pages"
 
@@ -76,22 +76,6 @@ def _origin(port_q: Any, latency: float) -> None:
 # -- daemon -------------------------------------------------------------------------------------------
 
 
-def start_daemon(tmp: Path, workers: int, threads: int = 16) -> tuple[subprocess.Popen, str]:
-    sock = str(tmp / "bench.sock")
-    cfg = tmp / "bench.ini"
-    cfg.write_text(
-        f"[daemon]\nworkers = {workers}\nthreads = {threads}\nsocket = {sock}\npidfile = {tmp / 'bench.pid'}\n"
-        "log_level = warning\n[fetch]\ntimeout = 30\n[security]\nallow_networks = 127.0.0.1/32\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)], cwd=REPO)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    return proc, sock
-
-
 def run_daemon(sock: str, urls: list[str]) -> tuple[float, dict[str, str]]:
     async def go() -> tuple[float, dict[str, str]]:
         async with await AsyncClient.connect(sock) as c:
@@ -110,29 +94,9 @@ def run_daemon(sock: str, urls: list[str]) -> tuple[float, dict[str, str]]:
     return asyncio.run(go())
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
-def peak_rss_kib(pid: int) -> list[int]:
-    """VmHWM (peak RSS, KiB) of each child of ``pid``: the daemon's workers."""
-    out = []
-    for child in children(pid):
-        for line in Path(f"/proc/{child}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out.append(int(line.split()[1]))
-    return out
+def _cpu(pids: list[int]) -> float:
+    """utime + stime of ``pids`` together, in seconds (loadgen.cpu_seconds of each)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)
 
 
 # -- peer ---------------------------------------------------------------------------------------------
@@ -188,35 +152,34 @@ def main() -> int:
     expected = load_expected(PAGES / "expected.jsonl")
     names = sorted(expected)
     urls = [f"http://127.0.0.1:{port}/p/{i}/{names[i % len(names)]}" for i in range(args.requests)]
-    tmp = Path(tempfile.mkdtemp(prefix="bench_modes."))
-    daemon, sock = start_daemon(tmp, args.workers, args.threads)
+    # loadgen's private daemon: one host's URLs, so it lifts [politeness] per_host (default 8), which
+    # would cap the daemon's 64 requests in flight at 8 fetches.
+    daemon = PrivateDaemon(args.workers, args.threads, {"fetch": {"timeout": 30}})
+    sock = daemon.socket
     rates: dict[str, list[float]] = {"daemon": [], "peer": []}
     cpu: dict[str, list[float]] = {"daemon": [], "peer": []}
     f1: dict[str, float] = {}
     try:
         with ctx.Pool(args.workers, initializer=_peer_init) as pool:
             list(pool.imap_unordered(_peer_fetch, urls[: 4 * args.workers]))  # warm-up
-            daemon_pids = [daemon.pid, *children(daemon.pid)]
+            pids = daemon_pids(sock)
+            workers = pids["workers"]
+            d_pids = [pids["master"], *workers]
             pool_pids = [p.pid for p in pool._pool]
             for _ in range(args.rounds):
-                c0, m0 = cpu_seconds(daemon_pids), time.process_time()
+                c0, m0 = _cpu(d_pids), time.process_time()
                 rate, texts = run_daemon(sock, urls)
-                cpu["daemon"].append((cpu_seconds(daemon_pids) - c0 + time.process_time() - m0) / len(urls))
+                cpu["daemon"].append((_cpu(d_pids) - c0 + time.process_time() - m0) / len(urls))
                 rates["daemon"].append(rate)
                 f1["daemon"] = mean_f1(texts, expected)
-                c0, m0 = cpu_seconds(pool_pids), time.process_time()
+                c0, m0 = _cpu(pool_pids), time.process_time()
                 rate, texts = run_peer(pool, urls)
-                cpu["peer"].append((cpu_seconds(pool_pids) - c0 + time.process_time() - m0) / len(urls))
+                cpu["peer"].append((_cpu(pool_pids) - c0 + time.process_time() - m0) / len(urls))
                 rates["peer"].append(rate)
                 f1["peer"] = mean_f1(texts, expected)
-        worker_rss = peak_rss_kib(daemon.pid)
+        worker_rss = [proc_mem(pid).get("VmHWM", 0) for pid in workers]
     finally:
-        daemon.send_signal(signal.SIGUSR1)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        daemon.close()
         origin.terminate()
         origin.join(5)
     d, p = statistics.median(rates["daemon"]), statistics.median(rates["peer"])
