@@ -114,7 +114,7 @@ static inline uint64_t ring_slots_for_record(const ring_t *r, uint64_t n) {
     return (n + RING_REC_HDR + r->slot_size - 1) / r->slot_size;
 }
 
-/* sem_wait that survives signals, like shmfetch.ring.acquire: EINTR is not a failure. */
+/* sem_wait that survives signals: EINTR is not a failure (shmfetch.ring._wait loops on SignalError). */
 static inline int ring_sem_wait(sem_t *s) {
     while (sem_wait(s) != 0) {
         if (errno != EINTR) return -1;

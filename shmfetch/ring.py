@@ -71,16 +71,6 @@ class RingClosed(Exception):
     """The ring was closed by its creator: the consumer has drained it, or the producer may not wait."""
 
 
-def acquire(sem: posix_ipc.Semaphore, timeout: float | None = None) -> None:
-    """sem_wait that survives signals: posix_ipc raises SignalError on EINTR, which is not a failure."""
-    while True:
-        try:
-            sem.acquire(timeout)
-            return
-        except posix_ipc.SignalError:
-            continue
-
-
 def _full_fence() -> tuple[Callable[..., Any], Callable[[], None]]:
     """A full memory barrier for Python code: acquire and release a private, uncontended lock.
 
@@ -190,8 +180,6 @@ class Ring:
         n = len(payload)
         if n <= self.max_fragment:
             head = self._write_record(payload, n, 0, timeout)
-            if faults.ACTIVE:
-                faults.hit("ring.put.after_payload")
             self._publish(head)
             return head
         return self._put_fragments(memoryview(payload), timeout)
@@ -214,8 +202,6 @@ class Ring:
                     ends.append(self._put_fragments(memoryview(payload), None))
                     continue
                 ends.append(write(payload, n, 0, None))
-                if faults.ACTIVE:
-                    faults.hit("ring.put.after_payload")
         finally:
             if self._head != self._head_published:
                 self._publish(self._head)
@@ -229,8 +215,6 @@ class Ring:
             chunk = mv[pos : pos + frag]
             pos += len(chunk)
             head = self._write_record(chunk, len(chunk), FLAG_MORE if pos < n else 0, timeout)
-            if faults.ACTIVE:
-                faults.hit("ring.put.after_payload")
             self._publish(head)
             if pos >= n:
                 return head
@@ -239,7 +223,8 @@ class Ring:
 
     def _write_record(self, payload: Payload, n: int, flags: int, timeout: float | None) -> int:
         """The one record write: wait for ``k`` free slots, copy the payload, then the header, at the
-        private ``head``; return the new private ``head`` (not yet published)."""
+        private ``head``; return the new private ``head`` (not yet published). Fault site
+        ``ring.put.after_payload``: the record is written, ``head`` is not stored."""
         k = (n + self._k_round) >> self._shift
         head = self._head
         if head + k - self._tail_seen > self.nslots:
@@ -256,6 +241,8 @@ class Ring:
             mm[HEADER_SIZE : HEADER_SIZE + n - first] = payload[first:]
         self._u64[start >> 3] = n | flags << 32  # the record header, one aligned store (REC_HDR layout)
         self._head = head = head + k
+        if faults.ACTIVE:
+            faults.hit("ring.put.after_payload")
         return head
 
     def _publish(self, head: int) -> None:
