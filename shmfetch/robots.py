@@ -138,9 +138,6 @@ class Robots:
             self._pool.submit(self._fetch, origin)
         return WAIT
 
-    def rules(self, origin: str) -> Rules | None:
-        return self._rules.get(origin)
-
     def _fetcher(self) -> Fetcher:
         f = getattr(self._local, "fetcher", None)
         if f is None:

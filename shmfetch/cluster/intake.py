@@ -187,12 +187,14 @@ class ClusterIntake:
     # -- intake -----------------------------------------------------------------------------------------
 
     def free_capacity(self) -> int:
-        """Jobs the workers can take now: their unused credit, less what already waits in the master."""
+        """Jobs the workers can take now: their unused credit, less what already waits in the master
+        (``Dispatcher.queued``: for robots.txt, for its host, or for credit, which is what ``submit``
+        bounds by ``max_pending``)."""
         d = self.dispatcher
         credit = sum(
             max(0, d.max_inflight - len(w.outstanding)) for w in d.workers if w is not None and w.alive
         )
-        return min(credit, d.max_pending) - len(d.pending)
+        return min(credit, d.max_pending) - d.queued()
 
     def _read_min(self) -> int:
         """Read when at least a quarter of a worker's credit is free (up to 16 jobs), not for every single
@@ -373,7 +375,7 @@ class ClusterIntake:
             # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
             # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
             d = self.dispatcher
-            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - len(d.pending)))
+            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
             if free <= 0:
                 return
             reply = await self.redis.execute_command(
