@@ -44,7 +44,7 @@ from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
 from .options import Options, effective
 from .pagemeta import page_fields
-from .protocol import Outcome
+from .protocol import PAUSE_CODES, Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -449,7 +449,9 @@ class Fetcher:
         hops = 0
         check_url(url)
         conditional = _conditional_headers(opts)
-        status_retries = 0 if opts.no_status_retry else cfg.retries
+        # With no_status_retry the master pauses the host on 429/503 and retries itself; the worker still
+        # retries the other gateway errors (502, 504).
+        own_retry_codes = RETRY_CODES - PAUSE_CODES if opts.no_status_retry else RETRY_CODES
         while True:
             state["url"] = url
             state["retries"] = attempt
@@ -489,7 +491,7 @@ class Fetcher:
                         ) from None
                     check_url(url)
                     continue
-                if r.status_code in RETRY_CODES and attempt < status_retries:
+                if r.status_code in own_retry_codes and attempt < cfg.retries:
                     wait = _retry_after(r.headers.get("Retry-After"), time.time())
                     if self._can_retry(attempt + 1, wait, deadline):
                         attempt += 1

@@ -205,6 +205,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
 OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
 OPT_NO_STATUS_RETRY = "no_status_retry"  # answer 429/503 at once: the master pauses the host and retries
+PAUSE_CODES = frozenset((429, 503))  # the statuses OPT_NO_STATUS_RETRY is about
 
 
 def pack_request(ticket: int, url: str, options: dict[str, Any] | None = None) -> bytes:
