@@ -24,7 +24,7 @@ from .origin import Origin, numbered_text
 
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
-    "daemon_stats", "proc_kib", "fetch_through_kill_storm", "serve_argv",
+    "daemon_stats", "cpu_ticks", "proc_kib", "fetch_through_kill_storm", "serve_argv",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +93,7 @@ class Daemon:
         )
         started_pids.add(self.proc.pid)
         self.stdout = ""
+        self._piped_err: str | None = None
         if wait:
             self.wait_ready()
 
@@ -104,7 +105,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.proc.communicate(timeout=10)
+                self._collect(10)
                 raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {self.stderr}")
             if os.path.exists(self.socket) and self.worker_pids():
                 if all(_is_running_worker(p) for p in self.worker_pids()):
@@ -114,9 +115,18 @@ class Daemon:
 
     @property
     def stderr(self) -> str:
-        """What the daemon wrote to stderr so far (read with pread: the daemon shares the file offset)."""
+        """What the daemon wrote to stderr so far (read with pread: the daemon shares the file offset);
+        with ``stderr_pipe``, what the pipe held when the daemon was stopped."""
+        if self._piped_err is not None:
+            return self._piped_err
         fd = self._errfile.fileno()
         return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+    def _collect(self, timeout: float) -> None:
+        """Wait for the daemon's exit and read its stdout (and its stderr pipe, if it has one)."""
+        self.stdout, err = self.proc.communicate(timeout=timeout)
+        if err is not None:
+            self._piped_err = err
 
     def worker_pids(self) -> list[int]:
         try:
@@ -131,7 +141,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            self.stdout, _ = self.proc.communicate(timeout=timeout)
+            self._collect(timeout)
         except subprocess.TimeoutExpired as e:
             self.kill()
             raise AssertionError(
@@ -149,7 +159,7 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            self.stdout, _ = self.proc.communicate(timeout=10)
+            self._collect(10)
         for entry in names.owned_by(self.pid):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(names.SHM_DIR, entry))
@@ -196,12 +206,7 @@ def running_daemon(tmp: Path, **sections: dict[str, object]) -> Iterator[Daemon]
         yield d
     finally:
         if d.proc.poll() is None:
-            try:
-                d.stop()
-            except subprocess.TimeoutExpired:
-                pass
-        if d.proc.poll() is None:
-            d.kill()
+            d.stop()  # kills the daemon, then fails the test, if it does not stop in time
 
 
 def run_cli(
@@ -244,6 +249,13 @@ def wait_for(
 def daemon_stats(socket_path: str) -> dict:
     with Client(socket_path) as c:
         return c.stats()
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid``, in clock ticks, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def proc_kib(pid: int | str, field: str) -> int:

@@ -21,7 +21,7 @@ RESULTS = streams.DEFAULT_RESULTS
 GROUP = streams.DEFAULT_GROUP
 
 
-def cluster_daemon(tmp: Path, name: str, redis_url: str, wait: bool = True, **cluster: object) -> Daemon:
+def cluster_daemon(tmp: Path, name: str, redis_url: str, **cluster: object) -> Daemon:
     d = tmp / name
     d.mkdir(exist_ok=True)
     cfg = write_config(
@@ -29,7 +29,11 @@ def cluster_daemon(tmp: Path, name: str, redis_url: str, wait: bool = True, **cl
         daemon={"workers": cluster.pop("workers", 2), "threads": 4},
         cluster={"redis": redis_url, **cluster},
     )
-    return Daemon(cfg, d / "shmfetch.sock", wait=wait)
+    return Daemon(cfg, d / "shmfetch.sock")
+
+
+def consumer_of(d: Daemon) -> str:
+    return daemon_stats(d.socket)["cluster"]["consumer"]
 
 
 def stop_all(*daemons: Daemon) -> None:
@@ -84,11 +88,6 @@ def test_jobs_through_one_daemon_exactly_one_result_each(tmp_path, origin, redis
     assert d.proc.returncode == 0 and d.last_line() == "downloaded 40 URLs"
 
 
-def _kill_whole_daemon(d: Daemon) -> None:
-    """SIGKILL the master and its workers (Daemon.kill also unlinks the shared objects it left)."""
-    d.kill()
-
-
 def _pending_of(r, consumer: str) -> int:
     return len(r.xpending_range(JOBS, GROUP, min="-", max="+", count=100000, consumername=consumer))
 
@@ -104,8 +103,8 @@ def test_three_daemons_one_killed_every_job_one_result(tmp_path, origin, redis_s
     try:
         wait_for(lambda: r.xlen(RESULTS) >= 600, timeout=60, what="600 results")
         victim = daemons[0]
-        consumer = daemon_stats(victim.socket)["cluster"]["consumer"]
-        _kill_whole_daemon(victim)
+        consumer = consumer_of(victim)
+        victim.kill()  # the master and its workers; Daemon.kill also unlinks what they left
         killed_at = time.monotonic()
         held = _pending_of(r, consumer)
         assert held > 0, "the killed daemon held no job: the test proves nothing"
@@ -173,7 +172,7 @@ def test_slow_owner_yields_one_result(tmp_path, origin, redis_server):
     a = cluster_daemon(tmp_path, "a", redis_server.url, workers=1, claim_idle=1.0)
     b = None
     try:
-        a_consumer = daemon_stats(a.socket)["cluster"]["consumer"]
+        a_consumer = consumer_of(a)
         (job,) = enqueue(r, JOBS, [origin.url("/slow?s=1.5")])
         wait_for(lambda: _pending_of(r, a_consumer) == 1, timeout=10, what="a holds the job")
         stopped = [a.pid, *a.worker_pids()]
@@ -378,7 +377,7 @@ def test_departed_consumers_are_removed_and_only_those(tmp_path, origin, redis_s
     try:
         wait_for(lambda: r.xlen(RESULTS) >= 1, timeout=30, what="holder:2's job reclaimed and answered")
         wait_for(
-            lambda: {c["name"].decode() for c in r.xinfo_consumers(JOBS, GROUP)} == {streams_name(d)},
+            lambda: {c["name"].decode() for c in r.xinfo_consumers(JOBS, GROUP)} == {consumer_of(d)},
             timeout=30,
             what="the two departed consumers removed",
         )
@@ -388,7 +387,3 @@ def test_departed_consumers_are_removed_and_only_those(tmp_path, origin, redis_s
         stop_all(d)
     assert st["forgotten"] == 2 and st["reclaimed"] == 1
     assert r.xpending(JOBS, GROUP)["pending"] == 0
-
-
-def streams_name(d: Daemon) -> str:
-    return daemon_stats(d.socket)["cluster"]["consumer"]

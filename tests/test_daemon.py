@@ -16,13 +16,7 @@ import pytest
 from shmfetch import Client, names
 from shmfetch.protocol import encode_frame
 
-from .helpers import page_text, run_cli, running_daemon, write_config
-
-
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        f = fh.read().rsplit(")", 1)[1].split()
-    return int(f[11]) + int(f[12])  # utime + stime
+from .helpers import cpu_ticks, page_text, run_cli, running_daemon, write_config
 
 
 def test_round_robin_and_exact_count(tmp_path, origin):
@@ -122,9 +116,9 @@ def test_idle_daemon_uses_no_cpu(tmp_path, origin):
             assert c.fetch(origin.url("/page/1")).ok
         time.sleep(1.0)  # let start-up work (imports, first fetch) finish
         pids = [d.pid, *d.worker_pids()]
-        before = sum(_cpu_ticks(p) for p in pids)
+        before = sum(cpu_ticks(p) for p in pids)
         time.sleep(3.0)
-        used = sum(_cpu_ticks(p) for p in pids) - before
+        used = sum(cpu_ticks(p) for p in pids) - before
     # clock ticks are 10 ms: a polling loop anywhere would show up as several ticks in 3 s
     assert used <= 2, f"idle daemon used {used} ticks in 3 s"
 

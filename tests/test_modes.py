@@ -22,7 +22,7 @@ from markdown_it import MarkdownIt
 from shmfetch import AsyncClient, Client
 from shmfetch.config import ConfigError, FetchConfig
 from shmfetch.config import load as load_config
-from shmfetch.evaluate import evaluate, summary, token_scores
+from shmfetch.evaluate import evaluate, load_expected, summary, token_scores
 from shmfetch.extract import parse_html
 from shmfetch.maintext import html_text, main_content
 from shmfetch.options import OptionError, check
@@ -37,11 +37,7 @@ ARTICLE = "rail-strike.html"  # split over several <div>s, with an advert and a 
 
 
 def _expected(name: str) -> str:
-    for line in EXPECTED.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["page"] == name:
-            return rec["text"]
-    raise KeyError(name)
+    return load_expected(EXPECTED)[name]
 
 
 # -- quality ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from shmfetch import faults
 from shmfetch.ring import HEADER_SIZE, REC_HDR, Ring, RingClosed
 
-from .helpers import REPO
+from .helpers import REPO, cpu_ticks
 from .ring_peer import index_of, message
 
 _n = iter(range(1_000_000))
@@ -379,23 +379,17 @@ def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep():
         r.unlink()
 
 
-def _cpu_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def test_an_idle_consumer_sleeps_in_the_kernel():
     r = Ring.create(_name(), 64, 64)
     proc = _peer("consume", r.name, 1)
     try:
         # Wait until the peer has started and is blocked (its CPU time stops moving), bounded.
         deadline, last = time.monotonic() + BOUND, -1
-        while (now := _cpu_ticks(proc.pid)) != last and time.monotonic() < deadline:
+        while (now := cpu_ticks(proc.pid)) != last and time.monotonic() < deadline:
             last = now
             time.sleep(0.5)
         time.sleep(2)
-        assert _cpu_ticks(proc.pid) - last <= 1, "an idle consumer used CPU"
+        assert cpu_ticks(proc.pid) - last <= 1, "an idle consumer used CPU"
         r.put(message(0, 40))
         rc, out, err = _finish(proc)
         assert (rc, out.strip()) == (0, "ok"), err
