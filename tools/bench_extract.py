@@ -31,6 +31,9 @@ import lxml.html
 from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import html_text_text, naive_text  # noqa: E402  (the loadgen peers' extractors, as they run)
 
 from shmfetch.extract import (  # noqa: E402
     _BLOCK_SET,
@@ -192,19 +195,6 @@ def shmfetch_bytes(body: bytes) -> str:
     return html_to_text(body, encoding="utf-8")
 
 
-def naive_strip(body: bytes) -> str:
-    """What the naive loadgen peers do: text_content() after dropping script and style."""
-    root = lxml.html.fromstring(body)
-    etree.strip_elements(root, "script", "style", with_tail=False)
-    return root.text_content()
-
-
-def html_text_ref(page: str) -> str:
-    import html_text
-
-    return html_text.extract_text(page)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=40)
@@ -214,22 +204,21 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     if args.news:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from origin_server import make_page as origin_page
 
         pages = [origin_page(args.seed, i, 50_000).decode() for i in range(args.pages)]
     else:
         pages = [make_page(rng, rng.randint(10_000, 300_000)) for _ in range(args.pages)]
     bodies = [p.encode() for p in pages]
-    mb = sum(len(p.encode()) for p in pages) / 1e6
+    mb = sum(map(len, bodies)) / 1e6
     print(f"{len(pages)} pages, {mb:.1f} MB, sizes {min(map(len, pages)) // 1000}-{max(map(len, pages)) // 1000} KB, "
           f"best of {args.rounds}")  # fmt: skip
     contenders = [  # (name, function, takes the body bytes rather than str)
         ("text_content", text_content, False),
-        ("naive bytes", naive_strip, True),
+        ("naive bytes", naive_text, True),
         ("shmfetch", html_to_text, False),
         ("shmfetch bytes", shmfetch_bytes, True),
-        ("html_text", html_text_ref, False),
+        ("html_text", html_text_text, True),
         ("tree-walk", tree_walk, False),
         ("lxml-target", lxml_target, False),
         ("html.parser", stdlib_stream, False),
