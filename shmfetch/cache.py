@@ -32,6 +32,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from .replies import text as as_str  # result fields arrive as UTF-8 bytes
+
 log = logging.getLogger("shmfetch.cache")
 
 _SCHEMA = """
@@ -237,7 +239,7 @@ class HttpCache:
             old = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
             self.db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, status, _s(final_url), _s(content_type), bytes(text), _s(etag), _s(last_modified),
+                (key, status, as_str(final_url), as_str(content_type), bytes(text), as_str(etag), as_str(last_modified),
                  now, now + ttl, now, size),
             )  # fmt: skip
             self.total += size - (old[0] if old else 0)
@@ -261,7 +263,14 @@ class HttpCache:
             self.db.execute(
                 "UPDATE entries SET fresh_until = ?, stored = ?, used = ?, etag = coalesce(?, etag), "
                 "last_modified = coalesce(?, last_modified) WHERE key = ?",
-                (now + ttl, now, now, _s(headers.get("etag")), _s(headers.get("last_modified")), entry.key),
+                (
+                    now + ttl,
+                    now,
+                    now,
+                    as_str(headers.get("etag")),
+                    as_str(headers.get("last_modified")),
+                    entry.key,
+                ),
             )
         except sqlite3.Error as e:
             self._disable("refresh", e)
@@ -328,13 +337,6 @@ class HttpCache:
         if self.db is not None:
             self.db.close()
             self.db = None
-
-
-def _s(v: Any) -> str | None:
-    """A header value as str (the master reads result records with strings left as UTF-8 bytes)."""
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    return v
 
 
 def open_cache(cfg: Any) -> HttpCache | None:
