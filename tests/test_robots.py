@@ -13,7 +13,7 @@ import pytest
 
 from shmfetch import Client
 
-from .helpers import Daemon, daemon_stats, write_config
+from .helpers import Daemon, daemon_stats, running_daemon
 from .origin import Origin, start_origin
 
 ROBOTS_TIMEOUT = 1.0
@@ -22,15 +22,8 @@ ROBOTS_TIMEOUT = 1.0
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp: Path = tmp_path_factory.mktemp("robots")
-    cfg = write_config(tmp, robots={"obey": "true", "user_agent": "shmbot", "timeout": ROBOTS_TIMEOUT})
-    d = Daemon(cfg, tmp / "shmfetch.sock")
-    try:
+    with running_daemon(tmp, robots={"obey": "true", "user_agent": "shmbot", "timeout": ROBOTS_TIMEOUT}) as d:
         yield d
-    finally:
-        if d.proc.poll() is None:
-            d.stop()
-        if d.proc.poll() is None:
-            d.kill()
 
 
 @pytest.fixture
