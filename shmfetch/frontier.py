@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shmfetch.master")
 
+# Request options that change what a fetch returns beyond its text in one mode: not served from the cache.
+UNCACHED_OPTIONS = frozenset(("accept_language", "max_bytes"))
 # Result fields (protocol.Outcome) the cache stores freshness and validators from.
 CACHE_HEADERS = ("etag", "last_modified", "cache_control", "expires", "date")
 
@@ -53,6 +55,7 @@ class Frontier:
         self.max_wait = p.max_wait
         self.max_retries = cfg.fetch.retries
         self.default_mode = cfg.fetch.mode  # the cache key's mode for a request that names none
+        self.default_metadata = cfg.fetch.metadata
         self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff)
         self.cache: HttpCache | None = open_cache(cfg.cache)
         self.count_hits = cfg.cache.count_hits
@@ -81,7 +84,7 @@ class Frontier:
 
     def admit(self, job: Job) -> None:
         """Answer ``job`` from the cache, refuse it by robots.txt, or park it for its host."""
-        if self.cache is not None and self.cache.enabled and self._from_cache(job):
+        if self.cache is not None and self.cache.enabled and self._cacheable(job) and self._from_cache(job):
             return
         if self.robots is not None:
             verdict = self.robots.check(job.url)
@@ -93,6 +96,15 @@ class Frontier:
                 self.robots_waiting += 1
                 return
         self._to_gate(job)
+
+    def _cacheable(self, job: Job) -> bool:
+        """Whether the cache can answer ``job`` (and may store its result): an entry holds a page's text
+        in one mode, so a request that also wants metadata or links, or fetches under its own
+        Accept-Language or size cap, goes to the origin and leaves the cache alone."""
+        o = job.options
+        if not o:
+            return not self.default_metadata
+        return not (o.get("metadata", self.default_metadata) or o.get("links") or UNCACHED_OPTIONS & o.keys())
 
     def _from_cache(self, job: Job) -> bool:
         job.cache_key = cache_key(job.url, (job.options or {}).get("mode", self.default_mode))

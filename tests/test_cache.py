@@ -140,6 +140,22 @@ def test_the_key_carries_the_mode_in_force_when_the_request_names_none(tmp_path,
     assert origin.hits("mode") == 2
 
 
+def test_a_request_for_links_or_metadata_is_not_answered_from_the_cache(tmp_path, origin):
+    """Regression: an entry holds only the text, so a hit answered a links=true request without links
+    (and a metadata=true one without its fields). Such requests now go to the origin."""
+    url = origin.url("/cacheable?key=fields&cc=max-age%3D600&v=6")
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d, Client(d.socket, timeout=30) as c:
+        plain = c.fetch(url)
+        linked = c.fetch(url, links=True)
+        meta = c.fetch(url, metadata=True)
+        again = c.fetch(url)
+    assert plain.ok and not plain.cached
+    assert linked.ok and not linked.cached and linked.links == []
+    assert meta.ok and not meta.cached and meta.worker is not None
+    assert again.ok and again.cached and again.text == plain.text
+    assert origin.hits("fields") == 3
+
+
 def test_cache_stats_and_purge_commands(tmp_path, origin):
     url = origin.url("/cacheable?key=cli&cc=max-age%3D600")
     with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
