@@ -3,7 +3,9 @@
 A master takes an exclusive ``flock`` on its pidfile before it creates anything, and holds it for its whole
 life; the kernel drops the lock when the process dies, however it dies. So "is a daemon running for this
 config?" is answered by the lock, never by the pid written in the file (pids are reused) or by a process's
-command line (anything can be called shmfetch).
+command line (anything can be called shmfetch). Who holds the lock is asked of the kernel (``/proc/locks``),
+because the pid in the file is written only after the lock is taken: in between, the file is empty or still
+holds a dead owner's pid.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 
 
 class AlreadyRunning(RuntimeError):
-    """Another live process holds the pidfile lock. ``pid`` is what it wrote there (None if unreadable)."""
+    """Another live process holds the pidfile lock. ``pid`` is that process (None if it cannot be told)."""
 
     def __init__(self, path: str, pid: int | None):
         who = f"pid {pid}" if pid else "a live process"
@@ -39,7 +41,7 @@ class PidFile:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise AlreadyRunning(path, _read_pid_fd(fd)) from None
+                    raise AlreadyRunning(path, _lock_holder(fd)) from None
                 # The previous owner may have unlinked the file between our open and our lock: then we
                 # hold a lock on a name nobody sees. Lock what the path names now, or start over.
                 if _same_file(fd, path):
@@ -78,14 +80,30 @@ def running_pid(path: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_pid_fd(fd) or 0  # locked: alive, even if it has not written its pid yet
+            return _lock_holder(fd) or 0  # locked: alive, even if it cannot be named
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
 
 
-def _read_pid_fd(fd: int) -> int | None:
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding a flock on ``fd``'s file, from ``/proc/locks``; else the pid written in the file.
+
+    The file is only a fallback, for a holder in another pid namespace (shown there as pid 0 or not at
+    all): it may name a dead previous owner for the instant between the holder's lock and its write.
+    """
+    st = os.fstat(fd)
+    dev_ino = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 16524 fe:00:2146549 0 EOF"; a blocked waiter's line has "->".
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == dev_ino and int(fields[4]) > 0:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
     try:
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
     except (OSError, ValueError):

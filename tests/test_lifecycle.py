@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from shmfetch import Client, names
+from shmfetch import Client, names, pidfile
 
 from .helpers import REPO, Daemon, daemon_stats, run_cli, serve_argv, started_pids, wait_for, write_config
 
@@ -95,6 +95,31 @@ def test_stop_signals_only_the_process_holding_the_pidfile_lock(tmp_path):
         assert p.returncode == 2 and "no running daemon" in p.stderr
         time.sleep(0.2)
         assert impostor.poll() is None, "stop signalled a process that does not hold the pidfile lock"
+
+
+def test_refusal_names_the_lock_holder_before_it_has_written_its_pid(tmp_path):
+    """CI race: a second start between the first's lock and its pid write named nobody, or a dead owner."""
+    path = tmp_path / "shmfetch.pid"
+    path.write_text("4194303\n")  # what a crashed owner left behind
+    code = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(path)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "sys.stdout.write('locked\\n'); sys.stdout.flush()\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    started_pids.add(holder.pid)
+    try:
+        assert holder.stdout.readline() == "locked\n"  # bounded: the child exits within 60 s
+        with pytest.raises(pidfile.AlreadyRunning) as e:
+            pidfile.PidFile.acquire(str(path))
+        assert e.value.pid == holder.pid
+        assert f"pid {holder.pid}" in str(e.value)
+        assert pidfile.running_pid(str(path)) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
 
 
 # -- one daemon per config and per socket ---------------------------------------------------------------
