@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* The spec says little-endian and we store integers with plain loads/stores, so refuse anything else
@@ -45,6 +47,7 @@ _Static_assert(sizeof(_Atomic uint32_t) == 4, "_Atomic uint32_t must be 4 bytes 
 #define RING_REC_HDR 8u
 #define RING_FLAG_MORE 1u
 #define RING_CLOSED 1u
+#define RING_MEMBARRIER 2u /* flags bit 1: sleepers fence with membarrier (docs/RING.md, "Fences") */
 
 /* Field offsets, straight from the table in docs/RING.md. */
 #define RING_OFF_MAGIC 0
@@ -83,6 +86,7 @@ typedef struct ring {
     uint64_t wake_free; /* the producer sleeps until this many slots are free: max(1, nslots / 4) */
     uint64_t need_tail; /* producer, while waiting for room: the tail that makes room for its record */
     int spin;           /* re-checks (with a pause) before sleeping; RING_SPIN by default */
+    int membarrier;     /* the ring's MEMBARRIER flag: our sleeps fence with membarrier(2) */
     int owner;
 } ring_t;
 
@@ -152,7 +156,16 @@ static inline int ring_init_view(ring_t *r, size_t seg_size) {
     r->seen_tail = r->tail;
     r->wake_free = r->nslots / 4 ? r->nslots / 4 : 1;
     r->spin = RING_SPIN;
+    r->membarrier = (ring_rd32(r->base + RING_OFF_FLAGS) & RING_MEMBARRIER) != 0;
     return 0;
+}
+
+/* 1 if this kernel offers global expedited membarrier, which a MEMBARRIER ring's sleepers issue. This
+ * side keeps its fence after every position store, so it needs no registration of its own; a peer that
+ * drops that fence (ring.py does) registers, and that is what the sleeper's membarrier reaches. */
+static inline int ring_membarrier_offered(void) {
+    long cmds = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return cmds > 0 && (cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0;
 }
 
 static inline int ring_open_sems(ring_t *r, int oflag, unsigned nslots) {
@@ -215,7 +228,7 @@ static inline int ring_create(ring_t *r, const char *name, uint32_t nslots, uint
     ring_wr32(r->base + RING_OFF_VERSION, RING_VERSION);
     ring_wr32(r->base + RING_OFF_SLOT_SIZE, slot_size);
     ring_wr32(r->base + RING_OFF_NSLOTS, nslots);
-    ring_wr32(r->base + RING_OFF_FLAGS, 0);
+    ring_wr32(r->base + RING_OFF_FLAGS, ring_membarrier_offered() ? RING_MEMBARRIER : 0);
     ring_wr32(r->base + RING_OFF_CREATOR_PID, (uint32_t)getpid());
     if (ring_init_view(r, size) != 0 || ring_open_sems(r, O_CREAT | O_EXCL, nslots) != 0) {
         int e = errno;
@@ -332,8 +345,17 @@ static inline void ring_cpu_relax(void) {
 #endif
 }
 
+/* The fence between announcing a sleep and re-checking: membarrier in a MEMBARRIER ring (it orders a
+ * registered peer's fence-free position store against its load of our sleeping word, and is a full
+ * barrier for us too), else a full fence. */
+static inline int ring_sleep_fence(const ring_t *r) {
+    if (r->membarrier) return syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 ? 0 : -1;
+    atomic_thread_fence(memory_order_seq_cst);
+    return 0;
+}
+
 /* Block until ready(r) (which loads the other side's position). Re-check r->spin times with a pause,
- * then announce in `sleeping`, full fence, re-check, and sem_wait; every wait sits in this loop, so a
+ * then announce in `sleeping`, sleep fence, re-check, and sem_wait; every wait sits in this loop, so a
  * stale post costs one turn. */
 static inline int ring_wait(ring_t *r, int (*ready)(ring_t *), _Atomic uint32_t *sleeping, sem_t *sem) {
     if (ready(r)) return 0;
@@ -343,7 +365,7 @@ static inline int ring_wait(ring_t *r, int (*ready)(ring_t *), _Atomic uint32_t 
     }
     for (;;) {
         atomic_store_explicit(sleeping, 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst); /* the store above before ready()'s loads */
+        if (ring_sleep_fence(r) != 0) return -1; /* the store above before ready()'s loads */
         if (ready(r)) break;
         if (ring_sem_wait(sem) != 0) return -1;
         if (ready(r)) break;

@@ -10,7 +10,8 @@ published by the ``head`` store that covers it, and its slots are given back by 
 covers them. The two POSIX semaphores are wake-ups only: a side that finds nothing to do announces it in
 its ``*_sleeping`` word, fences, re-checks, and sleeps in ``sem_wait``; the other side posts only when it
 sees that word set after its own position store and a fence (docs/RING.md, "Sleeping and waking", has
-the lost-wake-up argument and why a lock acquire is the fence here). Close is the ``CLOSED`` flag: a
+the lost-wake-up argument; "Fences" the two modes: a fence after every position store, or, in a ring
+flagged MEMBARRIER, none there and a membarrier(2) by each side about to sleep instead). Close is the ``CLOSED`` flag: a
 consumer that sees it drains up to ``head`` and stops.
 
 The creator (the master) owns the segment and both semaphores and is the only one that unlinks them.
@@ -29,7 +30,7 @@ from typing import Any
 
 import posix_ipc
 
-from . import faults
+from . import faults, membarrier
 from .segment import create_segment
 
 MAGIC = b"SHMFRING"
@@ -38,6 +39,7 @@ HEADER_SIZE = 256
 REC_HDR = struct.Struct("<II")  # length, flags
 FLAG_MORE = 1
 RING_CLOSED = 1
+RING_MEMBARRIER = 2  # the peers' fast paths may omit the fence; sleepers issue membarrier (docs/RING.md)
 
 _HDR = struct.Struct("<8sIIIII")  # magic, version, slot_size, nslots, flags, creator_pid
 OFF_FLAGS = 20
@@ -101,9 +103,14 @@ class Ring:
         self.free = free  # wakes the producer
         self.fill = fill  # wakes the consumer
         self.owner = owner
-        magic, version, self.slot_size, self.nslots, _, _ = _HDR.unpack_from(mm, 0)
+        magic, version, self.slot_size, self.nslots, flags, _ = _HDR.unpack_from(mm, 0)
         if magic != MAGIC or version != VERSION:
             raise RingError(f"{name}: not a shmfetch ring of version {VERSION}")
+        # Fence mode: a fence after every position store. Membarrier mode: none there; whoever announces a
+        # sleep issues membarrier instead, which reaches this process only once it is registered.
+        self.membarrier = bool(flags & RING_MEMBARRIER)
+        if self.membarrier and not membarrier.register():
+            raise RingError(f"{name}: the ring needs membarrier(2), which this process cannot use")
         self._mask = self.nslots - 1
         self._data_bytes = self.nslots * self.slot_size
         # A fragment may take a quarter of the ring, so that a big message streams while the consumer drains.
@@ -126,12 +133,20 @@ class Ring:
         self._shift = self.slot_size.bit_length() - 1
 
     @classmethod
-    def create(cls, name: str, nslots: int, slot_size: int) -> Ring:
+    def create(cls, name: str, nslots: int, slot_size: int, barrier: str | None = None) -> Ring:
+        """A new ring, owned by this process. ``barrier`` is ``"membarrier"``, ``"fence"``, or None for
+        membarrier where this process can use it (docs/RING.md, "Fences"); it is fixed for the ring's life."""
         if nslots < 2 or nslots & (nslots - 1) or slot_size < 64 or slot_size & (slot_size - 1):
             raise ValueError("nslots and slot_size must be powers of two, nslots >= 2, slot_size >= 64")
+        if barrier not in (None, "membarrier", "fence"):
+            raise ValueError(f"barrier must be 'membarrier', 'fence' or None, not {barrier!r}")
+        use_membarrier = barrier != "fence" and membarrier.register()
+        if barrier == "membarrier" and not use_membarrier:
+            raise RingError(f"{name}: membarrier(2) is not available to this process")
         size = HEADER_SIZE + nslots * slot_size
         mm, _ = create_segment(name, size)  # allocated in full: a full /dev/shm fails here, not by SIGBUS
-        _HDR.pack_into(mm, 0, MAGIC, VERSION, slot_size, nslots, 0, os.getpid())
+        flags = RING_MEMBARRIER if use_membarrier else 0
+        _HDR.pack_into(mm, 0, MAGIC, VERSION, slot_size, nslots, flags, os.getpid())
         free = fill = None
         try:
             # Wake-ups only: a count is "look again", never "a slot is free" or "a record is there".
@@ -251,8 +266,9 @@ class Ring:
         self._head_published = head
         if faults.ACTIVE:
             faults.hit("ring.put.after_head")
-        self._fence_take()  # the head store above before the load of consumer_sleeping below
-        self._fence_give()
+        if not self.membarrier:  # the head store above before the load of consumer_sleeping below
+            self._fence_take()
+            self._fence_give()
         words = self._u32
         if words[_I_CSLEEP]:
             words[_I_CSLEEP] = 0  # one post per announced sleep, not one per record
@@ -375,8 +391,9 @@ class Ring:
         self._tail_published = tail
         if faults.ACTIVE:
             faults.hit("ring.get.after_tail")
-        self._fence_take()  # the tail store above before the load of producer_sleeping below
-        self._fence_give()
+        if not self.membarrier:  # the tail store above before the load of producer_sleeping below
+            self._fence_take()
+            self._fence_give()
         words = self._u32
         if words[_I_PSLEEP] and self.nslots - (self._u64[_Q_HEAD] - tail) >= self._wake_free:
             words[_I_PSLEEP] = 0
@@ -418,8 +435,7 @@ class Ring:
         try:
             while True:
                 words[sleeping] = 1
-                self._fence_take()  # the sleeping store above before ready()'s loads below
-                self._fence_give()
+                self._sleep_fence()  # the sleeping store above before ready()'s loads below
                 if ready():
                     return
                 left = None if deadline is None else deadline - time.monotonic()
@@ -433,6 +449,15 @@ class Ring:
                     return
         finally:
             words[sleeping] = 0
+
+    def _sleep_fence(self) -> None:
+        """The fence of a side about to sleep: membarrier in membarrier mode (it also orders the other
+        side's fence-free position store against its load of our sleeping word), else a full fence."""
+        if self.membarrier:
+            membarrier.barrier()
+        else:
+            self._fence_take()
+            self._fence_give()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

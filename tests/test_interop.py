@@ -109,12 +109,13 @@ def _finish(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.strip()}"
 
 
-@pytest.fixture
-def make_ring() -> Iterator:
+@pytest.fixture(params=["membarrier", "fence"])
+def make_ring(request: pytest.FixtureRequest) -> Iterator:
+    """Rings in both barrier modes (docs/RING.md, "Fences"); the C side follows the creator's flag."""
     made: list[Ring] = []
 
     def make(nslots: int, slot_size: int) -> Ring:
-        r = Ring.create(_name(), nslots, slot_size)
+        r = Ring.create(_name(), nslots, slot_size, barrier=request.param)
         made.append(r)
         return r
 

@@ -31,9 +31,12 @@ def _name() -> str:
     return f"/shmfetch.{os.getpid()}.test{next(_n)}"
 
 
-@pytest.fixture
-def ring():
-    r = Ring.create(_name(), 8, 64)
+BARRIERS = ["membarrier", "fence"]  # docs/RING.md, "Fences": each ring runs one, fixed at creation
+
+
+@pytest.fixture(params=BARRIERS)
+def ring(request):
+    r = Ring.create(_name(), 8, 64, barrier=request.param)
     c = Ring.attach(r.name)
     yield r, c
     c.close()
@@ -154,6 +157,68 @@ def test_attach_rejects_a_foreign_segment():
         for s in sems:
             s.unlink()
             s.close()
+
+
+def test_the_barrier_mode_is_fixed_by_the_creator_and_followed_by_who_attaches():
+    for barrier, flag in (("membarrier", 2), ("fence", 0)):
+        r = Ring.create(_name(), 8, 64, barrier=barrier)
+        try:
+            c = Ring.attach(r.name)
+            assert (r.membarrier, c.membarrier) == (bool(flag), bool(flag))
+            assert r._u32[5] & 2 == flag  # flags word, offset 20: bit 1 MEMBARRIER
+            c.close()
+        finally:
+            r.close()
+            r.unlink()
+    with pytest.raises(ValueError, match="barrier"):
+        Ring.create(_name(), 8, 64, barrier="mfence")
+
+
+def test_a_process_that_cannot_use_membarrier_refuses_a_membarrier_ring():
+    """Its fence-free stores would race a sleeper whose membarrier does not reach it: refuse, loudly."""
+    r = Ring.create(_name(), 8, 64, barrier="membarrier")
+    code = (
+        "import sys\n"
+        "from shmfetch import membarrier\n"
+        "membarrier._NR = None  # as on a kernel or architecture without it\n"
+        "from shmfetch.ring import Ring, RingError\n"
+        "try:\n"
+        f"    Ring.attach({r.name!r})\n"
+        "except RingError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(0)\n"
+        "sys.exit('attached')\n"
+    )
+    try:
+        p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "needs membarrier" in p.stdout
+    finally:
+        r.close()
+        r.unlink()
+
+
+def _registered_in_child(conn) -> None:
+    from shmfetch import membarrier
+
+    conn.send(membarrier._registered_pid == os.getpid())
+    conn.close()
+
+
+def test_a_forked_child_is_registered_again():
+    """The kernel's registration is per process and a fork makes a new one: a child that inherits a
+    membarrier-mode Ring and produces into it must be registered, or sleepers' barriers miss it."""
+    from shmfetch import membarrier
+
+    assert membarrier.register()
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_registered_in_child, args=(child,))
+    p.start()
+    try:
+        assert parent.poll(60) and parent.recv() is True
+    finally:
+        p.join(10)
 
 
 def _consumer(name: str, count: int, conn) -> None:
@@ -352,12 +417,13 @@ def test_consumer_killed_at_each_step_has_published_exactly_what_it_took(point, 
         r.unlink()
 
 
-def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep():
+@pytest.mark.parametrize("barrier", BARRIERS)
+def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep(barrier):
     """A tiny ring and no spinning: the producer waits for room and the consumer for records all the time,
     so every sleep races a position store on the other side; any lost wake-up is a hang."""
     rnd = random.Random(9)
     count = 4000
-    r = Ring.create(_name(), 8, 64)
+    r = Ring.create(_name(), 8, 64, barrier=barrier)
     r.spin = 0
     try:
         proc = _peer("consume", r.name, count, spin=0)
