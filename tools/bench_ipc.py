@@ -7,7 +7,8 @@ Python part: a producer process packs ``[ticket, url, None]`` (exactly 64 bytes 
 a consumer process receives it and unpacks it, over
 
 * shmfetch.ring, ``put``/``get`` one record per call (protocol v2, the daemon's request-ring geometry
-  1024 x 256 B),
+  1024 x 256 B), as the daemon creates it ("ring": membarrier mode where the kernel offers it) and in
+  fence mode ("ring-fence"; docs/RING.md, "Fences"),
 * multiprocessing.Queue (bytes put/get),
 * multiprocessing.Pipe (send_bytes/recv_bytes).
 
@@ -132,8 +133,9 @@ def _timed(target: Callable[..., None], args: tuple, produce: Callable[[int], No
             c.close()
 
 
-def run_ring(n: int) -> float:
-    ring = Ring.create(f"/shmfetch_bench.{os.getpid()}.py", *RING_GEOMETRY)
+def run_ring(n: int, barrier: str | None = None) -> float:
+    """The daemon's ring as the master creates it (membarrier mode where the kernel offers it)."""
+    ring = Ring.create(f"/shmfetch_bench.{os.getpid()}.py", *RING_GEOMETRY, barrier=barrier)
     try:
 
         def produce(n: int) -> None:
@@ -219,6 +221,7 @@ def run_pipe(n: int) -> float:
 
 PY_TRANSPORTS: dict[str, Callable[[int], float]] = {
     "ring": run_ring,
+    "ring-fence": lambda n: run_ring(n, "fence"),  # fence mode, for kernels without membarrier
     "Queue": run_queue,
     "Pipe": run_pipe,
     "ring-many": run_ring_many,
@@ -259,6 +262,7 @@ def python_table(records: int, reps: int, transports: list[str]) -> dict[str, An
             "ring_over_pipe": med["ring"] / med["Pipe"],
         },
         "P3_met": over_queue >= 3 and over_pipe >= 1.5,
+        "ring_fence_over_pipe": paired("ring-fence", "Pipe"),
         "ring_many_over_queue": paired("ring-many", "Queue"),
         "ring_many_over_pipe": paired("ring-many", "Pipe"),
     }
@@ -374,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         f"-> {'met' if py['P3_met'] else 'MISSED'} "
         f"(ratio of medians: {rom['ring_over_queue']:.2f}, {rom['ring_over_pipe']:.2f})"
     )
+    if py["ring_fence_over_pipe"] is not None:
+        print(f"ring in fence mode / Pipe, paired: {py['ring_fence_over_pipe']:.2f}")
     print("(ring-many = put_many/get_many, 64 records per call: a batch API, not like for like)")
     if native is not None:
         print()
