@@ -54,32 +54,37 @@ from .protocol import PAUSE_CODES
 MAX_CRAWL_DELAY = 30.0  # seconds; a longer Crawl-delay is cut to this (Nutch skips such hosts instead)
 
 
-def host_of(url: str) -> str:
-    """``host:port`` of a URL (the default port filled in), or "" when it has none (the worker rejects it)."""
+def url_authority(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of a URL: scheme lowercased, host without a trailing dot, the default port
+    filled in; None when it has no host. The one split behind the gate's host keys and robots' origins."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return ""
+        return None
     end = len(rest)
     for ch in "/?#":
         i = rest.find(ch, 0, end)
         if i != -1:
             end = i
-    return _host_key(scheme, rest[:end])
+    return _authority(scheme, rest[:end])
 
 
 @functools.lru_cache(maxsize=65536)
-def _host_key(scheme: str, netloc: str) -> str:
+def _authority(scheme: str, netloc: str) -> tuple[str, str, int] | None:
     # urlsplit costs about as much as the rest of the gate's bookkeeping; a crawl sees the same hosts
     # over and over, so it runs once per (scheme, netloc).
     try:
         u = urllib.parse.urlsplit(f"{scheme}://{netloc}/")
         host = (u.hostname or "").rstrip(".")
-        if not host:
-            return ""
-        port = u.port or (443 if u.scheme.lower() == "https" else 80)
+        port = u.port or (443 if u.scheme == "https" else 80)
     except (ValueError, AttributeError):
-        return ""
-    return f"{host}:{port}"
+        return None
+    return (u.scheme, host, port) if host else None
+
+
+def host_of(url: str) -> str:
+    """``host:port`` of a URL (the default port filled in), or "" when it has none (the worker rejects it)."""
+    a = url_authority(url)
+    return f"{a[1]}:{a[2]}" if a else ""
 
 
 class _Host:

@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from protego import Protego
 
 from .config import FetchConfig, RobotsConfig, SecurityConfig
+from .politeness import url_authority
 
 if TYPE_CHECKING:
     from .fetch import Fetcher
@@ -48,17 +48,11 @@ ALLOW, DENY, WAIT = "allow", "deny", "wait"
 
 
 def origin_of(url: str) -> str | None:
-    """``scheme://host:port`` of a URL (default port filled in), or None if it has none."""
-    try:
-        u = urllib.parse.urlsplit(url)
-        scheme = u.scheme.lower()
-        host = u.hostname
-        port = u.port or (443 if scheme == "https" else 80)
-    except (ValueError, AttributeError):
+    """``scheme://host:port`` of an http(s) URL (default port filled in), or None if it has none."""
+    a = url_authority(url)
+    if a is None or a[0] not in ("http", "https"):
         return None
-    if scheme not in ("http", "https") or not host:
-        return None
-    host = host.rstrip(".")
+    scheme, host, port = a
     return f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
 
 

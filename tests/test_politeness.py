@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from shmfetch import Client
-from shmfetch.politeness import Politeness, host_of
+from shmfetch.politeness import Politeness, host_of, url_authority
+from shmfetch.robots import origin_of
 
 from .helpers import daemon_stats, running_daemon, wait_for
 from .origin import Origin, numbered_text, start_origin
@@ -72,6 +73,26 @@ def test_host_is_host_and_port():
     assert host_of("https://example.com./a") == "example.com:443"
     assert host_of("http://127.0.0.2:8080/x") == "127.0.0.2:8080"
     assert host_of("not a url") == ""
+
+
+def test_host_keys_and_robots_origins_come_from_one_split():
+    """politeness.host_of and robots.origin_of once parsed URLs each their own way."""
+    cases = {
+        "HTTP://Example.COM./a?b#c": ("http", "example.com", 80),
+        "https://user:pw@127.0.0.2:8443/x": ("https", "127.0.0.2", 8443),
+        "http://[::1]:8080/": ("http", "::1", 8080),
+        "ftp://127.0.0.1/f": ("ftp", "127.0.0.1", 80),
+        "http://127.0.0.1:99999/": None,  # port out of range
+        "http:///nohost": None,
+        "not a url": None,
+    }
+    for url, want in cases.items():
+        assert url_authority(url) == want, url
+    assert origin_of("HTTP://Example.COM./a") == "http://example.com:80"
+    assert origin_of("http://[::1]:8080/") == "http://[::1]:8080"
+    assert host_of("http://[::1]:8080/") == "::1:8080"
+    assert origin_of("ftp://127.0.0.1/f") is None and host_of("ftp://127.0.0.1/f") == "127.0.0.1:80"
+    assert origin_of("http:///nohost") is None and host_of("http:///nohost") == ""
 
 
 # -- through the daemon ------------------------------------------------------------------------------
