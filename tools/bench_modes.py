@@ -1,6 +1,7 @@
 """Speed and quality of the ``main`` content mode through the daemon, against a multiprocessing peer.
 
     python tools/bench_modes.py [--requests 600] [--rounds 3] [--latency-ms 0] [--workers N]
+    python tools/bench_modes.py --extraction-only    # the ceiling on the daemon's lead, one process
 
 One run, same machine, same URLs, same origin:
 
@@ -135,6 +136,55 @@ def mean_f1(texts: dict[str, str], expected: dict[str, str]) -> float:
     return sum(scores) / len(scores)
 
 
+def extraction_ceiling(rounds: int = 7, passes: int = 10) -> None:
+    """In one process, alternated on the shipped pages: the CPU per page of one pool worker's whole job (the
+    peer: requests + ``trafilatura.extract(html)``) and of the daemon's extraction alone (parse once +
+    trafilatura on the tree). Their ratio bounds the daemon's lead: it holds even if fetching, the rings,
+    the master and the client cost the daemon nothing."""
+    import requests
+    import trafilatura
+
+    from shmfetch import maintext
+    from shmfetch.extract import parse_html
+
+    ctx = mp.get_context("spawn")
+    port_q = ctx.Queue()
+    origin = ctx.Process(target=_origin, args=(port_q, 0.0), daemon=True)
+    origin.start()
+    try:
+        port = port_q.get(timeout=30)
+        names = sorted(p.name for p in PAGES.glob("*.html"))
+        urls = [f"http://127.0.0.1:{port}/p/0/{n}" for n in names]
+        pages = [(PAGES / n).read_bytes() for n in names]
+        session = requests.Session()
+        session.trust_env = False
+        maintext.main_content(parse_html(pages[0]), None, "main")  # imports and settings, before the clock
+
+        def peer() -> None:
+            for u in urls:
+                trafilatura.extract(session.get(u, timeout=30).text, url=u, **EXTRACT_OPTIONS)
+
+        def daemon() -> None:
+            for u, p in zip(urls, pages, strict=True):
+                maintext.main_content(parse_html(p), u, "main")
+
+        ms: dict[str, list[float]] = {"peer": [], "daemon": []}
+        for _ in range(rounds):
+            for name, f in (("peer", peer), ("daemon", daemon)):
+                t0 = time.process_time()
+                for _ in range(passes):
+                    f()
+                ms[name].append((time.process_time() - t0) / passes / len(pages) * 1e3)
+    finally:
+        origin.kill()
+        origin.join(10)
+    p, d = statistics.median(ms["peer"]), statistics.median(ms["daemon"])
+    print(f"CPU per page in one process, median of {rounds} alternating rounds:")
+    print(f"  peer's whole job: requests + trafilatura.extract(html, fast=True)  {p:.2f} ms")
+    print(f"  daemon's extraction alone: parse_html + main_content on that tree  {d:.2f} ms")
+    print(f"  ceiling on daemon pages/s / peer pages/s, with everything else free: {p / d:.2f} x")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=600)
@@ -142,7 +192,15 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--threads", type=int, default=16, help="the daemon's threads per worker (default 16)")
+    ap.add_argument(
+        "--extraction-only",
+        action="store_true",
+        help="only the ceiling on the daemon's lead (one process: each side's CPU per page), and exit",
+    )
     args = ap.parse_args()
+    if args.extraction_only:
+        extraction_ceiling()
+        return 0
     load0 = f"{os.getloadavg()[0]:.1f}"
     ctx = mp.get_context("spawn")
     port_q = ctx.Queue()
