@@ -22,6 +22,8 @@ import pytest
 
 from shmfetch.ring import FLAG_MORE, REC_HDR, Ring, RingClosed
 
+from .helpers import MEMBARRIER
+
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native_bench"
 TIMEOUT = 120  # seconds for any one C process; the whole module runs in a few seconds
@@ -109,7 +111,7 @@ def _finish(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}: {err.strip()}"
 
 
-@pytest.fixture(params=["membarrier", "fence"])
+@pytest.fixture(params=[MEMBARRIER, "fence"])
 def make_ring(request: pytest.FixtureRequest) -> Iterator:
     """Rings in both barrier modes (docs/RING.md, "Fences"); the C side follows the creator's flag."""
     made: list[Ring] = []
