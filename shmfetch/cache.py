@@ -23,7 +23,6 @@ itself off (``enabled`` false); the daemon goes on fetching, and no request is l
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import logging
 import sqlite3
@@ -32,6 +31,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from .content import http_date
 from .replies import text as as_str  # result fields arrive as UTF-8 bytes
 
 log = logging.getLogger("shmfetch.cache")
@@ -75,17 +75,6 @@ def cache_key(url: str, mode: str) -> str:
     if u.username or u.password:
         netloc = u.netloc.rsplit("@", 1)[0] + "@" + netloc
     return f"{mode} {urllib.parse.urlunsplit((scheme, netloc, u.path or '/', u.query, ''))}"
-
-
-def _http_time(value: str | bytes | None) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _directives(cache_control: str | None) -> dict[str, str]:
@@ -205,11 +194,11 @@ class HttpCache:
                 return max(0.0, float(cc["max-age"]))
             except ValueError:
                 return 0.0
-        date = _http_time(headers.get("date")) or now
+        date = http_date(headers.get("date")) or now
         if headers.get("expires"):
-            expires = _http_time(headers["expires"])
+            expires = http_date(headers["expires"])
             return max(0.0, expires - date) if expires is not None else 0.0
-        last_modified = _http_time(headers.get("last_modified"))
+        last_modified = http_date(headers.get("last_modified"))
         if last_modified is not None:
             return min(self.heuristic_max, max(0.0, (date - last_modified) * self.heuristic_fraction))
         return 0.0

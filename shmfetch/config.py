@@ -155,7 +155,7 @@ class Config:
 _SECTIONS = {f.name: f.default.__class__ for f in dataclasses.fields(Config)}
 
 
-_BOOLS = {
+BOOL_WORDS = {  # config values and per-request options alike
     "true": True,
     "yes": True,
     "on": True,
@@ -177,7 +177,7 @@ def _parse_value(section: str, key: str, raw: str, f: dataclasses.Field) -> Any:
         elif typ == "float":
             val = float(raw)
         elif typ == "bool":
-            val = _BOOLS[raw.strip().lower()]
+            val = BOOL_WORDS[raw.strip().lower()]
         elif typ == "tuple[str, ...]":
             val = tuple(x for x in raw.replace(",", " ").split() if x)
         else:

@@ -4,12 +4,14 @@
   ``sniff`` names the type of a body sent without one; ``looks_binary`` catches binary served as text.
 * ``Decoder`` undoes gzip, deflate and brotli incrementally and refuses to inflate past a limit, so a
   compression bomb costs the limit, not its expansion.
+* ``http_date`` reads an HTTP-date header value (Date, Expires, Last-Modified, Retry-After).
 
 Failures are ``ContentError`` with a protocol error code (``too_large`` or ``decode_error``).
 """
 
 from __future__ import annotations
 
+import email.utils
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +24,18 @@ DECODE_STEP = 1 << 20  # bytes of decoded output per step (see Decoder)
 # urllib3's limit too: no real server stacks more, and each stage is a decompressor (a header listing
 # thousands of codings cost a RecursionError before this cap).
 MAX_CODINGS = 5
+
+
+def http_date(value: str | bytes | None) -> float | None:
+    """An HTTP-date (RFC 9110 5.6.7, any of its three forms) as epoch seconds; None if absent or bad."""
+    if not value:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 class ContentError(Exception):

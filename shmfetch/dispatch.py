@@ -103,7 +103,9 @@ class Dispatcher:
         self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
         self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
         self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
-        self.frontier: Frontier | None = None  # cache, robots.txt, per-host gate (set by the master)
+        # Cache, robots.txt, per-host gate: every job passes it. Set by the master right after this
+        # constructor, because the frontier is built on this dispatcher.
+        self.frontier: Frontier
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
@@ -118,15 +120,12 @@ class Dispatcher:
             self.fail(job, "shutting_down")
         elif self.queued() >= self.max_pending:
             self.fail(job, "overloaded")
-        elif self.frontier is not None:
-            self.frontier.admit(job)
         else:
-            self.pending.append(job)
-            self.pump()
+            self.frontier.admit(job)
 
     def queued(self) -> int:
         """Requests waiting in the master: for robots.txt, for their host, or for a worker's credit."""
-        return len(self.pending) + (self.frontier.waiting if self.frontier is not None else 0)
+        return len(self.pending) + self.frontier.waiting
 
     def dispatched(self) -> int:
         return sum(len(w.outstanding) for w in self.workers if w is not None)
@@ -140,20 +139,18 @@ class Dispatcher:
         """Hand queued jobs, in order, to the workers with credit, round robin; stop when none has any."""
         pending = self.pending
         frontier = self.frontier
-        while pending or (frontier is not None and self._take_ready(frontier)):
+        while pending or self._take_ready(frontier):
             job = pending[0]
             if job.sink.closed:  # its client went away; do not spend a fetch on it
                 pending.popleft()
-                if frontier is not None:
-                    frontier.release(job)
+                frontier.release(job)
                 continue
             w = self._next_with_credit(job)
             if w is None:
                 break  # every live worker is full (a result will pump again) or none is alive (respawn will)
             pending.popleft()
             self._send(w, job)
-        if frontier is not None:
-            frontier.schedule()
+        frontier.schedule()
 
     def _take_ready(self, frontier: Frontier) -> bool:
         """Move the next job whose host may start now from the frontier to ``pending``; False if none.
@@ -216,7 +213,7 @@ class Dispatcher:
             w.credit_used -= job.slots
             elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
             frame = result_frame(job.req_id, job.url, w.index, elapsed_ms, record)
-            if frontier is not None and frontier.finished(job, frame):
+            if frontier.finished(job, frame):
                 continue  # retried after a 429/503 pause, or a 304 answered from the cache
             if frame["ok"]:
                 w.ok_received += 1
@@ -251,8 +248,7 @@ class Dispatcher:
     # -- failure paths --------------------------------------------------------------------------------
 
     def fail(self, job: Job, code: str, message: str | None = None) -> None:
-        if self.frontier is not None:
-            self.frontier.release(job)  # a job answered while it held its host's slot gives it back
+        self.frontier.release(job)  # a job answered while it held its host's slot gives it back
         self.failures[code] += 1
         job.sink.send(error_frame(job.req_id, code, message, url=job.url))
 
@@ -286,10 +282,9 @@ class Dispatcher:
     def fail_all(self, code: str) -> int:
         """Answer every job still waiting or in flight with ``code``. Returns how many."""
         n = 0
-        if self.frontier is not None:
-            for job in self.frontier.drain():
-                self.fail(job, code)
-                n += 1
+        for job in self.frontier.drain():
+            self.fail(job, code)
+            n += 1
         while self.pending:
             self.fail(self.pending.popleft(), code)
             n += 1

@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import errno
 import heapq
 import http.cookiejar
@@ -38,7 +36,7 @@ from urllib3.util import connection as u3conn
 
 from . import charset
 from .config import FetchConfig, SecurityConfig
-from .content import ContentError, Decoder, content_codings, kind_of, looks_binary, sniff
+from .content import ContentError, Decoder, content_codings, http_date, kind_of, looks_binary, sniff
 from .extract import xml_to_text
 from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
@@ -287,22 +285,21 @@ def _retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now)
+    when = http_date(value)
+    return None if when is None else max(0.0, when - now)
 
 
 _NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])  # accepts and returns nothing
 
 
 class Fetcher:
-    """Fetches URLs for one thread: owns one requests.Session, so keep-alive connections are reused."""
+    """Fetches URLs for one thread: owns one requests.Session, so keep-alive connections are reused.
 
-    def __init__(self, cfg: FetchConfig, security: SecurityConfig):
+    ``answer_pauses``: answer 429 and 503 at once instead of retrying them here (the daemon's workers, whose
+    master pauses the host for every worker and retries; and robots.txt fetches).
+    """
+
+    def __init__(self, cfg: FetchConfig, security: SecurityConfig, answer_pauses: bool = False):
         self.cfg = cfg
         self.security = security
         self.policy = NetPolicy(security.allow_networks, security.deny_networks)
@@ -324,9 +321,12 @@ class Fetcher:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.defaults = effective(None, cfg)
+        # With answer_pauses a 429/503 is answered at once, for the caller to pause the host and retry (the
+        # daemon's master, for every worker) or to treat as unreachable (robots.txt); the other gateway
+        # errors (502, 504) are still retried here.
+        self._retry_codes = RETRY_CODES - PAUSE_CODES if answer_pauses else RETRY_CODES
         self.opts = self.defaults  # those of the fetch in progress (a Fetcher serves one thread)
         self._received = 0  # body bytes of the response being read (Outcome.body_bytes)
-        self._robots_opts = dataclasses.replace(self.defaults, no_status_retry=True)  # see fetch_raw
 
     def close(self) -> None:
         self.session.close()
@@ -421,7 +421,7 @@ class Fetcher:
         state: dict[str, Any] = {"url": url, "status": None, "retries": 0}
         _watchdog.arm(deadline + WATCHDOG_GRACE, self._ctx, self._ctx.generation)
         try:
-            return self._fetch(url, deadline, state, self._robots_opts, finish)
+            return self._fetch(url, deadline, state, self.defaults, finish)
         except FetchError as e:
             return Outcome(False, e.status or state["status"], state["url"], None, "", e.code, str(e))
         except Exception as e:
@@ -449,9 +449,7 @@ class Fetcher:
         hops = 0
         check_url(url)
         conditional = _conditional_headers(opts)
-        # With no_status_retry the master pauses the host on 429/503 and retries itself; the worker still
-        # retries the other gateway errors (502, 504).
-        own_retry_codes = RETRY_CODES - PAUSE_CODES if opts.no_status_retry else RETRY_CODES
+        own_retry_codes = self._retry_codes
         while True:
             state["url"] = url
             state["retries"] = attempt

@@ -30,7 +30,7 @@ from .cache import Entry, HttpCache, cache_key, open_cache
 from .config import Config
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
-from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY, master_frame
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
 from .replies import send_result, text
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
@@ -160,14 +160,13 @@ class Frontier:
         if job is None:
             return None
         job.holds_host = True
-        opts = dict(job.options) if job.options else {}
-        opts[OPT_NO_STATUS_RETRY] = True  # 429/503 come back to us: we pause the host for every worker
-        if job.stale is not None:
+        if job.stale is not None:  # revalidate the stale cache entry (the worker answers 304 as such)
+            opts = dict(job.options) if job.options else {}
             if job.stale.etag:
                 opts[OPT_IF_NONE_MATCH] = job.stale.etag
             if job.stale.last_modified:
                 opts[OPT_IF_MODIFIED_SINCE] = job.stale.last_modified
-        job.ring_options = opts
+            job.ring_options = opts or None
         return job
 
     def schedule(self) -> None:

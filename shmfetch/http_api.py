@@ -34,8 +34,7 @@ from aiohttp import web
 from . import __version__, metrics
 from .config import FetchConfig
 from .dispatch import Dispatcher, Job
-from .listener import MAX_URL_CHARS
-from .options import OptionError, check
+from .options import OptionError, check, url_problem
 from .protocol import ERRORS, RESULT_FIELDS
 
 log = logging.getLogger("shmfetch.master")
@@ -161,10 +160,9 @@ class HttpApi:
                 "message": "missing query parameter 'url'",
             }
             return frame_response(frame, want_json)
-        if len(url) > MAX_URL_CHARS:
-            msg = f"URL longer than {MAX_URL_CHARS} characters"
+        if problem := url_problem(url):
             return frame_response(
-                {"url": url, "ok": False, "error": "invalid_url", "message": msg}, want_json
+                {"url": url, "ok": False, "error": "invalid_url", "message": problem}, want_json
             )
         try:
             options = self._options(request)

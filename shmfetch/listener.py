@@ -21,12 +21,10 @@ from typing import Any
 
 from .config import FetchConfig
 from .dispatch import Dispatcher, Job
-from .options import OptionError, check
+from .options import OptionError, check, url_problem
 from .protocol import FrameDecoder, FrameError, encode_frame, error_frame
 
 log = logging.getLogger("shmfetch.master")
-
-MAX_URL_CHARS = 8192
 
 
 class ClientConnection(asyncio.Protocol):
@@ -80,10 +78,8 @@ class ClientConnection(asyncio.Protocol):
         if not isinstance(url, str):
             self.send(error_frame(req_id, "bad_request", "missing or invalid 'url' (str)"))
             return
-        if len(url) > MAX_URL_CHARS:
-            self.send(
-                error_frame(req_id, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
-            )
+        if problem := url_problem(url):
+            self.send(error_frame(req_id, "invalid_url", problem, url=url))
             return
         try:
             options = check(frame.get("options"), self.server.fetch_cfg)

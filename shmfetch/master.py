@@ -147,12 +147,13 @@ class Master:
             self.ctl = Control.create(names.control_name(self.pid), d.workers)
         except SharedMemoryFull as e:
             raise StartupError(str(e)) from None
-        self.dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
-        self.dispatcher.workers = [None] * d.workers
-        self.dispatcher.on_idle = self.wake.set
-        self.dispatcher.on_busy = self._arm_watchdog
-        self.dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
-        self.dispatcher.frontier = Frontier(self.cfg, self.dispatcher, loop)
+        dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
+        dispatcher.workers = [None] * d.workers
+        dispatcher.on_idle = self.wake.set
+        dispatcher.on_busy = self._arm_watchdog
+        dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
+        dispatcher.frontier = Frontier(self.cfg, dispatcher, loop)
+        self.dispatcher = dispatcher  # only with its frontier: _teardown relies on it
         self.listener = Listener(
             self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes,
             fetch_cfg=self.cfg.fetch,
@@ -451,8 +452,7 @@ class Master:
         self._answer_leftovers()
         await self._close_fronts()
         self._check_count()
-        if self.dispatcher.frontier is not None:
-            self.dispatcher.frontier.close()
+        self.dispatcher.frontier.close()
 
     async def _stop_workers(self) -> None:
         """Staged, as gunicorn's arbiter: with nothing left to do, close the request rings and give the
@@ -590,7 +590,7 @@ class Master:
             "in_flight": d.inflight(),
             "pending": d.queued(),
             "dispatched": d.dispatched(),
-            "retries": d.redispatched + (d.frontier.retries if d.frontier is not None else 0),
+            "retries": d.redispatched + d.frontier.retries,
             "pages_per_s_10s": round(d.rate(10), 3),
             "pages_per_s_60s": round(d.rate(60), 3),
             "connections": len(self.listener.connections),
@@ -598,7 +598,7 @@ class Master:
             "stopping": self.stopping,
             "log_dropped": self.log_queue.dropped if self.log_queue is not None else 0,
             "workers": workers,
-            "frontier": d.frontier.stats() if d.frontier is not None else None,
+            "frontier": d.frontier.stats(),
             "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 

@@ -16,9 +16,9 @@ An unknown name or a value of the wrong type or out of range raises ``OptionErro
 ``bad_request`` with a message naming the option.
 
 The master's frontier (frontier.py) adds options of its own to the same map before dispatch:
-``no_status_retry`` (answer 429/503 at once, the master pauses the host) and ``if_none_match`` /
-``if_modified_since`` (revalidate a cached entry). ``check`` refuses them from clients: they are unknown
-names there.
+``if_none_match`` / ``if_modified_since`` (revalidate a cached entry). ``check`` refuses them from
+clients: they are unknown names there. (429/503 are answered at once by every daemon worker, whose
+master pauses the host: a property of the worker's Fetcher, not of a request.)
 """
 
 from __future__ import annotations
@@ -26,11 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import MODES, FetchConfig
-from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_NO_STATUS_RETRY
+from .config import BOOL_WORDS, MODES, FetchConfig
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH
 
 NAMES = ("mode", "metadata", "links", "timeout", "accept_language", "max_bytes")
 MAX_ACCEPT_LANGUAGE = 256
+
+
+MAX_URL_CHARS = 8192
+
+
+def url_problem(url: str) -> str | None:
+    """Why every interface refuses ``url`` before it is queued (error ``invalid_url``), or None."""
+    return f"URL longer than {MAX_URL_CHARS} characters" if len(url) > MAX_URL_CHARS else None
 
 
 class OptionError(ValueError):
@@ -47,7 +55,6 @@ class Options:
     timeout: float
     accept_language: str | None
     max_bytes: int
-    no_status_retry: bool = False
     if_none_match: str | None = None
     if_modified_since: str | None = None
 
@@ -55,8 +62,11 @@ class Options:
 def _bool(name: str, v: Any) -> bool:
     if isinstance(v, bool):
         return v
-    if isinstance(v, str) and v.lower() in ("true", "1", "yes", "false", "0", "no", ""):
-        return v.lower() in ("true", "1", "yes", "")  # "?links" alone in a query means true
+    if isinstance(v, str):
+        if not v:
+            return True  # "?links" alone in a query means true
+        if (b := BOOL_WORDS.get(v.strip().lower())) is not None:
+            return b
     raise OptionError(f"option {name!r} must be a boolean, not {v!r}")
 
 
@@ -116,7 +126,6 @@ def effective(given: dict[str, Any] | None, cfg: FetchConfig) -> Options:
         timeout=g.get("timeout", cfg.timeout),
         accept_language=g.get("accept_language"),
         max_bytes=g.get("max_bytes", cfg.max_bytes),
-        no_status_retry=bool(g.get(OPT_NO_STATUS_RETRY)),
         if_none_match=g.get(OPT_IF_NONE_MATCH),
         if_modified_since=g.get(OPT_IF_MODIFIED_SINCE),
     )

@@ -14,7 +14,7 @@ Metadata (every HTML result carries these; a value the page does not declare is 
 
 These are what the page states about itself, so a handful of XPath lookups read them; no heuristics.
 
-Links (``links=true``): the ``href`` of every ``<a>`` and ``<area>``, resolved against ``<base href>``
+Links (``links=true``): the ``href`` of every ``<a>`` and ``<area>``, resolved against the head's ``<base href>``
 (itself resolved against the final URL) or the final URL, fragment removed, http(s) only, deduplicated
 in document order, each marked ``internal`` (same host as the final URL) or not; at most ``max_links``,
 with ``links_truncated`` set when there were more.
@@ -30,7 +30,6 @@ from lxml import etree
 
 METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
 
-_BASE = etree.XPath("(//base[@href])[1]/@href", smart_strings=False)
 _HREFS = etree.XPath("//a/@href | //area/@href", smart_strings=False)
 
 
@@ -71,9 +70,9 @@ class _Head:
                 self.base = el.get("href")
 
 
-def base_url(root: Any, final_url: str, head: _Head | None = None) -> str:
-    """The URL relative links resolve against: ``<base href>`` resolved against the final URL."""
-    base = head.base if head is not None else next(iter(_BASE(root)), None)
+def base_url(final_url: str, head: _Head) -> str:
+    """The URL relative links resolve against: the head's ``<base href>`` resolved against the final URL."""
+    base = head.base
     if base:
         try:
             return urllib.parse.urljoin(final_url, base.strip())
@@ -93,18 +92,20 @@ def _absolute(base: str, href: str) -> str | None:
     return url if scheme in ("http", "https") else None
 
 
-def metadata(root: Any, final_url: str, published: bool = False) -> dict[str, str | None]:
+def metadata(
+    root: Any, final_url: str, published: bool = False, head: _Head | None = None
+) -> dict[str, str | None]:
     """The METADATA_FIELDS of a parsed page (None where the page declares nothing)."""
     if root is None:
         return dict.fromkeys(METADATA_FIELDS)
-    head = _Head(root)
+    head = head or _Head(root)
     metas = head.metas
     lang = root.get("lang") if root.tag == "html" else None
     canonical = head.canonical
     return {
         "title": metas.get("og:title") or head.title,
         "lang": _clean(lang) or metas.get("content-language"),
-        "canonical_url": _absolute(base_url(root, final_url, head), canonical) if canonical else None,
+        "canonical_url": _absolute(base_url(final_url, head), canonical) if canonical else None,
         "description": metas.get("description") or metas.get("og:description"),
         "site_name": metas.get("og:site_name") or metas.get("application-name"),
         "published": published_date(root, final_url) if published else None,
@@ -122,11 +123,13 @@ def published_date(root: Any, final_url: str) -> str | None:
         return None
 
 
-def links(root: Any, final_url: str, cap: int) -> tuple[list[dict[str, Any]], bool]:
+def links(
+    root: Any, final_url: str, cap: int, head: _Head | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """``([{"url", "internal"}...], truncated)``: the page's links as described in the module docstring."""
     if root is None:
         return [], False
-    base = base_url(root, final_url)
+    base = base_url(final_url, head or _Head(root))
     host = (urllib.parse.urlsplit(final_url).hostname or "").lower()
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
@@ -149,7 +152,8 @@ def page_fields(
     root: Any, final_url: str, published: bool, with_links: bool, max_links: int
 ) -> dict[str, Any]:
     """The Outcome fields a parsed page fills: its metadata, and its links when asked."""
-    fields: dict[str, Any] = metadata(root, final_url, published)
+    head = _Head(root) if root is not None else None  # read once for both
+    fields: dict[str, Any] = metadata(root, final_url, published, head)
     if with_links:
-        fields["links"], fields["links_truncated"] = links(root, final_url, max_links)
+        fields["links"], fields["links_truncated"] = links(root, final_url, max_links, head)
     return fields

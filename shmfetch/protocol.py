@@ -114,7 +114,8 @@ class Result(Outcome):
 OUTCOME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
 _RESULT_NAMES = frozenset(RESULT_FIELDS)
-_OUTCOME_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Outcome) if f.name != "ok"}
+# Every Result field's default except ok's (it has none) and url's (always given): the master's own answers.
+_RESULT_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Result) if f.name not in ("ok", "url")}
 
 
 class FrameError(ValueError):
@@ -186,15 +187,7 @@ def error_frame(req_id: Any, code: str, message: str | None = None, url: str | N
 def master_frame(req_id: Any, url: str, **values: Any) -> dict[str, Any]:
     """A whole result frame for an answer the master makes itself (an error, a cache hit): ``values`` over
     the defaults of every ``Result`` field."""
-    return {
-        **_OUTCOME_DEFAULTS,
-        "worker": None,
-        "elapsed_ms": None,
-        "cached": False,
-        **values,
-        "id": req_id,
-        "url": url,
-    }
+    return {**_RESULT_DEFAULTS, **values, "id": req_id, "url": url}
 
 
 # -- ring messages ------------------------------------------------------------------------------------
@@ -204,8 +197,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 # Request options the master may send with a URL (the third element of the request message, docs/RING.md).
 OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
 OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
-OPT_NO_STATUS_RETRY = "no_status_retry"  # answer 429/503 at once: the master pauses the host and retries
-PAUSE_CODES = frozenset((429, 503))  # the statuses OPT_NO_STATUS_RETRY is about
+PAUSE_CODES = frozenset((429, 503))  # a daemon worker answers these at once; the master pauses the host
 
 
 def pack_request(ticket: int, url: str, options: dict[str, Any] | None = None) -> bytes:

@@ -139,7 +139,7 @@ class Robots:
             # (a broken lxml must fail the workers' boot, not the master's: tests/test_faults.py).
             from .fetch import Fetcher
 
-            f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security)
+            f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security, answer_pauses=True)
             f.session.headers["Accept"] = "text/plain, */*;q=0.1"
         return f
 

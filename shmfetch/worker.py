@@ -106,7 +106,7 @@ class Worker:
         return msg
 
     def _thread_main(self) -> None:
-        fetcher = Fetcher(self.cfg.fetch, self.cfg.security)
+        fetcher = Fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)  # the master pauses hosts
         wake = threading.Lock()
         wake.acquire()  # held: _take blocks on it until another thread hands the ring over
         try:
@@ -119,8 +119,10 @@ class Worker:
         t0 = time.perf_counter()
         try:
             ticket, url = msg[0], msg[1]
-            # The master checked the options (options.check); the config fills in the rest.
-            opts = effective(msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else None, self.cfg.fetch)
+            # The master checked the options (options.check); the config fills in the rest. A request
+            # without any (nil) uses the Fetcher's defaults, built once.
+            given = msg[2] if len(msg) > 2 else None
+            opts = effective(given, self.cfg.fetch) if isinstance(given, dict) else None
         except (TypeError, IndexError, KeyError, AttributeError):
             log.error("worker %d: malformed request record %r", self.index, msg)
             return

@@ -14,6 +14,7 @@ import pytest
 
 from shmfetch import fetch as fetch_mod
 from shmfetch.config import FetchConfig, SecurityConfig
+from shmfetch.content import http_date
 from shmfetch.fetch import Fetcher, Outcome
 from shmfetch.protocol import ERRORS
 
@@ -304,6 +305,14 @@ def test_no_retry_on_404(f, origin):
     assert out.status == 404 and origin.hits("nf") == 1
 
 
+def test_http_dates_in_all_three_forms():
+    """One HTTP-date reader for the cache's Date/Expires/Last-Modified and the fetcher's Retry-After."""
+    want = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110 5.6.7)
+    for v in ("Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"):
+        assert http_date(v) == want and http_date(v.encode()) == want, v
+    assert http_date("soon") is None and http_date(None) is None and http_date("") is None
+
+
 def test_429_retry_after_seconds(f, origin):
     out, took = timed(f, origin.url("/retry-after?key=ra1&after=1"))
     assert (out.ok, out.text) == (True, "welcome back")
@@ -320,6 +329,18 @@ def test_429_retry_after_beyond_deadline_is_not_waited_for(f, origin):
     out, took = timed(f, origin.url("/retry-after?key=ra3&after=30"))
     assert (out.status, out.error, out.text) == (429, "http_status", "slow down")
     assert took < 0.5 and origin.hits("ra3") == 1
+
+
+def test_answer_pauses_answers_429_and_503_at_once_and_still_retries_502_and_504(origin):
+    """A daemon worker's Fetcher: its master pauses the host on 429/503 and retries, for every worker."""
+    f = Fetcher(FetchConfig(timeout=4.0, retries=2), LOOPBACK, answer_pauses=True)
+    for code in (429, 503):
+        out = f.fetch(origin.url(f"/flaky?key=ap{code}&fails=1&code={code}"))
+        assert (out.status, out.error) == (code, "http_status") and origin.hits(f"ap{code}") == 1
+    for code in (502, 504):
+        out = f.fetch(origin.url(f"/flaky?key=ap{code}&fails=1&code={code}"))
+        assert (out.ok, out.text) == (True, "finally") and origin.hits(f"ap{code}") == 2
+    assert make().fetch(origin.url("/flaky?key=ap503b&fails=1&code=503")).ok  # without it: retried here
 
 
 def test_connection_reset_retried_then_fails(f, origin):

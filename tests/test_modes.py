@@ -25,7 +25,7 @@ from shmfetch.config import load as load_config
 from shmfetch.evaluate import evaluate, load_expected, summary, token_scores
 from shmfetch.extract import parse_html
 from shmfetch.maintext import html_text, main_content
-from shmfetch.options import OptionError, check
+from shmfetch.options import MAX_URL_CHARS, OptionError, check, url_problem
 from shmfetch.pagemeta import links, metadata
 
 from .helpers import REPO, run_cli, running_daemon, wait_for, write_config
@@ -219,6 +219,18 @@ def test_good_options_are_typed():
         "timeout": 2.5,
         "max_bytes": 1000,
     }
+
+
+def test_boolean_options_take_the_config_file_words():
+    """One table of boolean words for config values and request options (they were two)."""
+    cfg = FetchConfig(timeout=10)
+    for word, want in (("on", True), ("Yes", True), ("1", True), ("", True), ("off", False), ("no", False)):
+        assert check({"links": word}, cfg) == {"links": want}, word
+
+
+def test_one_url_length_rule_for_every_interface():
+    assert url_problem("http://127.0.0.1/" + "a" * (MAX_URL_CHARS - 17)) is None
+    assert "longer than" in url_problem("http://127.0.0.1/" + "a" * (MAX_URL_CHARS - 16))
 
 
 def test_config_mode_is_checked(tmp_path):

@@ -208,8 +208,9 @@ def test_gate_holds_many_hosts(hosts):
 
 
 def test_the_worker_still_retries_502_and_504_when_the_master_handles_429_and_503(tmp_path, origin):
-    """Regression: the master's no_status_retry turned off the worker's retry of every gateway error,
-    though only 429 and 503 come back to the master's host pause; a 502 or 504 was never retried."""
+    """Regression: the master's no_status_retry (now the worker Fetcher's answer_pauses) turned off the
+    worker's retry of every gateway error, though only 429 and 503 come back to the master's host pause;
+    a 502 or 504 was never retried."""
     with running_daemon(tmp_path) as d, Client(d.socket, timeout=30) as c:
         for code in (502, 504):
             r = c.fetch(origin.url(f"/flaky?key=w{code}&fails=1&code={code}"))

@@ -38,8 +38,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..dispatch import Dispatcher, Job
-from ..listener import MAX_URL_CHARS
-from ..options import OptionError, check
+from ..options import OptionError, check, url_problem
 from ..protocol import error_frame
 from . import streams
 
@@ -249,10 +248,8 @@ class ClusterIntake:
             sink.send(error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
             return
         sink = self._hold(entry, job_id, reply_to)
-        if len(url) > MAX_URL_CHARS:
-            sink.send(
-                error_frame(None, "invalid_url", f"URL longer than {MAX_URL_CHARS} characters", url=url)
-            )
+        if problem := url_problem(url):
+            sink.send(error_frame(None, "invalid_url", problem, url=url))
             return
         self.dispatcher.submit(Job(sink, job_id, url, options))
 
