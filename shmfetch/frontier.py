@@ -30,7 +30,7 @@ from .cache import Entry, HttpCache, cache_key, open_cache
 from .config import Config
 from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
-from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
+from .protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
 from .replies import send_result, text
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
@@ -131,6 +131,7 @@ class Frontier:
         frame = master_frame(
             job.req_id, job.url, ok=True, status=entry.status, final_url=entry.final_url,
             content_type=entry.content_type, text=entry.text, elapsed_ms=elapsed_ms, cached=True,
+            **entry.fields,
         )  # fmt: skip
         send_result(job.sink, frame)
 
@@ -228,8 +229,9 @@ class Frontier:
             self.cache.refresh(job.stale, headers)
             self._answer_cached(job, job.stale)
             return True
+        fields = {k: frame[k] for k in METADATA_FIELDS}
         self.cache.store(
-            job.cache_key, status, frame["final_url"], frame["content_type"], frame["text"], headers
+            job.cache_key, status, frame["final_url"], frame["content_type"], frame["text"], fields, headers
         )
         return False
 

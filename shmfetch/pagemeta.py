@@ -28,7 +28,7 @@ from typing import Any
 
 from lxml import etree
 
-METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
+from .protocol import METADATA_FIELDS
 
 _HREFS = etree.XPath("//a/@href | //area/@href", smart_strings=False)
 

@@ -93,6 +93,10 @@ class Outcome:
     answered_at: float | None = field(default=None, compare=False)
 
 
+# The page fields of an Outcome (what a page declares about itself; shmfetch/pagemeta.py fills them).
+METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
+
+
 @dataclass
 class Result(Outcome):
     """One fetched URL, as the CLI's JSON Lines, the HTTP API and the Python clients present it: the

@@ -38,7 +38,7 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /pages/NAME                 the content-mode evaluation page tests/pages/NAME (tools/make_eval_pages.py)
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
-  /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V]  a page with those cache headers
+  /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V&meta=1]  a page with those cache headers (meta: lang and a description too)
                               (Cache-Control, ETag, Last-Modified, Expires); 304 when If-None-Match is E
                               or If-Modified-Since is LM; hits counted as K and, for 304s, K:304;
                               its text is ``numbered_text(V)`` (V default 1)
@@ -366,11 +366,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        self._send(
-            200,
-            numbered_html(int(q.get("v", "1"))).encode(),
-            **{k.replace("-", "_"): v for k, v in hdrs.items()},
-        )
+        v = int(q.get("v", "1"))
+        body = numbered_html(v)
+        if q.get("meta"):  # page fields without changing the page's text
+            body = body.replace(
+                "<html><head>", f"<html lang='en'><head><meta name='description' content='Cached {v}'>"
+            )
+        self._send(200, body.encode(), **{k.replace("-", "_"): v for k, v in hdrs.items()})
 
     def r_headers(self, parts: list[str], q: dict[str, str]) -> None:
         body = "".join(f"{k}: {v}\n" for k, v in self.headers.items())

@@ -9,6 +9,7 @@ import pytest
 
 from shmfetch import Client
 from shmfetch.cache import HttpCache, cache_key
+from shmfetch.protocol import METADATA_FIELDS
 
 from .helpers import daemon_stats, run_cli, running_daemon
 from .origin import numbered_text
@@ -36,6 +37,44 @@ def test_fresh_entry_is_answered_without_an_origin_hit(tmp_path, origin):
     assert st["frontier"]["cache"]["lookups"] == {"miss": 1, "hit": 1}
     # default: a cache hit is not a download for the SIGUSR1 count (README, "HTTP cache")
     assert rc == 0 and d.last_line() == "downloaded 1 URLs"
+
+
+def test_a_cache_answer_carries_the_page_fields_of_the_fetch(tmp_path, origin):
+    """A hit answered title, lang, description... as null: the entry held only the text."""
+    fresh = origin.url("/cacheable?key=pf&cc=max-age%3D600&v=5&meta=1")
+    stale = origin.url('/cacheable?key=pf304&cc=max-age%3D0&etag="f1"&v=6&meta=1')
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        first, second = get(d, fresh), get(d, fresh)
+        first304, second304 = get(d, stale), get(d, stale)
+    assert origin.hits("pf") == 1 and origin.hits("pf304:304") == 1
+    assert second.cached and second304.cached
+    assert (first.lang, first.description, first304.description) == ("en", "Cached 5", "Cached 6")
+    for f in METADATA_FIELDS:
+        assert getattr(second, f) == getattr(first, f), f
+        assert getattr(second304, f) == getattr(first304, f), f
+
+
+def test_a_cache_file_of_an_older_layout_is_emptied_not_fatal(tmp_path):
+    """Entries gained a column: an older file would fail every insert and switch the cache off."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE entries (key TEXT PRIMARY KEY, status INTEGER, final_url TEXT, content_type TEXT,"
+        " text BLOB NOT NULL, etag TEXT, last_modified TEXT, stored REAL NOT NULL, fresh_until REAL NOT NULL,"
+        " used REAL NOT NULL, size INTEGER NOT NULL);"
+        "INSERT INTO entries VALUES ('text http://h/', 200, NULL, NULL, x'00', NULL, NULL, 0, 9e9, 0, 257);"
+    )
+    db.close()
+    c = HttpCache(str(path), max_bytes=1 << 20, heuristic_fraction=0.1, heuristic_max=86400)
+    try:
+        assert c.enabled and c.lookup("text http://h/") is None
+        assert c.store(
+            "text http://h/", 200, None, "text/plain", b"hi", {"title": b"T"}, {"cache_control": "max-age=60"}
+        )
+        hit = c.lookup("text http://h/")
+        assert hit is not None and hit.text == b"hi" and hit.fields == {"title": b"T"}
+    finally:
+        c.close()
 
 
 def test_stale_entry_is_revalidated_with_its_etag_and_a_304_gives_the_same_text(tmp_path, origin):
@@ -108,10 +147,10 @@ def test_size_cap_evicts_least_recently_used(tmp_path):
     headers = {"cache_control": "max-age=600"}
     keys = [cache_key(f"http://h/{i}", "text") for i in range(10)]
     for i, k in enumerate(keys[:5]):
-        assert c.store(k, 200, None, "text/plain", text, headers, now=1000.0 + i)
+        assert c.store(k, 200, None, "text/plain", text, {}, headers, now=1000.0 + i)
     assert c.lookup(keys[0], now=1010.0).fresh  # key 0 becomes the most recently used
     for i, k in enumerate(keys[5:]):
-        c.store(k, 200, None, "text/plain", text, headers, now=1020.0 + i)
+        c.store(k, 200, None, "text/plain", text, {}, headers, now=1020.0 + i)
     present = {k for k in keys if c.lookup(k, now=1030.0) is not None}
     assert keys[0] in present and keys[1] not in present and keys[-1] in present
     assert c.stats(now=1030.0)["bytes"] <= 64 * 1024
