@@ -434,13 +434,24 @@ class Fetcher:
                 self._ctx.pins.clear()
 
     def _read_prefix(self, r: requests.Response, deadline: float, limit: int) -> bytes:
-        """At most ``limit`` decoded bytes of the body; the rest is not read."""
+        """At most ``limit`` decoded bytes of the body; the rest is not read. Decoded by ``Decoder`` as a
+        page is, so a compressed bomb costs ``limit`` bytes here too, and a body that stops short of
+        ``limit`` within ``max_bytes`` received is read to its end."""
+        enc = content_codings(r.headers.get("Content-Encoding", ""))
+        decoder = Decoder(enc, limit, truncate=True) if enc else None
         out = bytearray()
-        for chunk in r.iter_content(CHUNK):
-            self._remaining(deadline)
-            out += chunk
-            if len(out) >= limit:
+        received = 0
+        while len(out) < limit and received <= self.cfg.max_bytes:
+            chunk = self._next_chunk(r, deadline)
+            if not chunk:
+                if time.monotonic() >= deadline:  # the watchdog cut the socket: EOF is not the end
+                    raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
                 break
+            received += len(chunk)
+            if decoder is not None:
+                decoder.feed_into(chunk, out)
+            else:
+                out += chunk
         return bytes(out[:limit])
 
     def _fetch(self, url: str, deadline: float, state: dict[str, Any], opts: Options, finish: Any) -> Outcome:
@@ -531,7 +542,6 @@ class Fetcher:
         """The decoded body, within the deadline and the byte caps."""
         cfg = self.cfg
         max_bytes = self.opts.max_bytes
-        raw = r.raw
         enc = content_codings(r.headers.get("Content-Encoding", ""))
         decoder = Decoder(enc, cfg.max_decoded_bytes) if enc else None
         received = 0
@@ -551,11 +561,7 @@ class Fetcher:
                     )
                 else:
                     out += chunk
-            left = self._remaining(deadline)
-            sock = getattr(raw.connection, "sock", None) if raw.connection is not None else None
-            if sock is not None:
-                sock.settimeout(left)
-            chunk = raw.read1(CHUNK, decode_content=False)
+            chunk = self._next_chunk(r, deadline)
             if not chunk:
                 if time.monotonic() >= deadline:  # the watchdog cut the socket: EOF is not the end
                     raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
@@ -564,7 +570,8 @@ class Fetcher:
             decoder.feed_into(b"", out)
         return out  # a bytearray: bytes(out) would hold the body twice at the worker's peak
 
-    def _first_chunk(self, r: requests.Response, deadline: float) -> bytes:
+    def _next_chunk(self, r: requests.Response, deadline: float) -> bytes:
+        """The next chunk of the raw (still encoded) body, waiting at most until ``deadline``."""
         sock = getattr(r.raw.connection, "sock", None) if r.raw.connection is not None else None
         if sock is not None:
             sock.settimeout(self._remaining(deadline))
@@ -598,7 +605,7 @@ class Fetcher:
         first = b""
         if not ctype:
             # Sniff on the decoded head of the body.
-            first = self._first_chunk(r, deadline)
+            first = self._next_chunk(r, deadline)
             enc = content_codings(r.headers.get("Content-Encoding", ""))
             head = first
             if enc and first:

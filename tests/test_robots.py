@@ -5,6 +5,7 @@ One daemon serves every test of the module: robots.txt is cached per origin, and
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from shmfetch import Client
 
-from .helpers import Daemon, daemon_stats, running_daemon
+from .helpers import Daemon, daemon_stats, proc_kib, running_daemon
 from .origin import Origin, start_origin
 
 ROBOTS_TIMEOUT = 1.0
@@ -112,6 +113,19 @@ def test_two_mib_file_is_read_to_500_kib(daemon, site):
     res = fetch_all(daemon, [site.url("/early"), site.url("/late")])
     assert res[site.url("/early")].error == "robots_denied"
     assert res[site.url("/late")].error != "robots_denied"  # past 500 KiB: not parsed
+
+
+def test_a_gzip_robots_txt_is_decoded_within_its_500_kib(daemon, site):
+    """robots.txt is read in the master: decoded by the Decoder pages use, so a compressed bomb costs the
+    500 KiB prefix, not its expansion (it bypassed the Decoder and left the bound to urllib3)."""
+    rules = b"User-agent: *\nDisallow: /zipped\n"
+    body = gzip.compress(rules + b"#" * (200 * 1024 * 1024), 9)  # ~200 KB inflating to 200 MiB
+    site.respond("/robots.txt", 200, body, {"Content-Encoding": "gzip"})
+    before = proc_kib(daemon.pid, "VmHWM")
+    res = fetch_all(daemon, [site.url("/zipped"), site.url("/open")])
+    assert res[site.url("/zipped")].error == "robots_denied"
+    assert res[site.url("/open")].error != "robots_denied"
+    assert proc_kib(daemon.pid, "VmHWM") - before < 64 * 1024, "the master inflated the bomb"
 
 
 def test_crawl_delay_spaces_the_fetches(daemon, site):
