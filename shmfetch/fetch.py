@@ -334,15 +334,30 @@ class Fetcher:
     # The public entry point: everything below may raise; here it becomes an Outcome.
     def fetch(self, url: str, opts: Options | None = None) -> Outcome:
         """Fetch ``url`` with the request's options (shmfetch.options.effective), else the config's."""
-        self.opts = opts = opts or self.defaults
-        start = time.monotonic()
-        deadline = start + opts.timeout
+        return self._run(url, opts or self.defaults, self._finish)
+
+    def fetch_raw(self, url: str, limit: int) -> Outcome:
+        """The body of ``url`` as text (UTF-8, errors replaced), its first ``limit`` bytes only, not
+        extracted: for robots.txt (RFC 9309 parses a prefix of an oversized file). Same policy otherwise."""
+
+        def finish(r: requests.Response, final: str, deadline: float) -> Outcome:
+            body = self._read_prefix(r, deadline, limit)
+            return Outcome(
+                200 <= r.status_code < 300, r.status_code, final, None, body.decode("utf-8", "replace")
+            )
+
+        return self._run(url, self.defaults, finish)
+
+    def _run(self, url: str, opts: Options, finish: Any) -> Outcome:
+        """One fetch under its deadline and watchdog, ``finish`` reading the final response."""
+        self.opts = opts
+        deadline = time.monotonic() + opts.timeout
         ctx = self._ctx
         gen = ctx.generation
         _watchdog.arm(deadline + WATCHDOG_GRACE, ctx, gen)
         state: dict[str, Any] = {"url": url if isinstance(url, str) else None, "status": None, "retries": 0}
         try:
-            out = self._fetch(url, deadline, state, opts, self._finish)
+            out = self._fetch(url, deadline, state, opts, finish)
             out.retries = state["retries"]
         except FetchError as e:
             out = Outcome(False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e))
@@ -406,32 +421,6 @@ class Fetcher:
             raise FetchError("timeout", f"DNS lookup of {host!r} did not finish within the timeout") from None
         vet(self.policy, addrs)
         self._ctx.pins[key] = addrs
-
-    def fetch_raw(self, url: str, limit: int) -> Outcome:
-        """The body of ``url`` as text (UTF-8, errors replaced), its first ``limit`` bytes only, not
-        extracted: for robots.txt (RFC 9309 parses a prefix of an oversized file). Same policy otherwise."""
-
-        def finish(r: requests.Response, final: str, deadline: float) -> Outcome:
-            body = self._read_prefix(r, deadline, limit)
-            return Outcome(
-                200 <= r.status_code < 300, r.status_code, final, None, body.decode("utf-8", "replace")
-            )
-
-        deadline = time.monotonic() + self.cfg.timeout
-        state: dict[str, Any] = {"url": url, "status": None, "retries": 0}
-        _watchdog.arm(deadline + WATCHDOG_GRACE, self._ctx, self._ctx.generation)
-        try:
-            return self._fetch(url, deadline, state, self.defaults, finish)
-        except FetchError as e:
-            return Outcome(False, e.status or state["status"], state["url"], None, "", e.code, str(e))
-        except Exception as e:
-            code, msg = self._classify(e, deadline)
-            return Outcome(False, state["status"], state["url"], None, "", code, msg)
-        finally:
-            with self._ctx.lock:
-                self._ctx.generation += 1
-                self._ctx.sock = None
-                self._ctx.pins.clear()
 
     def _read_prefix(self, r: requests.Response, deadline: float, limit: int) -> bytes:
         """At most ``limit`` decoded bytes of the body; the rest is not read. Decoded by ``Decoder`` as a
