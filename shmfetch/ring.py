@@ -53,10 +53,14 @@ OFF_PRODUCER_SLEEPING = 196
 _Q_HEAD, _Q_TAIL = OFF_HEAD // 8, OFF_TAIL // 8
 _I_FLAGS, _I_CSLEEP, _I_PSLEEP = OFF_FLAGS // 4, OFF_CONSUMER_SLEEPING // 4, OFF_PRODUCER_SLEEPING // 4
 
-# Re-checks, each after sched_yield (which releases the GIL and lets any runnable thread have this CPU),
-# before a side sleeps in the kernel. Off: on this 2-core machine it bought nothing (docs/BENCHMARKS.md,
-# `tools/bench_ipc.py --spin N`); Ring.spin overrides it per ring.
-SPIN = 0
+# Before a side announces a sleep (in membarrier mode a system call that interrupts the other side's CPU,
+# then a futex sleep and a post), it re-checks POLL times back to back (~0.15 us each), then SPIN times
+# each after sched_yield (which releases the GIL and lets any runnable thread, or a peer on this CPU, run).
+# Both bounded: a few tens of microseconds at most, only on the step from busy to empty, so an idle ring
+# still sleeps in the kernel. 20 and 20 measured best between two processes on this 2-core machine
+# (docs/BENCHMARKS.md, "Membarrier fence mode"); Ring.poll and Ring.spin override them per ring.
+POLL = 20
+SPIN = 20
 _yield = os.sched_yield
 
 if sys.byteorder != "little":  # the views are native-endian; the layout is little-endian
@@ -126,6 +130,7 @@ class Ring:
         # record fits in a quarter (k <= nslots / 4, see max_fragment), so that is always enough room.
         self._wake_free = max(1, self.nslots // 4)
         self._need_tail = 0  # producer, while waiting: the tail that makes room for its record
+        self.poll = POLL
         self.spin = SPIN
         # Hot-path constants, computed once (put/get run once per request and per result).
         self._end = HEADER_SIZE + self._data_bytes  # first byte after the data area
@@ -420,12 +425,16 @@ class Ring:
         self, ready: Callable[[], bool], sleeping: int, sem: posix_ipc.Semaphore, timeout: float | None
     ) -> None:
         """Return once ``ready()`` (which loads the other side's position). Otherwise re-check up to
-        ``spin`` times, yielding the CPU (and the GIL) between checks; then announce in our ``sleeping``
-        word, fence, re-check, and sleep on ``sem``. posix_ipc.BusyError after ``timeout``."""
+        ``poll`` times, then up to ``spin`` times yielding the CPU (and the GIL) before each; then announce
+        in our ``sleeping`` word, fence, re-check, and sleep on ``sem``. posix_ipc.BusyError after
+        ``timeout``."""
         if ready():
             return
         if timeout is not None and timeout <= 0:
             raise posix_ipc.BusyError(f"{self.name}: would wait")
+        for _ in range(self.poll):
+            if ready():
+                return
         for _ in range(self.spin):
             _yield()
             if ready():

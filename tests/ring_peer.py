@@ -6,7 +6,8 @@ SIGKILL it at one named step of the ring protocol (shmfetch/faults.py).
     python -m tests.ring_peer consume NAME COUNT        get COUNT messages, check them, print "ok"
     python -m tests.ring_peer drain NAME                get until RingClosed, print how many were intact
 
-``RING_PEER_SPIN`` in the environment sets ``Ring.spin`` (0: sleep as soon as there is nothing to do).
+``RING_PEER_SPIN`` in the environment sets ``Ring.poll`` and ``Ring.spin`` (0: sleep as soon as there is
+nothing to do).
 It creates no shared objects of its own.
 """
 
@@ -37,7 +38,8 @@ def main(argv: list[str]) -> int:
     faults.arm_from_env()
     mode, name = argv[0], argv[1]
     ring = Ring.attach(name)
-    ring.spin = int(os.environ.get("RING_PEER_SPIN", ring.spin))
+    if "RING_PEER_SPIN" in os.environ:
+        ring.poll = ring.spin = int(os.environ["RING_PEER_SPIN"])
     try:
         if mode == "produce":
             count, size = int(argv[2]), int(argv[3])

@@ -424,7 +424,7 @@ def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep(barrier):
     rnd = random.Random(9)
     count = 4000
     r = Ring.create(_name(), 8, 64, barrier=barrier)
-    r.spin = 0
+    r.poll = r.spin = 0
     try:
         proc = _peer("consume", r.name, count, spin=0)
         i = 0

@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--spin", type=int, default=None, help="Ring.spin for the Python ring (default: shmfetch.ring.SPIN)"
     )
+    ap.add_argument(
+        "--poll", type=int, default=None, help="Ring.poll for the Python ring (default: shmfetch.ring.POLL)"
+    )
     ap.add_argument("--no-native", action="store_true", help="skip the C table")
     ap.add_argument(
         "--transports",
@@ -360,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.spin is not None:
         shmfetch.ring.SPIN = a.spin  # before the consumers fork: both ends read it when they attach
+    if a.poll is not None:
+        shmfetch.ring.POLL = a.poll
     py = python_table(a.records, a.reps, a.transports.split(","))
     native = None if a.no_native else native_table(a.reps, a.seconds, a.json)
     if a.json:
