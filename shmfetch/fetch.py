@@ -433,14 +433,14 @@ class Fetcher:
         while len(out) < limit and received <= self.cfg.max_bytes:
             chunk = self._next_chunk(r, deadline)
             if not chunk:
-                if time.monotonic() >= deadline:  # the watchdog cut the socket: EOF is not the end
-                    raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
                 break
             received += len(chunk)
             if decoder is not None:
                 decoder.feed_into(chunk, out)
             else:
                 out += chunk
+        if decoder is not None and len(out) < limit:
+            decoder.feed_into(b"", out)  # what the decoder still holds, as _read_body takes it
         return bytes(out[:limit])
 
     def _fetch(self, url: str, deadline: float, state: dict[str, Any], opts: Options, finish: Any) -> Outcome:
@@ -552,19 +552,22 @@ class Fetcher:
                     out += chunk
             chunk = self._next_chunk(r, deadline)
             if not chunk:
-                if time.monotonic() >= deadline:  # the watchdog cut the socket: EOF is not the end
-                    raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
                 break
         if decoder is not None:
             decoder.feed_into(b"", out)
         return out  # a bytearray: bytes(out) would hold the body twice at the worker's peak
 
     def _next_chunk(self, r: requests.Response, deadline: float) -> bytes:
-        """The next chunk of the raw (still encoded) body, waiting at most until ``deadline``."""
+        """The next chunk of the raw (still encoded) body, waiting at most until ``deadline``; b"" at the
+        body's end. ``timeout`` if the deadline passed, including an EOF the watchdog made by cutting the
+        socket (that EOF is not the end of the body)."""
         sock = getattr(r.raw.connection, "sock", None) if r.raw.connection is not None else None
         if sock is not None:
             sock.settimeout(self._remaining(deadline))
-        return r.raw.read1(CHUNK, decode_content=False)
+        chunk = r.raw.read1(CHUNK, decode_content=False)
+        if not chunk and time.monotonic() >= deadline:
+            raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
+        return chunk
 
     def _finish(self, r: requests.Response, url: str, deadline: float) -> Outcome:
         out = self._finish_body(r, url, deadline)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _CMD_QUERY = 0
 _CMD_GLOBAL_EXPEDITED = 1 << 1
 _CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
 # __NR_membarrier. Only x86-64 is listed: the Python ring's fence-free fast path relies on x86-64's
 # ordering of plain loads and stores (docs/RING.md, "Fences").
-_NR = {"x86_64": 324}.get(platform.machine())
+_NR = {"x86_64": 324}.get(os.uname().machine)  # os.uname, not the platform module (4 ms to import)
 
 _registered_pid = 0
 _syscall = None

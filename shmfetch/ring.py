@@ -11,8 +11,8 @@ covers them. The two POSIX semaphores are wake-ups only: a side that finds nothi
 its ``*_sleeping`` word, fences, re-checks, and sleeps in ``sem_wait``; the other side posts only when it
 sees that word set after its own position store and a fence (docs/RING.md, "Sleeping and waking", has
 the lost-wake-up argument; "Fences" the two modes: a fence after every position store, or, in a ring
-flagged MEMBARRIER, none there and a membarrier(2) by each side about to sleep instead). Close is the ``CLOSED`` flag: a
-consumer that sees it drains up to ``head`` and stops.
+flagged MEMBARRIER, none there and a membarrier(2) by each side about to sleep instead). Close is the
+``CLOSED`` flag: a consumer that sees it drains up to ``head`` and stops.
 
 The creator (the master) owns the segment and both semaphores and is the only one that unlinks them.
 """

@@ -27,16 +27,15 @@ from .origin import Origin, numbered_text
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
     "daemon_stats", "cpu_ticks", "proc_kib", "fetch_through_kill_storm", "serve_argv", "MEMBARRIER",
+    "needs_membarrier",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
 
 # The ring's membarrier fence mode as a test parameter (docs/RING.md, "Fences"): it needs Linux >= 4.16 on
 # x86-64; where the kernel does not offer it the daemon runs fence mode, and the parameter is skipped.
-MEMBARRIER = pytest.param(
-    "membarrier",
-    marks=pytest.mark.skipif(not membarrier.register(), reason="no membarrier GLOBAL_EXPEDITED here"),
-)
+needs_membarrier = pytest.mark.skipif(not membarrier.register(), reason="no membarrier GLOBAL_EXPEDITED here")
+MEMBARRIER = pytest.param("membarrier", marks=needs_membarrier)
 
 # Pids of every shmfetch process a test started (conftest's leftover check looks only at their objects).
 started_pids: set[int] = set()

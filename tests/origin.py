@@ -38,8 +38,9 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /pages/NAME                 the content-mode evaluation page tests/pages/NAME (tools/make_eval_pages.py)
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
-  /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V&meta=1]  a page with those cache headers (meta: lang and a description too)
-                              (Cache-Control, ETag, Last-Modified, Expires); 304 when If-None-Match is E
+  /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V&meta=1]  a page with those cache headers
+                              (Cache-Control, ETag, Last-Modified, Expires; meta=1: lang and a
+                              description too); 304 when If-None-Match is E
                               or If-Modified-Since is LM; hits counted as K and, for 304s, K:304;
                               its text is ``numbered_text(V)`` (V default 1)
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from shmfetch import faults, membarrier
 from shmfetch.ring import HEADER_SIZE, REC_HDR, Ring, RingClosed
 
-from .helpers import MEMBARRIER, REPO, cpu_ticks
+from .helpers import MEMBARRIER, REPO, cpu_ticks, needs_membarrier
 from .ring_peer import index_of, message
 
 _n = iter(range(1_000_000))
@@ -159,23 +159,26 @@ def test_attach_rejects_a_foreign_segment():
             s.close()
 
 
-def test_the_barrier_mode_is_fixed_by_the_creator_and_followed_by_who_attaches():
-    modes = (("membarrier", 2), ("fence", 0)) if membarrier.register() else (("fence", 0),)
-    for barrier, flag in modes:
-        r = Ring.create(_name(), 8, 64, barrier=barrier)
-        try:
-            c = Ring.attach(r.name)
-            assert (r.membarrier, c.membarrier) == (bool(flag), bool(flag))
-            assert r._u32[5] & 2 == flag  # flags word, offset 20: bit 1 MEMBARRIER
-            c.close()
-        finally:
-            r.close()
-            r.unlink()
+@pytest.mark.parametrize("barrier", BARRIERS)
+def test_the_barrier_mode_is_fixed_by_the_creator_and_followed_by_who_attaches(barrier):
+    flag = 2 if barrier == "membarrier" else 0
+    r = Ring.create(_name(), 8, 64, barrier=barrier)
+    try:
+        c = Ring.attach(r.name)
+        assert (r.membarrier, c.membarrier) == (bool(flag), bool(flag))
+        assert r._u32[5] & 2 == flag  # flags word, offset 20: bit 1 MEMBARRIER
+        c.close()
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_an_unknown_barrier_mode_is_refused():
     with pytest.raises(ValueError, match="barrier"):
         Ring.create(_name(), 8, 64, barrier="mfence")
 
 
-@pytest.mark.skipif(not membarrier.register(), reason="no membarrier GLOBAL_EXPEDITED here")
+@needs_membarrier
 def test_a_process_that_cannot_use_membarrier_refuses_a_membarrier_ring():
     """Its fence-free stores would race a sleeper whose membarrier does not reach it: refuse, loudly."""
     r = Ring.create(_name(), 8, 64, barrier="membarrier")
@@ -201,13 +204,11 @@ def test_a_process_that_cannot_use_membarrier_refuses_a_membarrier_ring():
 
 
 def _registered_in_child(conn) -> None:
-    from shmfetch import membarrier
-
     conn.send(membarrier._registered_pid == os.getpid())
     conn.close()
 
 
-@pytest.mark.skipif(not membarrier.register(), reason="no membarrier GLOBAL_EXPEDITED here")
+@needs_membarrier
 def test_a_forked_child_is_registered_again():
     """The kernel's registration is per process and a fork makes a new one: a child that inherits a
     membarrier-mode Ring and produces into it must be registered, or sleepers' barriers miss it."""

@@ -13,9 +13,9 @@ a consumer process receives it and unpacks it, over
 * multiprocessing.Pipe (send_bytes/recv_bytes).
 
 Each repetition times from the producer's first record to the consumer's last (CLOCK_MONOTONIC is shared
-between processes). Transports take turns within each repetition, in an order rotated each repetition, so that machine
-noise hits all of them alike; rates are medians over repetitions, and the target ratios are medians of
-the per-repetition (paired) ratios (see ``python_table``).
+between processes). Transports take turns within each repetition, in an order rotated each repetition,
+so that machine noise hits all of them alike; rates are medians over repetitions, and the target ratios
+are medians of the per-repetition (paired) ratios (see ``python_table``).
 
 Native part: builds native_bench with make and runs ``native_bench/build/ring_bench`` (see its header).
 Targets (issue 9): Python ring >= 3x Queue and >= 1.5x Pipe; C ring (the daemon's protocol v2) >= 10 M

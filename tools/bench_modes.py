@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,20 @@ def _origin(port_q: Any, latency: float) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+@contextlib.contextmanager
+def serving_origin(latency: float) -> Iterator[int]:
+    """The origin in its own process for the ``with`` block; yields its port on 127.0.0.1."""
+    ctx = mp.get_context("spawn")
+    port_q = ctx.Queue()
+    origin = ctx.Process(target=_origin, args=(port_q, latency), daemon=True)
+    origin.start()
+    try:
+        yield port_q.get(timeout=30)
+    finally:
+        origin.kill()
+        origin.join(10)
 
 
 # -- daemon -------------------------------------------------------------------------------------------
@@ -147,12 +163,7 @@ def extraction_ceiling(rounds: int = 7, passes: int = 10) -> None:
     from shmfetch import maintext
     from shmfetch.extract import parse_html
 
-    ctx = mp.get_context("spawn")
-    port_q = ctx.Queue()
-    origin = ctx.Process(target=_origin, args=(port_q, 0.0), daemon=True)
-    origin.start()
-    try:
-        port = port_q.get(timeout=30)
+    with serving_origin(0.0) as port:
         names = sorted(p.name for p in PAGES.glob("*.html"))
         urls = [f"http://127.0.0.1:{port}/p/0/{n}" for n in names]
         pages = [(PAGES / n).read_bytes() for n in names]
@@ -175,9 +186,6 @@ def extraction_ceiling(rounds: int = 7, passes: int = 10) -> None:
                 for _ in range(passes):
                     f()
                 ms[name].append((time.process_time() - t0) / passes / len(pages) * 1e3)
-    finally:
-        origin.kill()
-        origin.join(10)
     p, d = statistics.median(ms["peer"]), statistics.median(ms["daemon"])
     print(f"CPU per page in one process, median of {rounds} alternating rounds:")
     print(f"  peer's whole job: requests + trafilatura.extract(html, fast=True)  {p:.2f} ms")
@@ -202,44 +210,38 @@ def main() -> int:
         extraction_ceiling()
         return 0
     load0 = f"{os.getloadavg()[0]:.1f}"
-    ctx = mp.get_context("spawn")
-    port_q = ctx.Queue()
-    origin = ctx.Process(target=_origin, args=(port_q, args.latency_ms / 1000.0), daemon=True)
-    origin.start()
-    port = port_q.get(timeout=30)
     expected = load_expected(PAGES / "expected.jsonl")
     names = sorted(expected)
-    urls = [f"http://127.0.0.1:{port}/p/{i}/{names[i % len(names)]}" for i in range(args.requests)]
-    # loadgen's private daemon: one host's URLs, so it lifts [politeness] per_host (default 8), which
-    # would cap the daemon's 64 requests in flight at 8 fetches.
-    daemon = PrivateDaemon(args.workers, args.threads, {"fetch": {"timeout": 30}})
-    sock = daemon.socket
     rates: dict[str, list[float]] = {"daemon": [], "peer": []}
     cpu: dict[str, list[float]] = {"daemon": [], "peer": []}
     f1: dict[str, float] = {}
-    try:
-        with ctx.Pool(args.workers, initializer=_peer_init) as pool:
-            list(pool.imap_unordered(_peer_fetch, urls[: 4 * args.workers]))  # warm-up
-            pids = daemon_pids(sock)
-            workers = pids["workers"]
-            d_pids = [pids["master"], *workers]
-            pool_pids = [p.pid for p in pool._pool]
-            for _ in range(args.rounds):
-                c0, m0 = _cpu(d_pids), time.process_time()
-                rate, texts = run_daemon(sock, urls)
-                cpu["daemon"].append((_cpu(d_pids) - c0 + time.process_time() - m0) / len(urls))
-                rates["daemon"].append(rate)
-                f1["daemon"] = mean_f1(texts, expected)
-                c0, m0 = _cpu(pool_pids), time.process_time()
-                rate, texts = run_peer(pool, urls)
-                cpu["peer"].append((_cpu(pool_pids) - c0 + time.process_time() - m0) / len(urls))
-                rates["peer"].append(rate)
-                f1["peer"] = mean_f1(texts, expected)
-        worker_rss = [proc_mem(pid).get("VmHWM", 0) for pid in workers]
-    finally:
-        daemon.close()
-        origin.terminate()
-        origin.join(5)
+    with serving_origin(args.latency_ms / 1000.0) as port:
+        urls = [f"http://127.0.0.1:{port}/p/{i}/{names[i % len(names)]}" for i in range(args.requests)]
+        # loadgen's private daemon: one host's URLs, so it lifts [politeness] per_host (default 8), which
+        # would cap the daemon's 64 requests in flight at 8 fetches.
+        daemon = PrivateDaemon(args.workers, args.threads, {"fetch": {"timeout": 30}})
+        sock = daemon.socket
+        try:
+            with mp.get_context("spawn").Pool(args.workers, initializer=_peer_init) as pool:
+                list(pool.imap_unordered(_peer_fetch, urls[: 4 * args.workers]))  # warm-up
+                pids = daemon_pids(sock)
+                workers = pids["workers"]
+                d_pids = [pids["master"], *workers]
+                pool_pids = [p.pid for p in pool._pool]
+                for _ in range(args.rounds):
+                    c0, m0 = _cpu(d_pids), time.process_time()
+                    rate, texts = run_daemon(sock, urls)
+                    cpu["daemon"].append((_cpu(d_pids) - c0 + time.process_time() - m0) / len(urls))
+                    rates["daemon"].append(rate)
+                    f1["daemon"] = mean_f1(texts, expected)
+                    c0, m0 = _cpu(pool_pids), time.process_time()
+                    rate, texts = run_peer(pool, urls)
+                    cpu["peer"].append((_cpu(pool_pids) - c0 + time.process_time() - m0) / len(urls))
+                    rates["peer"].append(rate)
+                    f1["peer"] = mean_f1(texts, expected)
+            worker_rss = [proc_mem(pid).get("VmHWM", 0) for pid in workers]
+        finally:
+            daemon.close()
     d, p = statistics.median(rates["daemon"]), statistics.median(rates["peer"])
     ratios = [a / b for a, b in zip(rates["daemon"], rates["peer"], strict=True)]
     dc, pc = (statistics.median(cpu[k]) * 1e3 for k in ("daemon", "peer"))
