@@ -3,7 +3,7 @@
     python contrib/bench_http.py [--seq 300] [--conc 1500] [--parallel 32] [--rounds 5]
 
 Runs a small origin on 127.0.0.1 and one daemon per front end, each with ``[http] listen`` on a loopback
-port: aiohttp.web (what shmfetch/http_api.py ships) and h11 on an asyncio Protocol (contrib/h11_api.py,
+port: aiohttp.web (what shmfetch/fronts/http.py ships) and h11 on an asyncio Protocol (contrib/h11_api.py,
 the measured alternative). Fetches the same small page sequentially (one keep-alive connection,
 ``requests``) and concurrently (``aiohttp`` client, --parallel connections), and ``GET /stats`` (the front
 end alone, no fetch); the Unix-socket baseline uses ``shmfetch.Client`` (``fetch``, ``fetch_many``).
@@ -38,14 +38,14 @@ BODY = b"<html><body><h1>Small page</h1><p>" + b"Some words of text. " * 20 + b"
 
 
 def serve(backend: str, config: str) -> int:
-    if backend == "h11":  # the measured alternative; "aiohttp" is what shmfetch/http_api.py ships
-        import shmfetch.http_api
+    if backend == "h11":  # the measured alternative; "aiohttp" is what shmfetch/fronts/http.py ships
+        import shmfetch.fronts.http
 
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from h11_api import HttpApi
 
-        shmfetch.http_api.HttpApi = HttpApi  # type: ignore[misc]
-    from shmfetch.cli import main
+        shmfetch.fronts.http.HttpApi = HttpApi  # type: ignore[misc]
+    from shmfetch.api.cli import main
 
     return main(["serve", "-c", config])
 

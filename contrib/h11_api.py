@@ -1,8 +1,8 @@
 """The h11 front end that was measured against aiohttp.web for the HTTP API (contrib/bench_http.py).
 
-Not shipped: shmfetch/http_api.py uses aiohttp, which measured less master CPU per request
+Not shipped: shmfetch/fronts/http.py uses aiohttp, which measured less master CPU per request
 (docs/OPERATIONS.md, "HTTP API"). Kept so the comparison can be re-run: same interface as
-shmfetch.http_api.HttpApi. Each connection is an asyncio Protocol driving an h11 state machine and is
+shmfetch.fronts.http.HttpApi. Each connection is an asyncio Protocol driving an h11 state machine and is
 itself the Sink of the job it submits, one request at a time per connection (reading paused meanwhile).
 """
 
@@ -18,9 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from shmfetch.dispatch import Dispatcher, Job
-from shmfetch.http_api import http_status, parse_listen
-from shmfetch.listener import MAX_URL_CHARS, flush_and_close
+from shmfetch.dispatch.dispatcher import Dispatcher, Job
+from shmfetch.fronts.http import http_status, parse_listen
+from shmfetch.fronts.unix import MAX_URL_CHARS, flush_and_close
 from shmfetch.protocol import ERRORS, RESULT_FIELDS
 
 log = logging.getLogger("shmfetch.master")

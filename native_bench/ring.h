@@ -1,7 +1,7 @@
 /* ring.h: header-only C implementation of the shmfetch ring (docs/RING.md, layout and protocol version 2).
  *
  * docs/RING.md is the contract; this file follows it byte for byte and must never differ from it. The
- * Python side (shmfetch/ring.py) is the other implementation; tests/test_interop.py runs both against
+ * Python side (shmfetch/ipc/ring.py) is the other implementation; tests/test_interop.py runs both against
  * each other. There is one protocol, the one the daemon runs: head/tail are the synchronisation (C11
  * release stores, acquire loads), and the two semaphores only wake a side that announced, in its
  * *_sleeping word, that it is about to sleep.

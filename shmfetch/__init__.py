@@ -10,7 +10,7 @@ def __getattr__(name: str) -> object:
     # The clients are imported on first use: a worker process imports this package before anything else,
     # and must not pay for asyncio (the socket clients) or redis-py (RedisClient) while it boots.
     if name in ("AsyncClient", "Client", "DaemonUnavailable"):
-        from . import client
+        from .api import client
 
         return getattr(client, name)
     if name == "RedisClient":

@@ -68,7 +68,7 @@ class Outcome:
     text: str = ""
     error: str | None = None
     message: str | None = None
-    # What the page declares about itself (shmfetch/pagemeta.py): HTML pages only, null when absent.
+    # What the page declares about itself (shmfetch/extract/pagemeta.py): HTML pages only, null when absent.
     title: str | None = None
     lang: str | None = None
     canonical_url: str | None = None
@@ -93,7 +93,7 @@ class Outcome:
     answered_at: float | None = field(default=None, compare=False)
 
 
-# The page fields of an Outcome (what a page declares about itself; shmfetch/pagemeta.py fills them).
+# The page fields of an Outcome (what a page declares about itself; shmfetch/extract/pagemeta.py fills them).
 METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
 
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from shmfetch import names
+from shmfetch.ipc import names
 
 from . import helpers
 from .helpers import Origin

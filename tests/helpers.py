@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from shmfetch import Client, membarrier, names
+from shmfetch import Client
+from shmfetch.ipc import membarrier, names
 
 from .origin import Origin, numbered_text
 

@@ -1,6 +1,6 @@
 """The other end of a ring for tests/test_ring.py: a separate process that attaches to a ring the test
 created and produces or consumes a known stream, with ``SHMFETCH_FAULT`` read at start so that a test can
-SIGKILL it at one named step of the ring protocol (shmfetch/faults.py).
+SIGKILL it at one named step of the ring protocol (shmfetch/ipc/faults.py).
 
     python -m tests.ring_peer produce NAME COUNT SIZE   put COUNT messages, message(i, SIZE) each
     python -m tests.ring_peer consume NAME COUNT        get COUNT messages, check them, print "ok"
@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
-from shmfetch import faults
-from shmfetch.ring import Ring, RingClosed
+from shmfetch.ipc import faults
+from shmfetch.ipc.ring import Ring, RingClosed
 
 
 def message(i: int, size: int) -> bytes:

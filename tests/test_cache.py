@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from shmfetch import Client
-from shmfetch.cache import HttpCache, cache_key
+from shmfetch.frontier.cache import HttpCache, cache_key
 from shmfetch.protocol import METADATA_FIELDS
 
 from .helpers import daemon_stats, run_cli, running_daemon

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shmfetch import charset
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.extract import html_to_text
-from shmfetch.fetch import Fetcher
+from shmfetch.extract.html import html_to_text
+from shmfetch.fetch import charset
+from shmfetch.fetch.fetcher import Fetcher
 
 from .origin import SAMPLES, charset_page, origin_fixture  # noqa: F401 (origin is a fixture)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from shmfetch import faults
-from shmfetch.control import S_COUNTED, Control
+from shmfetch.ipc import faults
+from shmfetch.ipc.control import S_COUNTED, Control
 
 _n = iter(range(1_000_000))
 

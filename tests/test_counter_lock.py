@@ -11,7 +11,8 @@ import os
 import signal
 import time
 
-from shmfetch import Client, faults
+from shmfetch import Client
+from shmfetch.ipc import faults
 
 from .helpers import page_text, running_daemon, wait_for
 

@@ -15,7 +15,8 @@ from collections import Counter
 
 import pytest
 
-from shmfetch import Client, faults
+from shmfetch import Client
+from shmfetch.ipc import faults
 
 from .helpers import daemon_stats, page_text, running_daemon, wait_for
 

@@ -13,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from shmfetch import Client, names
+from shmfetch import Client
+from shmfetch.ipc import names
 from shmfetch.protocol import encode_frame
 
 from .helpers import cpu_ticks, page_text, run_cli, running_daemon, write_config

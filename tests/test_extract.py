@@ -8,8 +8,15 @@ import time
 import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.extract import TooDeep, _stream_to_text, html_to_text, parse_html, tree_to_text, xml_to_text
-from shmfetch.fetch import Fetcher
+from shmfetch.extract.html import (
+    TooDeep,
+    _stream_to_text,
+    html_to_text,
+    parse_html,
+    tree_to_text,
+    xml_to_text,
+)
+from shmfetch.fetch.fetcher import Fetcher
 
 from .origin import EXTRACT_CASES, NOSCRIPT_KEEP_TEXT, origin_fixture, page_html, page_text  # noqa: F401
 

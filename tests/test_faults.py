@@ -11,7 +11,8 @@ import threading
 import time
 from collections import Counter
 
-from shmfetch import Client, names
+from shmfetch import Client
+from shmfetch.ipc import names
 
 from .helpers import (
     REPO,

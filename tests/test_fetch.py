@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from shmfetch import fetch as fetch_mod
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.content import http_date
-from shmfetch.fetch import Fetcher, Outcome
+from shmfetch.fetch import fetcher as fetch_mod
+from shmfetch.fetch.content import http_date
+from shmfetch.fetch.fetcher import Fetcher, Outcome
 from shmfetch.protocol import ERRORS
 
 from .helpers import proc_kib

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 
-from shmfetch.client import Client
+from shmfetch.api.client import Client
 
 from .helpers import proc_kib, running_daemon
 from .origin import EXTRACT_CASES, SAMPLES, page_text, start_origin

@@ -1,4 +1,4 @@
-"""The Python ring (shmfetch/ring.py) and the C ring (native_bench/ring.h) against each other.
+"""The Python ring (shmfetch/ipc/ring.py) and the C ring (native_bench/ring.h) against each other.
 
 Both implement docs/RING.md; here each produces a deterministic stream the other consumes and checks byte
 for byte, on rings small enough that records wrap around the data area and big messages are cut into
@@ -20,7 +20,7 @@ import msgpack
 import posix_ipc
 import pytest
 
-from shmfetch.ring import FLAG_MORE, REC_HDR, Ring, RingClosed
+from shmfetch.ipc.ring import FLAG_MORE, REC_HDR, Ring, RingClosed
 
 from .helpers import MEMBARRIER
 

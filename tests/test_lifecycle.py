@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from shmfetch import Client, names, pidfile
+from shmfetch import Client
+from shmfetch.ipc import names
+from shmfetch.master import pidfile
 
 from .helpers import REPO, Daemon, daemon_stats, run_cli, serve_argv, started_pids, wait_for, write_config
 

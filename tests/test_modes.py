@@ -22,11 +22,11 @@ from markdown_it import MarkdownIt
 from shmfetch import AsyncClient, Client
 from shmfetch.config import ConfigError, FetchConfig
 from shmfetch.config import load as load_config
-from shmfetch.evaluate import evaluate, load_expected, summary, token_scores
-from shmfetch.extract import parse_html
-from shmfetch.maintext import html_text, main_content
+from shmfetch.extract.evaluate import evaluate, load_expected, summary, token_scores
+from shmfetch.extract.html import parse_html
+from shmfetch.extract.maintext import html_text, main_content
+from shmfetch.extract.pagemeta import links, metadata
 from shmfetch.options import MAX_URL_CHARS, OptionError, check, url_problem
-from shmfetch.pagemeta import links, metadata
 
 from .helpers import REPO, run_cli, running_daemon, wait_for, write_config
 from .origin import origin_fixture  # noqa: F401
@@ -61,7 +61,7 @@ def test_token_scores_are_multiset_precision_recall_f1():
 
 def test_evaluate_command_prints_scores():
     p = subprocess.run(
-        [sys.executable, "-m", "shmfetch.evaluate", str(PAGES), str(EXPECTED), "--mode", "main"],
+        [sys.executable, "-m", "shmfetch.extract.evaluate", str(PAGES), str(EXPECTED), "--mode", "main"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -356,9 +356,9 @@ def test_http_api_modes_accept_markdown_and_bad_options(tmp_path, origin):
 def test_main_mode_has_its_own_extraction_slots(origin):
     """Two main-content pages in extraction (both main slots taken) hold up neither a full-text page nor
     anything but the next main-content page."""
-    from shmfetch import fetch as fetch_mod
     from shmfetch.config import SecurityConfig
-    from shmfetch.fetch import Fetcher
+    from shmfetch.fetch import fetcher as fetch_mod
+    from shmfetch.fetch.fetcher import Fetcher
     from shmfetch.options import effective
 
     cfg = FetchConfig(timeout=5.0)

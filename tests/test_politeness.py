@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from shmfetch import Client
-from shmfetch.politeness import Politeness, host_of, url_authority
-from shmfetch.robots import origin_of
+from shmfetch.frontier.politeness import Politeness, host_of, url_authority
+from shmfetch.frontier.robots import origin_of
 
 from .helpers import daemon_stats, running_daemon, wait_for
 from .origin import Origin, numbered_text, start_origin

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmfetch import faults, membarrier
-from shmfetch.ring import HEADER_SIZE, REC_HDR, Ring, RingClosed
+from shmfetch.ipc import faults, membarrier
+from shmfetch.ipc.ring import HEADER_SIZE, REC_HDR, Ring, RingClosed
 
 from .helpers import MEMBARRIER, REPO, cpu_ticks, needs_membarrier
 from .ring_peer import index_of, message
@@ -184,9 +184,9 @@ def test_a_process_that_cannot_use_membarrier_refuses_a_membarrier_ring():
     r = Ring.create(_name(), 8, 64, barrier="membarrier")
     code = (
         "import sys\n"
-        "from shmfetch import membarrier\n"
+        "from shmfetch.ipc import membarrier\n"
         "membarrier._NR = None  # as on a kernel or architecture without it\n"
-        "from shmfetch.ring import Ring, RingError\n"
+        "from shmfetch.ipc.ring import Ring, RingError\n"
         "try:\n"
         f"    Ring.attach({r.name!r})\n"
         "except RingError as e:\n"

@@ -11,8 +11,8 @@ import socket
 import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.fetch import Fetcher
-from shmfetch.netpolicy import NetPolicy, embedded_ipv4
+from shmfetch.fetch.fetcher import Fetcher
+from shmfetch.fetch.netpolicy import NetPolicy, embedded_ipv4
 
 from .origin import make_cert, origin_fixture, page_text, start_origin  # noqa: F401 (origin_fixture)
 

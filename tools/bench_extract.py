@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import html_text_text, naive_text  # noqa: E402  (the loadgen peers' extractors, as they run)
 
-from shmfetch.extract import (  # noqa: E402
+from shmfetch.extract.html import (
     _BLOCK_SET,
     CELL,
     DROP_TAGS,

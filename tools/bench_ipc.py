@@ -40,8 +40,8 @@ from typing import Any
 
 import msgpack
 
-import shmfetch.ring
-from shmfetch.ring import Ring, RingClosed
+import shmfetch.ipc.ring
+from shmfetch.ipc.ring import Ring, RingClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native_bench"
@@ -296,15 +296,15 @@ def micro(ring_module: Any, rounds: int = 7) -> dict[str, float]:
 
 
 def ring_at(ref: str) -> Any:
-    """shmfetch/ring.py as of git ``ref``, loaded as a separate module (for before/after comparisons)."""
+    """shmfetch/ipc/ring.py as of git ``ref``, loaded as a separate module (for before/after comparisons)."""
     src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:shmfetch/ring.py"],
+        ["git", "-C", str(ROOT), "show", f"{ref}:shmfetch/ipc/ring.py"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     mod = types.ModuleType(f"shmfetch.ring_at_{ref}")
-    mod.__file__ = f"{ref}:shmfetch/ring.py"
+    mod.__file__ = f"{ref}:shmfetch/ipc/ring.py"
     mod.__package__ = "shmfetch"  # its relative imports (faults, segment) resolve to the working tree's
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
     return mod

@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shmfetch import AsyncClient  # noqa: E402
-from shmfetch.evaluate import load_expected, token_scores  # noqa: E402
-from shmfetch.maintext import EXTRACT_OPTIONS  # noqa: E402
+from shmfetch.extract.evaluate import load_expected, token_scores  # noqa: E402
+from shmfetch.extract.maintext import EXTRACT_OPTIONS  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tools"))
 from loadgen import PrivateDaemon, cpu_seconds, daemon_pids, proc_mem  # noqa: E402
@@ -160,8 +160,8 @@ def extraction_ceiling(rounds: int = 7, passes: int = 10) -> None:
     import requests
     import trafilatura
 
-    from shmfetch import maintext
-    from shmfetch.extract import parse_html
+    from shmfetch.extract import maintext
+    from shmfetch.extract.html import parse_html
 
     with serving_origin(0.0) as port:
         names = sorted(p.name for p in PAGES.glob("*.html"))

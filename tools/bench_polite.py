@@ -34,8 +34,8 @@ from loadgen import OwnOrigin, PrivateDaemon, _drive, cpu_snapshot, cpu_split, d
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.config import Config, PolitenessConfig  # noqa: E402
-from shmfetch.dispatch import Job  # noqa: E402
-from shmfetch.frontier import Frontier  # noqa: E402
+from shmfetch.dispatch.dispatcher import Job  # noqa: E402
+from shmfetch.frontier.admission import Frontier  # noqa: E402
 
 
 def served(socket_path: str) -> int:

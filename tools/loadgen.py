@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from origin_server import SMALL_PAGE, SMALL_PATH, make_page, page_path  # noqa: E402
 
 from shmfetch import AsyncClient, Client, Result  # noqa: E402
-from shmfetch.extract import html_to_text  # noqa: E402  (the daemon's extractor: peers must use it too)
+from shmfetch.extract.html import html_to_text  # noqa: E402  (the daemon's extractor: peers must use it too)
 
 TICK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -437,7 +437,7 @@ def fetcher_loop(urls: list[str], n: int, progress: bool) -> dict[str, Any]:
     """One process running the daemon's own fetch path (shmfetch.fetch.Fetcher: SSRF pinning, deadline,
     caps, charset, extraction) in a loop: the CPU per page the engine (IPC, master, threads) adds to."""
     from shmfetch.config import Config
-    from shmfetch.fetch import Fetcher
+    from shmfetch.fetch.fetcher import Fetcher
 
     cfg = Config.from_dict({"security": {"allow_networks": ["127.0.0.0/8", "::1/128"]}})
     f = Fetcher(cfg.fetch, cfg.security)
@@ -533,7 +533,7 @@ def overhead(socket_path: str, url: str, n: int) -> dict[str, Any]:
         get_extract.append(t2 - t0)
     # The daemon's own fetch path (SSRF pinning, deadline watchdog, charset, caps) in this process: the
     # difference to this one is what the IPC and the master cost.
-    from shmfetch.fetch import Fetcher
+    from shmfetch.fetch.fetcher import Fetcher
 
     cfg = Config.from_dict({"security": {"allow_networks": ["127.0.0.0/8", "::1/128"]}})
     f = Fetcher(cfg.fetch, cfg.security)

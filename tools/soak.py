@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shmfetch import Client, names  # noqa: E402
+from shmfetch import Client  # noqa: E402
+from shmfetch.ipc import names  # noqa: E402
 
 
 class _Page(http.server.BaseHTTPRequestHandler):

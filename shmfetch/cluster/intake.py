@@ -37,7 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..dispatch import Dispatcher, Job
+from ..dispatch.dispatcher import Dispatcher, Job
 from ..options import OptionError, check, url_problem
 from ..protocol import error_frame
 from . import streams

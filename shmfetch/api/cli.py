@@ -21,13 +21,13 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from . import config as config_mod
-from . import names
+from .. import config as config_mod
+from ..config import MODES
+from ..ipc import names
+from ..master.pidfile import running_pid
+from ..options import NAMES as OPTION_NAMES
+from ..protocol import Result
 from .client import Client, DaemonUnavailable, ProtocolError
-from .config import MODES
-from .options import NAMES as OPTION_NAMES
-from .pidfile import running_pid
-from .protocol import Result
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
@@ -83,7 +83,7 @@ def _setup_logging(cfg: config_mod.Config) -> tuple[logging.Handler, _LogQueue]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .master import Master, StartupError
+    from ..master.arbiter import Master, StartupError
 
     cfg = config_mod.load(args.config)
     handler, front = _setup_logging(cfg)
@@ -140,7 +140,7 @@ def _write_result(out: TextIO, r: Result, as_json: bool, extra: dict[str, Any] |
 
 def cmd_submit(args: argparse.Namespace) -> int:
     if args.redis:
-        from .cluster.client import RedisClient
+        from ..cluster.client import RedisClient
 
         with _redis_errors(args.redis):
             client: Any = RedisClient(_redis_url(args), _cluster_config(args).jobs)
@@ -175,7 +175,7 @@ def _redis_url(args: argparse.Namespace) -> str:
     url = args.redis or _cluster_config(args).redis
     if not url:
         raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
-    from .cluster.streams import check_url
+    from ..cluster.streams import check_url
 
     if why := check_url(url):
         raise config_mod.ConfigError(f"--redis {url!r}: not a Redis URL ({why})")
@@ -194,7 +194,7 @@ def _redis_errors(url: str) -> Iterator[None]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from .cluster.client import connect, enqueue
+    from ..cluster.client import connect, enqueue
 
     url = _redis_url(args)
     with _redis_errors(url), contextlib.closing(connect(url)) as r:
@@ -204,7 +204,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .cluster.client import connect, read_results
+    from ..cluster.client import connect, read_results
 
     url = _redis_url(args)
     with _redis_errors(url), contextlib.closing(connect(url)) as r:
@@ -311,7 +311,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import open_cache
+    from ..frontier.cache import open_cache
 
     cfg = config_mod.load(args.config or DEFAULT_CONFIG)
     cache = open_cache(cfg.cache)

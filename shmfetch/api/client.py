@@ -25,7 +25,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from .protocol import FRAME_HDR, FrameDecoder, FrameError, Result, decode_frame_body, encode_frame
+from ..protocol import FRAME_HDR, FrameDecoder, FrameError, Result, decode_frame_body, encode_frame
 
 MAX_RESPONSE_BYTES = 1 << 31  # a response holds up to [fetch] max_text_bytes of text
 

@@ -34,15 +34,15 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as u3conn
 
+from ..config import FetchConfig, SecurityConfig
+from ..extract.html import xml_to_text
+from ..extract.maintext import html_text
+from ..extract.pagemeta import page_fields
+from ..options import Options, effective
+from ..protocol import PAUSE_CODES, Outcome
 from . import charset
-from .config import FetchConfig, SecurityConfig
 from .content import ContentError, Decoder, content_codings, http_date, kind_of, looks_binary, sniff
-from .extract import xml_to_text
-from .maintext import html_text
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
-from .options import Options, effective
-from .pagemeta import page_fields
-from .protocol import PAUSE_CODES, Outcome
 
 log = logging.getLogger("shmfetch.fetch")
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .ring import RingClosed
+from ..ipc.ring import RingClosed
 
 if TYPE_CHECKING:
-    from .dispatch import WorkerHandle
+    from .dispatcher import WorkerHandle
 
 log = logging.getLogger("shmfetch.master")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from lxml import etree
 
-from .protocol import METADATA_FIELDS
+from ..protocol import METADATA_FIELDS
 
 _HREFS = etree.XPath("//a/@href | //area/@href", smart_strings=False)
 

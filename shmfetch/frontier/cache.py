@@ -33,8 +33,8 @@ from typing import Any
 
 import msgpack
 
-from .content import http_date
-from .replies import text as as_str  # result fields arrive as UTF-8 bytes
+from ..fetch.content import http_date
+from ..replies import text as as_str  # result fields arrive as UTF-8 bytes
 
 log = logging.getLogger("shmfetch.cache")
 

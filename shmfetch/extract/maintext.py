@@ -22,7 +22,7 @@ from typing import Any
 
 from lxml import etree
 
-from .extract import TooDeep, parse_html, text_without_tree, tree_to_text
+from .html import TooDeep, parse_html, text_without_tree, tree_to_text
 
 EXTRACT_OPTIONS: dict[str, Any] = {
     "fast": True,

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from protego import Protego
 
-from .config import FetchConfig, RobotsConfig, SecurityConfig
+from ..config import FetchConfig, RobotsConfig, SecurityConfig
 from .politeness import url_authority
 
 if TYPE_CHECKING:
-    from .fetch import Fetcher
+    from ..fetch.fetcher import Fetcher
 
 log = logging.getLogger("shmfetch.robots")
 
@@ -137,7 +137,7 @@ class Robots:
         if f is None:
             # Imported here: fetch.py pulls in requests and lxml, which the master otherwise never loads
             # (a broken lxml must fail the workers' boot, not the master's: tests/test_faults.py).
-            from .fetch import Fetcher
+            from ..fetch.fetcher import Fetcher
 
             f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security, answer_pauses=True)
             f.session.headers["Accept"] = "text/plain, */*;q=0.1"

@@ -31,11 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, metrics
-from .config import FetchConfig
-from .dispatch import Dispatcher, Job
-from .options import OptionError, check, url_problem
-from .protocol import ERRORS, RESULT_FIELDS
+from .. import __version__
+from ..config import FetchConfig
+from ..dispatch.dispatcher import Dispatcher, Job
+from ..options import OptionError, check, url_problem
+from ..protocol import ERRORS, RESULT_FIELDS
+from . import metrics
 
 log = logging.getLogger("shmfetch.master")
 

@@ -26,16 +26,16 @@ import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
+from ..config import Config
+from ..fronts.metrics import Histogram
+from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
+from ..replies import send_result, text
 from .cache import Entry, HttpCache, cache_key, open_cache
-from .config import Config
-from .metrics import Histogram
 from .politeness import PAUSE_CODES, Politeness, host_of
-from .protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
-from .replies import send_result, text
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher, Job
+    from ..dispatch.dispatcher import Dispatcher, Job
 
 log = logging.getLogger("shmfetch.master")
 

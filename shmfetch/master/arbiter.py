@@ -24,19 +24,19 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import names
-from .config import Config
-from .control import S_BUSY, S_PID, S_READY, Control
-from .dispatch import Dispatcher, WorkerHandle
-from .frontier import Frontier
-from .listener import Listener, SocketInUse, bind_exclusive
+from ..config import Config
+from ..dispatch.dispatcher import Dispatcher, WorkerHandle
+from ..frontier.admission import Frontier
+from ..fronts.unix import Listener, SocketInUse, bind_exclusive
+from ..ipc import names
+from ..ipc.control import S_BUSY, S_PID, S_READY, Control
+from ..ipc.ring import Ring
+from ..ipc.segment import SharedMemoryFull
 from .pidfile import AlreadyRunning, PidFile
-from .ring import Ring
-from .segment import SharedMemoryFull
 
 if TYPE_CHECKING:
-    from .cluster.intake import ClusterIntake
-    from .http_api import HttpApi
+    from ..cluster.intake import ClusterIntake
+    from ..fronts.http import HttpApi
 
 log = logging.getLogger("shmfetch.master")
 
@@ -174,7 +174,9 @@ class Master:
     async def _start_http(self) -> None:
         d, listen = self.cfg.daemon, self.cfg.http.listen
         try:
-            from .http_api import HttpApi  # imported only when configured: aiohttp is not loaded otherwise
+            from ..fronts.http import (
+                HttpApi,  # imported only when configured: aiohttp is not loaded otherwise
+            )
 
             self.http = HttpApi(self.dispatcher, self.stats, d.max_connections, fetch_cfg=self.cfg.fetch)
             await self.http.start(listen)
@@ -188,8 +190,8 @@ class Master:
         log.info("HTTP API listening on %s", listen)
 
     def _start_cluster(self) -> None:
-        from .cluster.intake import ClusterIntake  # imported only when configured
-        from .cluster.streams import claim_idle
+        from ..cluster.intake import ClusterIntake  # imported only when configured
+        from ..cluster.streams import claim_idle
 
         self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg), self.cfg.fetch)
         self.cluster.start()

@@ -25,14 +25,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..ipc.ring import Ring
+from ..protocol import error_frame, pack_request, result_frame
+from ..replies import Sink, send_result, text
 from .collector import start_collector
-from .protocol import error_frame, pack_request, result_frame
-from .replies import Sink, send_result, text
-from .ring import Ring
 
 if TYPE_CHECKING:
-    from .cache import Entry
-    from .frontier import Frontier
+    from ..frontier.admission import Frontier
+    from ..frontier.cache import Entry
 
 log = logging.getLogger("shmfetch.master")
 

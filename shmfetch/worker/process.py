@@ -23,20 +23,13 @@ import threading
 import time
 from typing import Any
 
-if __name__ == "__main__":
-    # Before the heavy imports below (requests, lxml: seconds on a loaded machine): a master SIGKILLed
-    # while we boot must take us along. main() then checks that the master is still our parent.
-    from ._parentdeath import die_with_parent
-
-    die_with_parent()
-
-from . import faults
-from .config import Config
-from .control import S_BUSY, S_READY, Control
-from .fetch import Fetcher
-from .options import effective
-from .protocol import Outcome, pack_result, unpack
-from .ring import Ring, RingClosed
+from ..config import Config
+from ..fetch.fetcher import Fetcher
+from ..ipc import faults
+from ..ipc.control import S_BUSY, S_READY, Control
+from ..ipc.ring import Ring, RingClosed
+from ..options import effective
+from ..protocol import Outcome, pack_result, unpack
 
 log = logging.getLogger("shmfetch.worker")
 
@@ -187,6 +180,3 @@ def main() -> int:
         obj.close()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,10 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .config import FetchConfig
-from .dispatch import Dispatcher, Job
-from .options import OptionError, check, url_problem
-from .protocol import FrameDecoder, FrameError, encode_frame, error_frame
+from ..config import FetchConfig
+from ..dispatch.dispatcher import Dispatcher, Job
+from ..options import OptionError, check, url_problem
+from ..protocol import FrameDecoder, FrameError, encode_frame, error_frame
 
 log = logging.getLogger("shmfetch.master")
 

@@ -1,6 +1,6 @@
 """Extraction quality: precision, recall and F1 over whitespace tokens against expected texts.
 
-    python -m shmfetch.evaluate PAGES_DIR EXPECTED_FILE [--mode text|main|markdown|trafilatura-fast]
+    python -m shmfetch.extract.evaluate PAGES_DIR EXPECTED_FILE [--mode text|main|markdown|trafilatura-fast]
 
 EXPECTED_FILE is JSON Lines, one ``{"page": "NAME.html", "text": "expected text"}`` per page (tests/pages
 has the shipped set, written by tools/make_eval_pages.py). Tokens are compared as multisets (a token
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .config import MODES
+from ..config import MODES
 from .maintext import EXTRACT_OPTIONS, html_text
 
 
@@ -81,7 +81,7 @@ def summary(rows: list[tuple[str, float, float, float]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shmfetch.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m shmfetch.extract.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("pages", help="folder of HTML pages")
     ap.add_argument("expected", help='JSON Lines file of {"page": NAME, "text": TEXT}')
     ap.add_argument("--mode", default="main", choices=(*MODES, "trafilatura-fast"))

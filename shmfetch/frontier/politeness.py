@@ -49,7 +49,7 @@ import urllib.parse
 from collections import deque
 from typing import Any
 
-from .protocol import PAUSE_CODES
+from ..protocol import PAUSE_CODES
 
 MAX_CRAWL_DELAY = 30.0  # seconds; a longer Crawl-delay is cut to this (Nutch skips such hosts instead)
 

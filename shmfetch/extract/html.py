@@ -40,7 +40,7 @@ from typing import Any
 import lxml.html
 from lxml import etree
 
-from .charset import choose, decode_as
+from ..fetch.charset import choose, decode_as
 
 BLOCK_TAGS = (
     "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog",
