@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import itertools
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +28,10 @@ from pathlib import Path
 REPO = str(Path(__file__).resolve().parent.parent)
 sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
+
+from shmfetch.testing.daemon import Daemon, write_config  # noqa: E402
+from shmfetch.testing.net import free_port  # noqa: E402
+from shmfetch.testing.origin import Origin  # noqa: E402
 
 BODY = b"<html><body><h1>Small page</h1><p>" + b"Some words of text. " * 20 + b"</p></body></html>"
 
@@ -51,26 +50,6 @@ def serve(backend: str, config: str) -> int:
 
 
 # -- the measurement ------------------------------------------------------------------------------------
-
-
-class _Origin(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _seq_http(base: str, path: str, n: int) -> float:
@@ -151,32 +130,23 @@ def _cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _daemon(backend: str, tmp: Path, port: int) -> subprocess.Popen:
-    cfg = tmp / f"{backend}.ini"
-    sock = tmp / f"{backend}.sock"
-    cfg.write_text(
-        f"[daemon]\nworkers = 2\nthreads = 8\nsocket = {sock}\npidfile = {tmp}/{backend}.pid\nlog_level = warning\n"
-        f"[security]\nallow_networks = 127.0.0.1/32\n[http]\nlisten = 127.0.0.1:{port}\n"
-    )
-    p = subprocess.Popen([sys.executable, __file__, "serve", backend, str(cfg)], stdout=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            if sock.exists():
-                return p
-        except OSError:
-            pass
-        time.sleep(0.05)
-    p.kill()
-    raise RuntimeError(f"{backend} daemon did not start")
+def _daemon(backend: str, tmp: Path, port: int) -> Daemon:
+    """A daemon with this front end on 127.0.0.1:``port``, started through ``serve`` (which runs it in
+    this script's process, so its pid is the daemon's), ready once its workers run."""
+    sections = {
+        "daemon": {"workers": 2, "threads": 8, "socket": tmp / f"{backend}.sock",
+                   "pidfile": tmp / f"{backend}.pid", "log_level": "warning"},
+        "http": {"listen": f"127.0.0.1:{port}"},
+    }  # fmt: skip
+    (tmp / backend).mkdir()
+    cfg = write_config(tmp / backend, **sections)
+    return Daemon(cfg, tmp / f"{backend}.sock", argv=[sys.executable, __file__, "serve", backend, str(cfg)], workers=2)
 
 
 def bench(args: argparse.Namespace) -> None:
-    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    origin.daemon_threads = True
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{origin.server_address[1]}/small"
+    origin = Origin()
+    origin.respond("/small", 200, BODY, {"Content-Type": "text/html; charset=utf-8"})
+    url = origin.url("/small")
     backends = args.backends.split(",")
     # Both daemons run at once and the rounds interleave, so that load from anything else on the machine
     # spreads over all front ends alike; each figure is the median over the rounds.
@@ -189,7 +159,7 @@ def bench(args: argparse.Namespace) -> None:
         procs = {}
         try:
             for b in backends:
-                procs[b] = (_daemon(b, tmp, port := _free_port()), f"http://127.0.0.1:{port}")
+                procs[b] = (_daemon(b, tmp, port := free_port()), f"http://127.0.0.1:{port}")
             sock = str(tmp / f"{backends[0]}.sock")
             fetch_path = f"/fetch?url={url}"
             for _ in range(args.rounds):
@@ -234,10 +204,9 @@ def bench(args: argparse.Namespace) -> None:
                     cpu.setdefault((who, what), []).append((_cpu_s(pid) - c0) / n)
                     samples.setdefault((who, what), []).append(wall)
         finally:
-            for p, _ in procs.values():
-                p.send_signal(signal.SIGUSR1)
-                p.wait(30)
-    origin.shutdown()
+            for d, _ in procs.values():
+                d.stop()
+    origin.stop()
     print(
         f"{'front end':<12} {'test':<18} {'wall µs/req':>11} {'req/s':>7} {'master CPU µs/req':>18}"
         f"   (medians of {args.rounds} rounds)"

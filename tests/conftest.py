@@ -16,9 +16,11 @@ import sys
 import pytest
 
 from shmfetch.ipc import names
+from shmfetch.testing.daemon import started_pids
+from shmfetch.testing.origin import Origin
+from shmfetch.testing.redis_server import RedisServer
 
-from . import helpers
-from .helpers import Origin
+from .helpers import PAGES_DIR
 
 # Test objects are named like the daemon's (shmfetch.PID.…), plus shmfetch_itest.PID.… for the C interop.
 _TEST_OWNED = re.compile(r"^(?:sem\.)?shmfetch[a-z_]*\.(\d+)\.")
@@ -26,7 +28,7 @@ _TEST_OWNED = re.compile(r"^(?:sem\.)?shmfetch[a-z_]*\.(\d+)\.")
 
 def _ours() -> set[str]:
     """/dev/shm entries created by this process or by a process a test of this run started."""
-    mine = helpers.started_pids | {os.getpid()}
+    mine = started_pids | {os.getpid()}
     try:
         entries = os.listdir(names.SHM_DIR)
     except FileNotFoundError:
@@ -87,16 +89,14 @@ def no_leftovers():
 
 @pytest.fixture(scope="session")
 def origin():
-    o = Origin()
+    o = Origin(pages_dir=PAGES_DIR)
     yield o
     o.stop()
 
 
 @pytest.fixture
 def redis_server(tmp_path):
-    """A real redis-server of this test's own (tests/redis_server.py), stopped afterwards."""
-    from .redis_server import RedisServer
-
+    """A real redis-server of this test's own (shmfetch/testing/redis_server.py), stopped afterwards."""
     server = RedisServer(tmp_path / "redis")
     try:
         yield server

@@ -1,18 +1,16 @@
-"""Test scaffolding: a real daemon in a subprocess (the HTTP origin lives in tests/origin.py).
+"""Test-only fixtures and probes on top of the shared harness (shmfetch/testing/).
 
-Nothing here is mocked: the daemon is ``python -m shmfetch serve`` with its own config, socket, pidfile,
-shared memory and worker processes.
+The daemon, its config, the origin, free ports and redis-server live in shmfetch.testing, which the tools
+use too; they are re-exported here so that test modules import everything from one place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,25 +19,25 @@ from pathlib import Path
 import pytest
 
 from shmfetch import Client
-from shmfetch.ipc import membarrier, names
-
-from .origin import Origin, numbered_text
+from shmfetch.ipc import membarrier
+from shmfetch.testing.daemon import Daemon, running_daemon, serve_argv, started_pids, write_config
+from shmfetch.testing.net import free_port
+from shmfetch.testing.origin import Origin, numbered_text, start_origin
 
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
     "daemon_stats", "cpu_ticks", "proc_kib", "fetch_through_kill_storm", "serve_argv", "MEMBARRIER",
-    "needs_membarrier",
+    "needs_membarrier", "started_pids", "free_port", "origin_fixture", "REPO",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
+# The content-mode evaluation pages (tools/make_eval_pages.py), served by the origin under /pages/.
+PAGES_DIR = REPO / "tests" / "pages"
 
 # The ring's membarrier fence mode as a test parameter (docs/RING.md, "Fences"): it needs Linux >= 4.16 on
 # x86-64; where the kernel does not offer it the daemon runs fence mode, and the parameter is skipped.
 needs_membarrier = pytest.mark.skipif(not membarrier.register(), reason="no membarrier GLOBAL_EXPEDITED here")
 MEMBARRIER = pytest.param("membarrier", marks=needs_membarrier)
-
-# Pids of every shmfetch process a test started (conftest's leftover check looks only at their objects).
-started_pids: set[int] = set()
 
 
 def page_text(i: int) -> str:
@@ -47,175 +45,12 @@ def page_text(i: int) -> str:
     return numbered_text(i)
 
 
-def write_config(tmp: Path, **sections: dict[str, object]) -> Path:
-    """A config in ``tmp`` with its own socket and pidfile; ``sections`` override keys."""
-    base: dict[str, dict[str, object]] = {
-        "daemon": {
-            "workers": 2,
-            "threads": 4,
-            "socket": tmp / "shmfetch.sock",
-            "pidfile": tmp / "shmfetch.pid",
-            "drain_timeout": 5,
-        },
-        "fetch": {"timeout": 5},
-        "security": {"allow_networks": "127.0.0.1/32"},
-        # The suite's origin is one host; tests not about politeness run without a per-host cap, as they
-        # did before it existed (tests/test_politeness.py sets its own).
-        "politeness": {"per_host": 65536},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    text = "".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) for s, kv in base.items())
-    path = tmp / "config.ini"
-    path.write_text(text)
-    return path
-
-
-class Daemon:
-    """``shmfetch serve`` in a subprocess. ``stop()`` sends SIGUSR1 and returns (exit code, stdout).
-
-    ``argv`` replaces the command, for a daemon started through a wrapper that ``exec``s it (so that the
-    pid is the daemon's): ``serve_argv(config)`` is the daemon's own command line.
-    """
-
-    def __init__(
-        self,
-        config: Path,
-        socket_path: Path,
-        wait: bool = True,
-        argv: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        stderr_pipe: bool = False,
-    ):
-        self.config = config
-        self.socket = str(socket_path)
-        self._errfile = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            argv or serve_argv(config),
-            stdout=subprocess.PIPE,
-            # A file, not a pipe, unless a test asks for one (that nobody reads until stop()): the tests
-            # read the daemon's log while it runs.
-            stderr=subprocess.PIPE if stderr_pipe else self._errfile,
-            text=True,
-            cwd=REPO,
-            env=env,
-        )
-        started_pids.add(self.proc.pid)
-        self.stdout = ""
-        self._piped_err: str | None = None
-        if wait:
-            self.wait_ready()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._collect(10)
-                raise RuntimeError(f"daemon exited early ({self.proc.returncode}): {self.stderr}")
-            if os.path.exists(self.socket) and self.worker_pids():
-                if all(_is_running_worker(p) for p in self.worker_pids()):
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("daemon did not become ready")
-
-    @property
-    def stderr(self) -> str:
-        """What the daemon wrote to stderr so far (read with pread: the daemon shares the file offset);
-        with ``stderr_pipe``, what the pipe held when the daemon was stopped."""
-        if self._piped_err is not None:
-            return self._piped_err
-        fd = self._errfile.fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
-
-    def _collect(self, timeout: float) -> None:
-        """Wait for the daemon's exit and read its stdout (and its stderr pipe, if it has one)."""
-        self.stdout, err = self.proc.communicate(timeout=timeout)
-        if err is not None:
-            self._piped_err = err
-
-    def worker_pids(self) -> list[int]:
-        try:
-            out = subprocess.run(
-                ["pgrep", "-P", str(self.pid)], capture_output=True, text=True, timeout=10
-            ).stdout
-        except FileNotFoundError:
-            return _children(self.pid)
-        return [int(x) for x in out.split()]
-
-    def stop(self, sig: int = signal.SIGUSR1, timeout: float = 30.0) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self._collect(timeout)
-        except subprocess.TimeoutExpired as e:
-            self.kill()
-            raise AssertionError(
-                f"daemon {self.pid} did not exit within {timeout}s of {signal.Signals(sig).name}; "
-                f"its stderr ends:\n{self.stderr[-4000:]}"
-            ) from e
-        return self.proc.returncode, self.stdout
-
-    def kill(self) -> None:
-        """Last resort for a failing test: kill the daemon and its workers, and unlink its objects."""
-        pids = self.worker_pids()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self._collect(10)
-        for entry in names.owned_by(self.pid):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(names.SHM_DIR, entry))
-
-    def last_line(self) -> str:
-        lines = self.stdout.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def serve_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "shmfetch", "serve", "-c", str(config)]
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def _is_running_worker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"shmfetch.worker" in fh.read()
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def running_daemon(tmp: Path, **sections: dict[str, object]) -> Iterator[Daemon]:
-    """A daemon for the duration of a ``with``; stopped (or killed) on the way out, whatever happens."""
-    cfg = write_config(tmp, **sections)
-    d = Daemon(
-        cfg,
-        tmp / "shmfetch.sock" if "socket" not in sections.get("daemon", {}) else sections["daemon"]["socket"],
-    )
-    try:
-        yield d
-    finally:
-        if d.proc.poll() is None:
-            d.stop()  # kills the daemon, then fails the test, if it does not stop in time
+@pytest.fixture(scope="module", name="origin")
+def origin_fixture() -> Iterator[Origin]:
+    """Module-scoped fixture ``origin``: ``from .helpers import origin_fixture`` in a test module to use it
+    (the suite-wide ``origin`` of conftest is session-scoped)."""
+    with start_origin(pages_dir=PAGES_DIR) as o:
+        yield o
 
 
 def run_cli(

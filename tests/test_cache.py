@@ -10,9 +10,9 @@ import pytest
 from shmfetch import Client
 from shmfetch.frontier.cache import HttpCache, cache_key
 from shmfetch.protocol import METADATA_FIELDS
+from shmfetch.testing.origin import numbered_text
 
 from .helpers import daemon_stats, run_cli, running_daemon
-from .origin import numbered_text
 
 
 def cache_cfg(tmp_path, **extra: object) -> dict[str, object]:

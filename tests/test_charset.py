@@ -8,8 +8,9 @@ from shmfetch.config import FetchConfig, SecurityConfig
 from shmfetch.extract.html import html_to_text
 from shmfetch.fetch import charset
 from shmfetch.fetch.fetcher import Fetcher
+from shmfetch.testing.origin import SAMPLES, charset_page
 
-from .origin import SAMPLES, charset_page, origin_fixture  # noqa: F401 (origin is a fixture)
+from .helpers import origin_fixture  # noqa: F401 (origin is a fixture)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from .helpers import REPO, run_cli, running_daemon, started_pids
-from .origin import closed_port
+from .helpers import REPO, free_port, run_cli, running_daemon, started_pids
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def test_submit_concurrency_below_one_is_a_usage_error(daemon, origin, value):
 
 
 def test_a_refused_connection_reads_connection_refused_host_port(daemon):
-    port = closed_port()
+    port = free_port()
     p = run_cli("submit", "--socket", daemon.socket, "--json", f"http://127.0.0.1:{port}/", timeout=30)
     assert p.returncode == 1
     r = json.loads(p.stdout)
@@ -38,7 +37,7 @@ def test_a_refused_connection_reads_connection_refused_host_port(daemon):
 
 
 def test_plain_submit_prints_each_failure_once(daemon, origin):
-    bad = f"http://127.0.0.1:{closed_port()}/"
+    bad = f"http://127.0.0.1:{free_port()}/"
     p = run_cli("submit", "--socket", daemon.socket, origin.url("/page/1"), bad, timeout=30)
     assert p.returncode == 1
     assert (p.stdout + p.stderr).count(bad) == 1, (p.stdout, p.stderr)

@@ -17,8 +17,9 @@ from shmfetch.extract.html import (
     xml_to_text,
 )
 from shmfetch.fetch.fetcher import Fetcher
+from shmfetch.testing.origin import EXTRACT_CASES, NOSCRIPT_KEEP_TEXT, page_html, page_text
 
-from .origin import EXTRACT_CASES, NOSCRIPT_KEEP_TEXT, origin_fixture, page_html, page_text  # noqa: F401
+from .helpers import origin_fixture  # noqa: F401 (origin is a fixture)
 
 
 @pytest.mark.parametrize("name", list(EXTRACT_CASES))

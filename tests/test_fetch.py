@@ -17,9 +17,9 @@ from shmfetch.fetch import fetcher as fetch_mod
 from shmfetch.fetch.content import http_date
 from shmfetch.fetch.fetcher import Fetcher, Outcome
 from shmfetch.protocol import ERRORS
+from shmfetch.testing.origin import _Handler, page_text
 
-from .helpers import proc_kib
-from .origin import Origin, _Handler, closed_port, origin_fixture, page_text  # noqa: F401 (origin is a fixture)
+from .helpers import free_port, origin_fixture, proc_kib  # noqa: F401 (origin is a fixture)
 
 LOOPBACK = SecurityConfig(allow_networks=("127.0.0.1/32",))
 
@@ -360,7 +360,7 @@ def test_reset_mid_body(f, origin):
 
 
 def test_connection_refused(f):
-    out, took = timed(f, f"http://127.0.0.1:{closed_port()}/")
+    out, took = timed(f, f"http://127.0.0.1:{free_port()}/")
     assert out.error == "connect_error" and took < 2.0
 
 
@@ -419,7 +419,7 @@ def test_keep_alive_reuses_one_connection(origin):
 
 
 def test_environment_proxies_are_ignored(origin, monkeypatch):
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.setenv(var, dead)
     monkeypatch.delenv("NO_PROXY", raising=False)

@@ -11,9 +11,9 @@ import time
 import urllib.parse
 
 from shmfetch.api.client import Client
+from shmfetch.testing.origin import EXTRACT_CASES, SAMPLES, page_text, start_origin
 
 from .helpers import proc_kib, running_daemon
-from .origin import EXTRACT_CASES, SAMPLES, page_text, start_origin
 
 DECODED_CAP = 8 << 20
 

@@ -8,8 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shmfetch import Client
 
-from .helpers import daemon_stats, running_daemon
-from .origin import closed_port
+from .helpers import daemon_stats, free_port, running_daemon
 
 EXPECTED = {
     "shmfetch_requests", "shmfetch_fetch_duration_seconds", "shmfetch_response_bytes", "shmfetch_retries",
@@ -34,7 +33,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_agree_with_stats_and_with_what_was_sent(tmp_path, origin):
-    port = closed_port()
+    port = free_port()
     n_ok, n_404 = 12, 3
     cached = origin.url("/cacheable?key=metrics&cc=max-age%3D600")
     urls = [origin.url(f"/page/{i}") for i in range(n_ok)] + [origin.url("/status/404")] * n_404

@@ -28,8 +28,7 @@ from shmfetch.extract.maintext import html_text, main_content
 from shmfetch.extract.pagemeta import links, metadata
 from shmfetch.options import MAX_URL_CHARS, OptionError, check, url_problem
 
-from .helpers import REPO, run_cli, running_daemon, wait_for, write_config
-from .origin import origin_fixture  # noqa: F401
+from .helpers import REPO, free_port, origin_fixture, run_cli, running_daemon, wait_for, write_config  # noqa: F401
 
 PAGES = Path(__file__).resolve().parent / "pages"
 EXPECTED = PAGES / "expected.jsonl"
@@ -251,12 +250,6 @@ def _connects(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_modes_metadata_and_links_over_cli_and_clients(tmp_path, origin):
     url = origin.url(f"/pages/{ARTICLE}")
     expected = _expected(ARTICLE)
@@ -326,7 +319,7 @@ def test_config_default_mode(tmp_path, origin):
 
 
 def test_http_api_modes_accept_markdown_and_bad_options(tmp_path, origin):
-    port = _free_port()
+    port = free_port()
     url = origin.url(f"/pages/{ARTICLE}")
     with running_daemon(tmp_path, http={"listen": f"127.0.0.1:{port}"}):
         wait_for(lambda: _connects(port), 20, "the HTTP port")

@@ -18,14 +18,7 @@ import requests
 from shmfetch import AsyncClient, Client
 from shmfetch.protocol import RESULT_FIELDS, encode_frame
 
-from .helpers import REPO, daemon_stats, page_text, run_cli, running_daemon, wait_for, write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from .helpers import REPO, daemon_stats, free_port, page_text, run_cli, running_daemon, wait_for, write_config
 
 # -- stats ----------------------------------------------------------------------------------------------
 
@@ -166,7 +159,7 @@ def test_async_client_fetch_fetch_many_and_stats(tmp_path, origin):
 
 
 def test_http_api_text_json_and_status_codes(tmp_path, origin):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     sections = {
         # one worker with one slot of credit and a queue of one, so that overload is cheap to provoke

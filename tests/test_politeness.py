@@ -16,9 +16,9 @@ import pytest
 from shmfetch import Client
 from shmfetch.frontier.politeness import Politeness, host_of, url_authority
 from shmfetch.frontier.robots import origin_of
+from shmfetch.testing.origin import Origin, numbered_text, start_origin
 
 from .helpers import daemon_stats, running_daemon, wait_for
-from .origin import Origin, numbered_text, start_origin
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 LOOPBACK = {"allow_networks": "127.0.0.0/8"}

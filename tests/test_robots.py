@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from shmfetch import Client
+from shmfetch.testing.origin import Origin, start_origin
 
 from .helpers import Daemon, daemon_stats, proc_kib, running_daemon
-from .origin import Origin, start_origin
 
 ROBOTS_TIMEOUT = 1.0
 

@@ -13,8 +13,9 @@ import pytest
 from shmfetch.config import FetchConfig, SecurityConfig
 from shmfetch.fetch.fetcher import Fetcher
 from shmfetch.fetch.netpolicy import NetPolicy, embedded_ipv4
+from shmfetch.testing.origin import make_cert, page_text, start_origin
 
-from .origin import make_cert, origin_fixture, page_text, start_origin  # noqa: F401 (origin_fixture)
+from .helpers import origin_fixture  # noqa: F401 (origin_fixture)
 
 DENIED_BY_DEFAULT = [
     "169.254.169.254",  # cloud metadata

@@ -1,7 +1,7 @@
 """Cluster benchmark: what Redis Streams cost against the Unix socket, and the broker's own ceiling.
 
 Everything on loopback, in one run, with a private redis-server (AOF on, as in the tests) and the
-loadgen's own origin (tools/origin_server.py: 200 seeded pages of 12-282 KB). Each repetition runs:
+loadgen's own origin (shmfetch/testing/origin.py in its own process: 200 seeded pages of 12-282 KB). Each repetition runs:
 
 * ``local``: one daemon with two workers, fed ``-n`` pages through its Unix socket by ``shmfetch.Client``
   (``fetch_many``, ``-c`` in flight);
@@ -39,12 +39,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 # The daemons run from a temporary directory: let them import this checkout, installed or not.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from loadgen import OwnOrigin, PrivateDaemon, cpu_seconds, daemon_pids  # noqa: E402
-from origin_server import SMALL_PATH  # noqa: E402
+from loadgen import PrivateDaemon, cpu_seconds, daemon_pids  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.cluster.client import connect, enqueue  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
+from shmfetch.testing.pageset import SMALL_PATH  # noqa: E402
+from shmfetch.testing.redis_server import RedisServer  # noqa: E402
 
 
 def daemons_cpu(daemons: list[PrivateDaemon]) -> float:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
-    origin = OwnOrigin(200, 1, 0.0)
+    origin = OriginProcess(200, 1, 0.0)
     tmp = tempfile.TemporaryDirectory(prefix="bench_cluster.")
     server = RedisServer(Path(tmp.name))
     with connect(server.url) as r:

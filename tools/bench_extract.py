@@ -5,7 +5,7 @@
 Pages are generated (10-300 KB, realistic: head with scripts and styles, nav, paragraphs with entities and
 inline markup, tables, lists, a <pre>, inline scripts in the body). Each extractor runs over the same
 decoded str pages (or their UTF-8 bytes); the best of ``rounds`` in CPU time is reported in MB/s and
-pages/s. ``--news`` takes loadgen's news-like set instead (tools/origin_server.py, 50-300 KB). Contenders:
+pages/s. ``--news`` takes loadgen's news-like set instead (shmfetch/testing/pageset.py, 50-300 KB). Contenders:
 
   text_content   lxml.html.fromstring(page).text_content(): the baseline (no layout, keeps scripts)
   naive bytes    the loadgen's naive peers: body bytes, script/style dropped, text_content()
@@ -204,7 +204,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     if args.news:
-        from origin_server import make_page as origin_page
+        from shmfetch.testing.pageset import make_page as origin_page
 
         pages = [origin_page(args.seed, i, 50_000).decode() for i in range(args.pages)]
     else:

@@ -5,7 +5,7 @@
 
 One run, same machine, same URLs, same origin:
 
-* an origin process (aiohttp) serves the shipped article pages (tests/pages) under many URLs, after
+* an origin process (shmfetch/testing/origin.py) serves the shipped article pages (tests/pages) under many URLs, after
   ``--latency-ms`` of simulated network latency per response;
 * **daemon**: ``shmfetch serve`` (N workers, ``--threads`` threads each, default 16), driven by ``AsyncClient.fetch_many(urls,
   mode="main")`` at concurrency 64: download, parse once, trafilatura on the tree, result over shared
@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,50 +45,29 @@ from shmfetch.extract.maintext import EXTRACT_OPTIONS  # noqa: E402
 sys.path.insert(0, str(REPO / "tools"))
 from loadgen import PrivateDaemon, cpu_seconds, daemon_pids, proc_mem  # noqa: E402
 
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
+
 PAGES = REPO / "tests" / "pages"
 
 
 # -- origin -------------------------------------------------------------------------------------------
 
 
-def _origin(port_q: Any, latency: float) -> None:
-    from aiohttp import web
-
-    pages = {p.name: p.read_bytes() for p in PAGES.glob("*.html")}
-
-    async def handle(request: web.Request) -> web.Response:
-        if latency:
-            await asyncio.sleep(latency)
-        body = pages.get(request.match_info["name"])
-        if body is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=body, content_type="text/html", charset="utf-8")
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/p/{i}/{name}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port_q.put(site._server.sockets[0].getsockname()[1])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
 @contextlib.contextmanager
 def serving_origin(latency: float) -> Iterator[int]:
-    """The origin in its own process for the ``with`` block; yields its port on 127.0.0.1."""
-    ctx = mp.get_context("spawn")
-    port_q = ctx.Queue()
-    origin = ctx.Process(target=_origin, args=(port_q, latency), daemon=True)
-    origin.start()
-    try:
-        yield port_q.get(timeout=30)
-    finally:
-        origin.kill()
-        origin.join(10)
+    """The harness's origin in its own process, serving tests/pages under /pages/, for the ``with`` block;
+    yields its port on 127.0.0.1."""
+    with OriginProcess(pages=0, latency_ms=latency * 1000, pages_dir=PAGES) as origin:
+        yield origin.port
+
+
+def page_url(port: int, i: int, name: str) -> str:
+    """A distinct URL (``?copy=i``) for one of the shipped pages."""
+    return f"http://127.0.0.1:{port}/pages/{name}?copy={i}"
+
+
+def page_name(url: str) -> str:
+    return urllib.parse.urlsplit(url).path.rsplit("/", 1)[1]
 
 
 # -- daemon -------------------------------------------------------------------------------------------
@@ -148,7 +128,7 @@ def run_peer(pool: Any, urls: list[str]) -> tuple[float, dict[str, str]]:
 
 
 def mean_f1(texts: dict[str, str], expected: dict[str, str]) -> float:
-    scores = [token_scores(text, expected[url.rsplit("/", 1)[1]])[2] for url, text in texts.items()]
+    scores = [token_scores(text, expected[page_name(url)])[2] for url, text in texts.items()]
     return sum(scores) / len(scores)
 
 
@@ -165,7 +145,7 @@ def extraction_ceiling(rounds: int = 7, passes: int = 10) -> None:
 
     with serving_origin(0.0) as port:
         names = sorted(p.name for p in PAGES.glob("*.html"))
-        urls = [f"http://127.0.0.1:{port}/p/0/{n}" for n in names]
+        urls = [page_url(port, 0, n) for n in names]
         pages = [(PAGES / n).read_bytes() for n in names]
         session = requests.Session()
         session.trust_env = False
@@ -216,7 +196,7 @@ def main() -> int:
     cpu: dict[str, list[float]] = {"daemon": [], "peer": []}
     f1: dict[str, float] = {}
     with serving_origin(args.latency_ms / 1000.0) as port:
-        urls = [f"http://127.0.0.1:{port}/p/{i}/{names[i % len(names)]}" for i in range(args.requests)]
+        urls = [page_url(port, i, names[i % len(names)]) for i in range(args.requests)]
         # loadgen's private daemon: one host's URLs, so it lifts [politeness] per_host (default 8), which
         # would cap the daemon's 64 requests in flight at 8 fetches.
         daemon = PrivateDaemon(args.workers, args.threads, {"fetch": {"timeout": 30}})

@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from loadgen import OwnOrigin, PrivateDaemon, _drive, cpu_snapshot, cpu_split, daemon_pids  # noqa: E402
+from loadgen import PrivateDaemon, _drive, cpu_snapshot, cpu_split, daemon_pids  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.config import Config, PolitenessConfig  # noqa: E402
 from shmfetch.dispatch.dispatcher import Job  # noqa: E402
 from shmfetch.frontier.admission import Frontier  # noqa: E402
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
 
 
 def served(socket_path: str) -> int:
@@ -53,7 +54,7 @@ def measured(socket_path: str, urls: list[str], n: int, conc: int) -> dict[str, 
 
 
 def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
-    origin = OwnOrigin(args.pages, 1, args.latency_ms, extra=("--cache-control", "max-age=3600"))
+    origin = OriginProcess(args.pages, 1, args.latency_ms, cache_control="max-age=3600")
     tmp = tempfile.mkdtemp(prefix="bench_polite.")
     try:
         pages = origin.urls

@@ -2,8 +2,8 @@
 
 Origins (loopback only):
 
-* default: its own origin, tools/origin_server.py in a separate process (aiohttp; a seeded set of ``--pages``
-  realistic pages of 10-300 KB; ``--latency-ms`` injected per response);
+* default: its own origin, shmfetch/testing/origin.py in a separate process (a seeded set of ``--pages``
+  realistic pages of 10-300 KB, shmfetch/testing/pageset.py; ``--latency-ms`` injected per response);
 * ``--urls FILE``: any list of URLs, one a line (e.g. the same page set served by nginx:
   tools/nginx_origin.sh writes it with ``--write-site`` and starts nginx around one command).
 
@@ -36,9 +36,8 @@ import concurrent.futures
 import json
 import multiprocessing as mp
 import os
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,10 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from origin_server import SMALL_PAGE, SMALL_PATH, make_page, page_path  # noqa: E402
-
 from shmfetch import AsyncClient, Client, Result  # noqa: E402
+from shmfetch.config import DaemonConfig, FetchConfig  # noqa: E402
 from shmfetch.extract.html import html_to_text  # noqa: E402  (the daemon's extractor: peers must use it too)
+from shmfetch.testing.daemon import Daemon, write_config  # noqa: E402
+from shmfetch.testing.net import free_port  # noqa: E402
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
+from shmfetch.testing.pageset import SMALL_PAGE, SMALL_PATH, make_page, page_path  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -576,88 +578,32 @@ def idle_cpu(socket_path: str, seconds: float) -> dict[str, Any]:
 # -- origins and a private daemon ------------------------------------------------------------------------
 
 
-class OwnOrigin:
-    """tools/origin_server.py in a child process; stopped on exit."""
-
-    def __init__(
-        self, pages: int, seed: int, latency_ms: float, min_kb: int = 10, extra: tuple[str, ...] = ()
-    ):
-        cmd = [sys.executable, str(ROOT / "tools" / "origin_server.py"), "--pages", str(pages)]
-        cmd += ["--seed", str(seed), "--latency-ms", str(latency_ms), "--min-kb", str(min_kb), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # blocks until it listens (or dies)
-        if not line.startswith("PORT "):
-            self.close()
-            raise SystemExit("the origin server did not start")
-        self.port = int(line.split()[1])
-        self.urls = [f"http://127.0.0.1:{self.port}{page_path(i)}" for i in range(pages)]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class PrivateDaemon:
-    """``shmfetch serve`` with a temporary config (loopback allowed); stopped with SIGUSR1 on exit."""
+class PrivateDaemon(Daemon):
+    """``shmfetch serve`` with a temporary config (loopback allowed, no per-host cap, the daemon's default
+    timeouts), ready once all its workers run; ``close()`` stops it with SIGUSR1 and removes the config."""
 
     def __init__(self, workers: int, threads: int, extra: dict[str, dict[str, Any]] | None = None):
-        self.dir = tempfile.mkdtemp(prefix="loadgen.")
-        self.socket = os.path.join(self.dir, "d.sock")
-        conf = {
-            "daemon": {"workers": workers, "threads": threads, "socket": self.socket, "log_level": "warning"},
+        self.dir = Path(tempfile.mkdtemp(prefix="loadgen."))
+        conf: dict[str, dict[str, Any]] = {
+            "daemon": {
+                "workers": workers, "threads": threads, "socket": self.dir / "d.sock",
+                "pidfile": self.dir / "d.pid", "log_level": "warning", "drain_timeout": DaemonConfig.drain_timeout,
+            },
+            "fetch": {"timeout": FetchConfig.timeout},
             "security": {"allow_networks": "127.0.0.0/8, ::1/128"},
-            # The page set is one host: [politeness] per_host (default 8) would cap the throughput measured.
-            "politeness": {"per_host": 65536},
-        }
-        conf["daemon"]["pidfile"] = os.path.join(self.dir, "d.pid")
+        }  # fmt: skip
         for sec, kv in (extra or {}).items():
             conf.setdefault(sec, {}).update(kv)
-        path = os.path.join(self.dir, "config.ini")
-        with open(path, "w") as fh:
-            for sec, kv in conf.items():
-                fh.write(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()))
-        # The checkout's shmfetch, the one loadgen itself imports, whether or not a copy is installed.
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shmfetch", "serve", "-c", path],
-            stdout=subprocess.DEVNULL,
-            cwd=self.dir,
-            env=env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the daemon exited with {self.proc.returncode} while starting")
-            try:
-                pids = daemon_pids(self.socket)
-                if len(pids["workers"]) == workers:
-                    break
-            except (OSError, ConnectionError):
-                pass
-            time.sleep(0.1)
-        else:
-            self.close()
-            raise SystemExit("the daemon did not come up within 30 s")
+        try:
+            super().__init__(write_config(self.dir, **conf), self.dir / "d.sock", workers=workers, ready_timeout=30)
+        except (RuntimeError, TimeoutError) as e:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise SystemExit(f"the daemon did not start: {e}") from None
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(30)
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
+            self.stop(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def write_site(directory: str, pages: int, seed: int, min_kb: int) -> None:
@@ -679,14 +625,6 @@ def write_site(directory: str, pages: int, seed: int, min_kb: int) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _socket_from(args: argparse.Namespace) -> str:
@@ -819,7 +757,7 @@ def sweep(args: argparse.Namespace, report: dict[str, Any]) -> None:
             # Enough requests in flight to fill every thread of every worker, whatever the latency.
             conc = max(args.c, 2 * args.workers * t)
             for lat in lats:
-                origin = OwnOrigin(args.pages, args.seed, lat)
+                origin = OriginProcess(args.pages, args.seed, lat)
                 try:
                     daemon = PrivateDaemon(
                         args.workers, t, {"daemon": {"max_inflight_per_worker": max(64, 2 * t)}}
@@ -933,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                 if host not in ("127.0.0.1", "localhost", "[::1]"):
                     raise SystemExit(f"loadgen fetches from loopback only, not {u}")
         else:
-            origin = OwnOrigin(args.pages, args.seed, args.latency_ms, args.min_kb)
+            origin = OriginProcess(args.pages, args.seed, args.latency_ms, args.min_kb)
             cleanup.append(origin)
             urls = origin.urls
         small_url = urls[0].rsplit("/p/", 1)[0] + SMALL_PATH  # the origin's (or nginx site's) small page
@@ -944,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.spawn:
             extra = None
             if args.front_compare:
-                args.http = f"127.0.0.1:{_free_port()}"
+                args.http = f"127.0.0.1:{free_port()}"
                 extra = {"http": {"listen": args.http}}
             daemon = PrivateDaemon(args.workers, args.threads, extra)
             cleanup.append(daemon)

@@ -1,6 +1,6 @@
 """Soak: push many requests through a real daemon and check that nothing grows.
 
-Starts its own origin (a keep-alive HTTP/1.1 server in a separate process, on 127.0.0.1) and its own
+Starts its own origin (shmfetch/testing/origin.py in a separate process, on 127.0.0.1) and its own
 daemon (a temporary config, socket and pidfile), sends ``-n`` requests (default 100 000) in rounds, and
 reports for the master and each worker: RSS, open file descriptors, and /dev/shm usage, at the start (after
 a warm-up round) and at the end. Exit status 1 if any of them grew beyond a small tolerance.
@@ -12,13 +12,9 @@ a warm-up round) and at the end. Exit status 1 if any of them grew beyond a smal
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
-import multiprocessing as mp
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,33 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.ipc import names  # noqa: E402
-
-
-class _Page(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        i = int(self.path.rsplit("/", 1)[-1] or 0)
-        rows = "".join(f"<tr><td>{i}</td><td>row {r} &amp; more</td></tr>" for r in range(40))
-        body = (
-            f"<html><head><title>soak {i}</title><script>var a={i};</script></head><body>"
-            f"<h1>Soak page {i}</h1><table>{rows}</table><p>{'word ' * 300}</p></body></html>"
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def _serve(port_q: mp.Queue) -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    httpd.daemon_threads = True
-    port_q.put(httpd.server_address[1])
-    httpd.serve_forever()
+from shmfetch.testing.daemon import Daemon, write_config  # noqa: E402
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
 
 
 def _proc_figures(pid: int) -> dict[str, int]:
@@ -85,30 +56,19 @@ def main() -> int:
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
 
-    port_q: mp.Queue = mp.get_context("spawn").Queue()
-    origin = mp.get_context("spawn").Process(target=_serve, args=(port_q,), daemon=True)
-    origin.start()
-    port = port_q.get(timeout=30)
+    origin = OriginProcess(pages=0)
     tmp = Path(tempfile.mkdtemp(prefix="shmfetch-soak-"))
-    cfg = tmp / "config.ini"
-    cfg.write_text(
-        f"[daemon]\nworkers = {args.workers}\nthreads = 16\nsocket = {tmp}/s.sock\npidfile = {tmp}/s.pid\n"
-        "max_pending = 100000\n[security]\nallow_networks = 127.0.0.1/32\n"
-    )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "shmfetch", "serve", "-c", str(cfg)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    daemon_conf = {"workers": args.workers, "threads": 16, "socket": tmp / "s.sock", "pidfile": tmp / "s.pid"}
+    cfg = write_config(tmp, daemon={**daemon_conf, "max_pending": 100000}, fetch={"timeout": 10})
     report: dict = {"requests": args.n}
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(tmp / "s.sock"):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("daemon did not start")
-            time.sleep(0.05)
-        urls = (f"http://127.0.0.1:{port}/{i % 5000}" for i in range(args.n))
+        daemon = Daemon(cfg, tmp / "s.sock", workers=args.workers, ready_timeout=30)
+    except (RuntimeError, TimeoutError) as e:
+        origin.close()
+        raise SystemExit(f"daemon did not start: {e}") from None
+    try:
+        # 5000 distinct pages of about 4 KB: a table and some paragraphs each
+        urls = (origin.url(f"/page?size=4000&title=soak%20{i % 5000}") for i in range(args.n))
         warm = 2000
         ok = fail = 0
         t0 = time.monotonic()
@@ -123,10 +83,8 @@ def main() -> int:
             report["end"] = snapshot(c)
         report.update(ok=ok, failed=fail, seconds=round(time.monotonic() - t0, 1))
     finally:
-        daemon.send_signal(signal.SIGUSR1)
-        out, _ = daemon.communicate(timeout=60)
-        origin.terminate()
-        origin.join(10)
+        _, out = daemon.stop(timeout=60)
+        origin.close()
         shutil.rmtree(tmp, ignore_errors=True)
     report["final_line"] = out.strip().splitlines()[-1] if out.strip() else ""
     report["shm_left"] = names.owned_by(daemon.pid)

@@ -1,26 +1,20 @@
-"""A real ``redis-server`` for the cluster tests: 127.0.0.1, a free port, its files in the test's tmp_path,
-AOF on, in the foreground. Its pid is registered with the other processes the tests start, and ``stop``
-ends it (SIGTERM, so that it writes its AOF, then SIGKILL if it lingers)."""
+"""A real ``redis-server`` for the cluster tests and tools/bench_cluster.py: 127.0.0.1, a free port, its files
+in a directory of the caller's, AOF on, in the foreground. Its pid is registered with the other processes
+the harness starts, and ``stop`` ends it (SIGTERM, so that it writes its AOF, then SIGKILL if it lingers)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from .helpers import started_pids
+from .daemon import started_pids
+from .net import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -1,28 +1,16 @@
-"""A fast HTTP origin on 127.0.0.1 for tools/loadgen.py: a seeded set of realistic generated pages.
+"""The benchmark page set: seeded, realistic generated pages, byte-identical in every process.
 
-Runs in its own process (so its event loop never shares a GIL with the load generator or the peers it is
-compared with) and serves ``/p/<i>.html`` for ``i`` in ``0 … pages-1`` from memory with aiohttp, after
-sleeping ``--latency-ms`` per response (an ``asyncio.sleep``: latency costs the origin no CPU and no
-thread, so 100 ms with a thousand requests in flight is still cheap). Prints ``PORT <n>`` on stdout once it
-listens, then serves until SIGTERM/SIGINT.
-
-The page set is deterministic for a given ``--seed``: page ``i`` is built from ``random.Random(seed, i)``,
-so the loadgen's own origin, the static site written by ``loadgen.py --write-site`` (served by nginx) and
-every peer see byte-identical pages. Sizes are log-uniform between 10 KB and 300 KB, and the markup is what
-real pages carry: scripts, inline styles, a head with metadata, nested divs, navigation lists, tables,
-named and numeric entities, comments, ``<pre>`` blocks and non-ASCII text.
-
-    python tools/origin_server.py --pages 200 --latency-ms 100 --port 0
+``make_page(seed, i)`` builds page ``i`` from ``random.Random(seed, i)``, so the Python origin
+(shmfetch/testing/origin.py, ``/p/<i>.html``), the static site written by ``tools/loadgen.py --write-site``
+(served by nginx) and every peer loadgen compares see the same bytes. Sizes are log-uniform between 10 KB
+and 300 KB, and the markup is what real pages carry: scripts, inline styles, a head with metadata, nested
+divs, navigation lists, tables, named and numeric entities, comments, ``<pre>`` blocks and non-ASCII text.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import math
 import random
-import signal
-import sys
 
 MIN_BYTES = 10_000
 MAX_BYTES = 300_000
@@ -130,7 +118,7 @@ def page_size(seed: int, i: int, min_bytes: int = MIN_BYTES) -> int:
 def make_page(seed: int, i: int, min_bytes: int = MIN_BYTES) -> bytes:
     """Page ``i`` of the set for ``seed``: byte-identical on every call and in every process.
 
-    ``min_bytes=50_000`` gives the news-article set of issue 11 (50-300 KB, 170 KB on average)."""
+    ``min_bytes=50_000`` gives the news-article set (50-300 KB, 170 KB on average)."""
     rnd = random.Random(f"{seed}/{i}")
     target = page_size(seed, i, min_bytes)
     nav = "".join(
@@ -164,67 +152,3 @@ SMALL_PAGE = (
 
 def page_path(i: int) -> str:
     return f"/p/{i}.html"
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    from aiohttp import web  # the bench extra; imported here so make_page works without it
-
-    pages = [make_page(args.seed, i, args.min_kb * 1000) for i in range(args.pages)]
-    delay = args.latency_ms / 1000.0
-
-    async def handle(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        try:
-            body = pages[int(name)]
-        except (ValueError, IndexError):
-            raise web.HTTPNotFound() from None
-        if delay:
-            await asyncio.sleep(delay)
-        headers = {"X-Page": name}
-        if args.cache_control:  # cacheable pages, for the HTTP cache benchmark (tools/bench_polite.py)
-            headers["Cache-Control"] = args.cache_control
-        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
-
-    app = web.Application()
-
-    async def small(request: web.Request) -> web.Response:
-        if delay:
-            await asyncio.sleep(delay)
-        return web.Response(body=SMALL_PAGE, content_type="text/html", charset="utf-8")
-
-    app.router.add_get("/p/{name}.html", handle)
-    app.router.add_get(SMALL_PATH, small)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=4096, reuse_address=True)
-    await site.start()
-    port = runner.addresses[0][1]
-    print(f"PORT {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pages", type=int, default=200, help="pages in the set (default 200)")
-    ap.add_argument("--seed", type=int, default=1, help="seed of the page set (default 1)")
-    ap.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
-    ap.add_argument("--cache-control", default="", help="a Cache-Control header on every page (default none)")
-    ap.add_argument(
-        "--min-kb", type=int, default=MIN_BYTES // 1000, help="smallest page (default 10; news: 50)"
-    )
-    ap.add_argument("--host", default="127.0.0.1", help="loopback only (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    args = ap.parse_args(argv)
-    if args.host not in ("127.0.0.1", "::1", "localhost"):
-        ap.error("the origin binds to loopback only")
-    asyncio.run(_serve(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

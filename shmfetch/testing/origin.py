@@ -1,7 +1,11 @@
-"""A hostile HTTP origin on 127.0.0.1 for tests: real sockets, threaded, port 0.
+"""The one Python HTTP origin of tests and tools: hostile where tests need it, real sockets, threaded.
 
-    with start_origin() as o:
+    with start_origin() as o:                 # in this process, 127.0.0.1, a free port
         url = o.url("/page?size=20000")
+    with OriginProcess(pages=200, latency_ms=100) as o:   # in its own process (benchmarks): no shared GIL
+        urls = o.urls
+
+``python -m shmfetch.testing.origin --help`` runs it alone (it prints ``PORT <n>`` once it listens).
 
 Routes (query parameters in brackets; every loop is bounded in count and stops when the origin stops):
 
@@ -35,7 +39,10 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
   /ctype/NAME                 pdf, png, jpeg, octet, video, xml, rss, atom, plain, xhtml, svg (+xml), json
   /sniff/NAME                 no Content-Type: html, xml, png, pdf, text
   /extract/NAME               pages of EXTRACT_CASES (HTML, expected text)
-  /pages/NAME                 the content-mode evaluation page tests/pages/NAME (tools/make_eval_pages.py)
+  /pages/NAME                 the file NAME (.html) of the origin's ``pages_dir``: the content-mode
+                              evaluation pages tests/pages (tools/make_eval_pages.py), the demo site
+  /p/I.html                   page I of the seeded benchmark page set (pageset.py), when the origin has one;
+                              with Cache-Control ``cache_control`` if set; /small.html: pageset.SMALL_PAGE
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
   /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V&meta=1]  a page with those cache headers
@@ -47,16 +54,21 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
 Every origin records each request's path, start and end times (``Origin.log``) and the most requests it
 served at once (``Origin.max_concurrent``): the politeness tests judge the daemon by these. ``Origin(host=
 "127.0.0.2")`` listens on another loopback address, which the daemon treats as another host.
+``latency`` (seconds) delays every response, as a distant origin would.
 ``Origin.respond(path, status, body, headers, delay)`` overrides one exact path (robots.txt cases).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.server
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -65,9 +77,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import brotli
-import pytest
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
+from . import pageset
 
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -287,7 +298,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             srv.active += 1
             srv.max_concurrent = max(srv.max_concurrent, srv.active)
             self._entry: list | None = [self.path, time.monotonic(), None]
-            srv.log.append(self._entry)
+            if srv.recording:
+                srv.log.append(self._entry)
         try:
             self._route()
         finally:
@@ -302,6 +314,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._entry = None
 
     def _route(self) -> None:
+        if self.server.latency:
+            self.server.stopping.wait(self.server.latency)
         fixed = self.server.fixed.get(self.path)
         if fixed is not None:
             status, body, headers, delay = fixed
@@ -604,19 +618,37 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def r_pages(self, parts: list[str], q: dict[str, str]) -> None:
         name = parts[1] if len(parts) > 1 else ""
-        path = PAGES_DIR / name
-        if "/" in name or not name.endswith(".html") or not path.is_file():
+        root = self.server.pages_dir
+        path = root / name if root else None
+        if path is None or "/" in name or not name.endswith(".html") or not path.is_file():
             self._send(404, b"<p>no such page</p>")
             return
         self._send(200, path.read_bytes())
 
 
+    def r_p(self, parts: list[str], q: dict[str, str]) -> None:
+        pages = self.server.pageset
+        try:
+            body = pages[int(parts[1].removesuffix(".html"))]
+        except (IndexError, ValueError):
+            self._send(404, b"<p>no such page</p>")
+            return
+        hdrs = {"Cache_Control": self.server.cache_control} if self.server.cache_control else {}
+        self._send(200, body, X_Page=parts[1].removesuffix(".html"), **hdrs)
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 4096  # benchmarks open hundreds of connections at once
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        super().__init__((host, 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
+        self.pages_dir: Path | None = None
+        self.pageset: list[bytes] = []
+        self.cache_control = ""
+        self.latency = 0.0
+        self.recording = True  # Origin.log; off for a long benchmark, where it would only grow
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.active = 0
@@ -649,11 +681,33 @@ class _Server(http.server.ThreadingHTTPServer):
 class Origin:
     """A running origin. ``url(path)`` builds an absolute URL; ``stop()`` ends it (idempotent).
 
-    With ``tls=(certfile, keyfile)`` it speaks HTTPS (see ``make_cert``).
+    With ``tls=(certfile, keyfile)`` it speaks HTTPS (see ``make_cert``). ``pages_dir`` is served under
+    /pages/; ``page_set=(pages, seed, min_kb)`` builds that benchmark page set for /p/I.html (and
+    /small.html); ``latency`` delays every response by that many seconds.
     """
 
-    def __init__(self, tls: tuple[str, str] | None = None, host: str = "127.0.0.1") -> None:
-        self.httpd = _Server(host)
+    def __init__(
+        self,
+        tls: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
+        *,
+        port: int = 0,
+        pages_dir: Path | None = None,
+        page_set: tuple[int, int, int] | None = None,
+        cache_control: str = "",
+        latency: float = 0.0,
+        record: bool = True,
+    ) -> None:
+        self.httpd = _Server(host, port)
+        self.httpd.pages_dir = pages_dir
+        self.httpd.cache_control = cache_control
+        self.httpd.latency = latency
+        self.httpd.recording = record
+        if page_set:
+            pages, seed, min_kb = page_set
+            self.httpd.pageset = [pageset.make_page(seed, i, min_kb * 1000) for i in range(pages)]
+            html = {"Content-Type": "text/html; charset=utf-8"}
+            self.respond(pageset.SMALL_PATH, 200, pageset.SMALL_PAGE, html)
         self.scheme = "http"
         if tls:
             import ssl
@@ -715,19 +769,13 @@ class Origin:
 
 
 @contextlib.contextmanager
-def start_origin(tls: tuple[str, str] | None = None, host: str = "127.0.0.1") -> Iterator[Origin]:
-    o = Origin(tls, host)
+def start_origin(tls: tuple[str, str] | None = None, host: str = "127.0.0.1", **options: object) -> Iterator[Origin]:
+    """An ``Origin`` (same arguments) for the duration of a ``with``."""
+    o = Origin(tls, host, **options)  # type: ignore[arg-type]
     try:
         yield o
     finally:
         o.stop()
-
-
-@pytest.fixture(scope="module", name="origin")
-def origin_fixture() -> Iterator[Origin]:
-    """Module-scoped fixture ``origin``: ``from .origin import origin_fixture`` in a test module to use it."""
-    with start_origin() as o:
-        yield o
 
 
 def make_cert(directory: str, hostname: str) -> tuple[str, str]:
@@ -743,10 +791,80 @@ def make_cert(directory: str, hostname: str) -> tuple[str, str]:
     return cert, key
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (for connection-refused tests)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class OriginProcess:
+    """The origin in a child process (``python -m shmfetch.testing.origin``), so that serving never shares
+    a GIL with the load generator or the peers it is compared with; stopped by ``close()`` or on leaving a
+    ``with``. ``urls``: the page set's URLs (``pages`` of them)."""
+
+    def __init__(
+        self,
+        pages: int = 200,
+        seed: int = 1,
+        latency_ms: float = 0.0,
+        min_kb: int = pageset.MIN_BYTES // 1000,
+        cache_control: str = "",
+        pages_dir: Path | None = None,
+    ) -> None:
+        argv = [sys.executable, "-m", "shmfetch.testing.origin", "--pages", str(pages), "--seed", str(seed)]
+        argv += ["--latency-ms", str(latency_ms), "--min-kb", str(min_kb), "--cache-control", cache_control]
+        if pages_dir:
+            argv += ["--pages-dir", str(pages_dir)]
+        # Run from the directory that holds this package, so the child imports this very shmfetch.
+        root = Path(__file__).resolve().parents[2]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=root)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""  # blocks until it listens (or dies)
+        if not line.startswith("PORT "):
+            self.close()
+            raise RuntimeError("the origin process did not start")
+        self.port = int(line.split()[1])
+        self.urls = [self.url(pageset.page_path(i)) for i in range(pages)]
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> OriginProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; print ``PORT <n>`` once listening."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, default=200, help="pages in the /p/I.html set (default 200)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the page set (default 1)")
+    ap.add_argument("--min-kb", type=int, default=pageset.MIN_BYTES // 1000, help="smallest page (default 10)")
+    ap.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
+    ap.add_argument("--cache-control", default="", help="a Cache-Control header on every page (default none)")
+    ap.add_argument("--pages-dir", type=Path, help="a directory of .html files served under /pages/")
+    ap.add_argument("--host", default="127.0.0.1", help="loopback only (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    args = ap.parse_args(argv)
+    if not args.host.startswith("127.") and args.host != "::1":
+        ap.error("the origin binds to loopback only")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    o = Origin(
+        host=args.host, port=args.port, pages_dir=args.pages_dir, page_set=(args.pages, args.seed, args.min_kb),
+        cache_control=args.cache_control, latency=args.latency_ms / 1000, record=False,
+    )  # fmt: skip
+    print(f"PORT {o.port}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    o.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
