@@ -1,4 +1,4 @@
-"""The other end of a ring for tests/test_ring.py: a separate process that attaches to a ring the test
+"""The other end of a ring for tests/test_ipc_ring.py: a separate process that attaches to a ring the test
 created and produces or consumes a known stream, with ``SHMFETCH_FAULT`` read at start so that a test can
 SIGKILL it at one named step of the ring protocol (shmfetch/ipc/faults.py).
 

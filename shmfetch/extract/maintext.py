@@ -3,7 +3,7 @@
 ``main_content(root, url, "main" | "markdown")`` takes the tree the worker parsed (extract.parse_html,
 HtmlElement nodes), so the page is parsed once. trafilatura never changes a tree handed to it: 2.3 copies
 it before cleaning (``bare_extraction``: ``if tree is filecontent: tree = copy(tree)``), so we add no copy
-of our own; tests/test_modes.py checks that the tree is unchanged afterwards.
+of our own; tests/test_extract_modes.py checks that the tree is unchanged afterwards.
 
 Settings (EXTRACT_OPTIONS): ``fast=True`` skips trafilatura's second opinion (readability/justext
 comparison), which costs more than the main pass and gained nothing on our evaluation pages

@@ -136,7 +136,7 @@ class Robots:
         f = getattr(self._local, "fetcher", None)
         if f is None:
             # Imported here: fetch.py pulls in requests and lxml, which the master otherwise never loads
-            # (a broken lxml must fail the workers' boot, not the master's: tests/test_faults.py).
+            # (a broken lxml must fail the workers' boot, not the master's: tests/test_master_supervision.py).
             from ..fetch.fetcher import Fetcher
 
             f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security, answer_pauses=True)

@@ -193,7 +193,7 @@ def charset_page(enc: str, mode: str) -> str:
     return f"<html><head>{meta}<title>Title</title></head><body><p>{SAMPLES[enc]}</p></body></html>"
 
 
-# (HTML, expected text) for /extract/NAME and tests/test_extract.py.
+# (HTML, expected text) for /extract/NAME and tests/test_extract_html.py.
 EXTRACT_CASES: dict[str, tuple[str, str]] = {
     "scripts": (
         "<html><head><title>T</title><script>alert('x')</script><style>p{color:red}</style>"

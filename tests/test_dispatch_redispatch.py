@@ -1,4 +1,4 @@
-"""Re-dispatch by consumer position (issue 9, finding 5): a dead worker's requests that it never took from
+"""Re-dispatch by consumer position: a dead worker's requests that it never took from
 its ring go back to the queue without a strike; only the ones it had taken count toward retry-once."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The daemon-level crash-point matrix (issue 9): a worker SIGKILLed at each agreed step of the ring, the
+"""The daemon-level crash-point matrix: a worker SIGKILLed at each agreed step of the ring, the
 counter and its own loop, once (``SHMFETCH_FAULT=POINT:N:MARKER``, faults.py), in a real daemon.
 
 At every point: the fault fired; the worker is back within 1 s; every request is answered exactly once,
 and ok (one crash gives a taken request one strike, and it is retried); the printed count equals the ok
-answers; SIGUSR1 completes within ``drain_timeout`` + 2 s. ``ring.put.after_head`` is also the regression
-test for finding 1: on the old ring a result published with no wake-up posted hung the master for good.
+answers; SIGUSR1 completes within ``drain_timeout`` + 2 s. ``ring.put.after_head`` also proves that a result
+published with no wake-up posted does not hang the master (on the old ring it did, for good).
 """
 
 from __future__ import annotations

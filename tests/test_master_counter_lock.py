@@ -1,4 +1,4 @@
-"""Finding 2 (issue 9): a live process that holds the counter lock and never lets go must not stop the master.
+"""A live process that holds the counter lock and never lets go must not stop the master.
 
 A worker is SIGSTOPped inside the counter's critical section (the ``stop`` action of the fault hook: the
 lock stays held by a live process), then another worker crashes, so the master has a count to reconcile.

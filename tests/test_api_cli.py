@@ -1,4 +1,5 @@
-"""The command line and the tools as a user meets them (issue 10, findings 8 and 9)."""
+"""The command line and the tools as a user meets them: usage errors, failures printed once, a closed pipe,
+loadgen's missing extras, and the README's demo."""
 
 from __future__ import annotations
 

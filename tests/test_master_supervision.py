@@ -256,7 +256,7 @@ def test_a_request_whose_retry_dies_too_is_answered_worker_crashed(tmp_path, ori
                     w["pid"]
                     for w in daemon_stats(d.socket)["workers"]
                     # taken and being fetched (not just queued in its ring): only a taken request
-                    # counts a crash against it (issue 9, re-dispatch by consumer position)
+                    # counts a crash against it (re-dispatch by consumer position)
                     if w["in_flight"] > w["queued"] and w["pid"] not in exclude
                 ),
                 None,

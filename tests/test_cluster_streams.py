@@ -1,4 +1,4 @@
-"""Scale-out on Redis Streams (issue 12): real daemons, a real redis-server, the loopback origin."""
+"""Scale-out on Redis Streams: real daemons, a real redis-server, the loopback origin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Dispatch (issue 9, finding 4): round robin among the workers that have credit, against real daemons."""
+"""Dispatch: round robin among the workers that have credit (free slots), so a worker full of slow fetches
+holds up nobody else; against real daemons."""
 
 from __future__ import annotations
 

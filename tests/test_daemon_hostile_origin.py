@@ -1,6 +1,6 @@
 """Every hostile origin case through a real daemon at once: exact codes, no worker lost, then a normal page.
 
-The fetch-level tests (test_fetch.py) pin each case down in one process; this one proves the daemon as a
+The fetch-level tests (test_fetch_fetcher.py) pin each case down in one process; this one proves the daemon as a
 whole survives them side by side: no worker dies or is respawned, the count is exactly the successes, and
 the workers' peak memory stays bounded while bombs, drips and endless bodies are in flight together.
 """

@@ -366,7 +366,7 @@ def test_producer_blocked_on_a_full_ring_is_woken_by_close():
     "point,nth,committed",
     [
         ("ring.put.after_payload", 3, 2),  # record 3 written, head not stored: not committed
-        ("ring.put.after_head", 3, 3),  # committed, but the sleeping consumer was never woken (finding 1)
+        ("ring.put.after_head", 3, 3),  # committed, but the sleeping consumer was never woken: a lost wake-up
         ("ring.put.after_post", 3, 3),
     ],
 )

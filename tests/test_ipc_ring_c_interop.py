@@ -258,7 +258,7 @@ def test_close_wake_from_c_stops_python_consumer(interop: Path, make_ring) -> No
 def test_c_consumer_drains_to_close_and_drops_a_partial_message(interop: Path, make_ring) -> None:
     """Protocol v2 across implementations: the C consumer sleeps on an empty ring, is woken by Python's head
     stores, and at close stops after exactly the committed messages. The last message had only its first
-    fragment published, the state a producer SIGKILLed between fragments leaves (tests/test_ring.py kills
+    fragment published, the state a producer SIGKILLed between fragments leaves (tests/test_ipc_ring.py kills
     a real one); the C side must drop it, not deliver it and not wait for the rest."""
     ring = make_ring(8, 64)
     count, seed = 40, 5000

@@ -1,4 +1,4 @@
-"""Starting and stopping safely (issue 10): ownership by locks and live pids, never by names; a start that
+"""Starting and stopping safely: ownership by locks and live pids, never by names; a start that
 fails leaves nothing; a full /dev/shm is an error, not a SIGBUS; respawn survives any failure.
 
 The full-/dev/shm tests run the daemon in a private mount namespace over a small tmpfs (``unshare --mount``,
@@ -53,7 +53,7 @@ def _shm(entry: str) -> Path:
 
 
 def test_serve_leaves_live_processes_objects_alone_and_removes_dead_ones(tmp_path):
-    """Finding 3: `serve` deleted a live process's /shmfetch.PID.* because its command line lacked "shmfetch"."""
+    """Regression: `serve` deleted a live process's /shmfetch.PID.* because its command line lacked "shmfetch"."""
     dead = _dead_pid()
     with _live_process("sleep", "60") as live:
         mine, stale = _shm(f"shmfetch.{live.pid}.test0"), _shm(f"shmfetch.{dead}.test0")
@@ -72,7 +72,7 @@ def test_serve_leaves_live_processes_objects_alone_and_removes_dead_ones(tmp_pat
 
 
 def test_objects_named_with_the_new_masters_own_pid_are_stale(tmp_path):
-    """Finding 5: pids are reused (containers); objects carrying the starting master's own pid were left by
+    """Regression: pids are reused (containers); objects carrying the starting master's own pid were left by
     an earlier process with that pid, and made Control.create fail with ExistentialError."""
     cfg = write_config(tmp_path)
     # `exec` keeps the shell's pid, so the objects are named with the pid the daemon will have.
@@ -89,7 +89,7 @@ def test_objects_named_with_the_new_masters_own_pid_are_stale(tmp_path):
 
 
 def test_stop_signals_only_the_process_holding_the_pidfile_lock(tmp_path):
-    """Finding 3: `stop` signalled whatever pid the pidfile named if its command line said "shmfetch"."""
+    """Regression: `stop` signalled whatever pid the pidfile named if its command line said "shmfetch"."""
     cfg = write_config(tmp_path)
     with _live_process(sys.executable, "-c", "import time; time.sleep(60)", "shmfetch", "serve") as impostor:
         (tmp_path / "shmfetch.pid").write_text(f"{impostor.pid}\n")  # a recycled pid after a crash
@@ -157,7 +157,7 @@ def _assert_refused_naming(loser: Daemon, winner: Daemon) -> None:
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_serve_on_one_config_exactly_one_runs(tmp_path, attempt):
-    """Finding 4: two `serve` on one config could both run (the socket silently replaced)."""
+    """Regression: two `serve` on one config could both run (the socket silently replaced)."""
     cfg = write_config(tmp_path)
     winner, loser = _race([cfg, cfg], tmp_path / "shmfetch.sock")
     try:
@@ -171,7 +171,7 @@ def test_two_serve_on_one_config_exactly_one_runs(tmp_path, attempt):
 
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_configs_sharing_one_socket_exactly_one_runs(tmp_path, attempt):
-    """Finding 4: the pidfile lock cannot help when two configs name one socket; the bind must."""
+    """The pidfile lock cannot help when two configs name one socket; the bind must."""
     sock = tmp_path / "shared.sock"
     cfgs = []
     for name in ("a", "b"):
@@ -201,7 +201,8 @@ def test_a_stale_socket_nobody_listens_on_is_replaced(tmp_path):
 
 
 def test_failed_start_socket_in_a_missing_directory_exits_2_and_leaves_nothing(tmp_path):
-    """Finding 5: exit 1 with a traceback, and the control segment and its lock left in /dev/shm."""
+    """Regression: a start that failed exited 1 with a traceback, and left the control segment and its lock
+    in /dev/shm."""
     cfg = write_config(tmp_path, daemon={"socket": tmp_path / "missing" / "s.sock"})
     p = run_cli("serve", "-c", str(cfg), timeout=30)
     assert p.returncode == 2, p.stderr
@@ -249,7 +250,7 @@ def _in_small_shm(size: str, command: str) -> list[str]:
     ],
 )
 def test_full_dev_shm_is_exit_2_with_the_figures_and_leaves_nothing(tmp_path, workers, ring):
-    """Finding 6: rings were created sparse, and the first write past the tmpfs's space was a SIGBUS."""
+    """Regression: rings were created sparse, and the first write past the tmpfs's space was a SIGBUS."""
     cfg = write_config(tmp_path, daemon={"workers": workers}, ring=ring)
     serve = " ".join(serve_argv(cfg))
     argv = _in_small_shm("1m", f"{serve}; rc=$?; echo leftover: $(ls -A /dev/shm); exit $rc")
@@ -272,7 +273,7 @@ def test_full_dev_shm_is_exit_2_with_the_figures_and_leaves_nothing(tmp_path, wo
 
 
 def test_a_worker_dying_of_sigbus_is_a_boot_failure(tmp_path):
-    """Finding 6: SIGBUS deaths (what a full /dev/shm gives) were respawned forever, without delay."""
+    """Regression: SIGBUS deaths (what a full /dev/shm gives) were respawned forever, without delay."""
     cfg = write_config(tmp_path, daemon={"workers": 1})
     d = Daemon(cfg, tmp_path / "shmfetch.sock")
     try:
@@ -297,7 +298,7 @@ def test_a_worker_dying_of_sigbus_is_a_boot_failure(tmp_path):
 
 @small_shm
 def test_respawn_survives_a_full_dev_shm_and_leaves_nothing_of_the_failed_attempt(tmp_path, origin):
-    """Finding 7: a failure creating the new rings escaped _respawn (only OSError was caught) and leaked
+    """Regression: a failure creating the new rings escaped _respawn (only OSError was caught) and leaked
     what had been created; the slot was never respawned."""
     log_file = tmp_path / "daemon.log"
     cfg = write_config(
@@ -345,7 +346,7 @@ def test_respawn_survives_a_full_dev_shm_and_leaves_nothing_of_the_failed_attemp
 
 
 def test_worker_command_line_names_the_worker_not_its_config(tmp_path):
-    """Finding 9: the worker's command line carried the whole config as JSON."""
+    """Regression: the worker's command line carried the whole config as JSON."""
     cfg = write_config(tmp_path, daemon={"workers": 2})
     d = Daemon(cfg, tmp_path / "shmfetch.sock")
     try:
@@ -406,7 +407,7 @@ def _venv_inside(clone: Path) -> Path:
 
 
 def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_path):
-    """Findings 1 and 2: in a folder named shmfetch, multiprocessing's resource tracker (its command line
+    """Regression: in a folder named shmfetch, multiprocessing's resource tracker (its command line
     holds the path) was flagged as a leaked child; and every shmfetch object on the machine, another
     daemon's included, counted as leaked by the test that saw it."""
     clone = tmp_path / "shmfetch"
@@ -429,7 +430,7 @@ def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_pa
     try:
         p = subprocess.run(
             [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_spawn_probe.py",
-             "tests/test_ring.py", "-k", "probe or spawns or after_it or wrap_around or close_wakes"],
+             "tests/test_ipc_ring.py", "-k", "probe or spawns or after_it or wrap_around or close_wakes"],
             cwd=clone, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
@@ -444,7 +445,7 @@ def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_pa
 
 
 def test_docs_and_tools_run_python_from_the_readme_venv():
-    # Regression (issue 10, finding 9): docs/BENCHMARKS.md and docs/FETCH.md called a private virtualenv's
+    # Regression: docs/BENCHMARKS.md and docs/FETCH.md called a private virtualenv's
     # Python at a path that existed only on the machine that wrote them. Every command we document or ship
     # runs the README's .venv (or whatever python is first on PATH).
     paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tools").glob("*"))]
