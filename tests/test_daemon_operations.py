@@ -1,4 +1,5 @@
-"""Operating the daemon: stats, stop, the Python clients, the HTTP API, logging, and the systemd unit."""
+"""Operating the daemon: stats, the Python clients, the HTTP API, and the shipped deployment files (the
+stop command and logging are the master's: test_master_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -76,39 +76,6 @@ def test_stats_show_in_flight_and_queued_per_worker(tmp_path, origin):
         assert st["in_flight"] == 3 and st["pending"] == 0
         assert st["workers"][0]["in_flight"] == 3
         s.close()
-
-
-# -- stop -----------------------------------------------------------------------------------------------
-
-
-def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
-    with running_daemon(tmp_path) as d:
-        with Client(d.socket) as c:
-            assert all(r.ok for r in c.fetch_many([origin.url(f"/page/{i}") for i in range(3)]))
-            assert not c.fetch(origin.url("/status/404")).ok
-        p = run_cli("stop", "-c", str(d.config))
-        assert p.returncode == 0, p.stderr
-        assert p.stdout.strip() == "downloaded 3 URLs"
-        d.proc.wait(timeout=20)
-        assert d.proc.returncode == 0
-        d.stdout, _ = d.proc.communicate(timeout=30)
-        assert d.last_line() == "downloaded 3 URLs"
-    assert not os.path.exists(tmp_path / "shmfetch.pid") and not os.path.exists(d.socket)
-    p = run_cli("stop", "-c", str(d.config))
-    assert p.returncode == 2 and "no running daemon" in p.stderr
-
-
-def test_stop_refuses_a_stale_pidfile_naming_another_program(tmp_path):
-    cfg = write_config(tmp_path)
-    other = subprocess.Popen(["sleep", "30"])
-    try:
-        (tmp_path / "shmfetch.pid").write_text(f"{other.pid}\n")  # a recycled pid, as after a crash
-        p = run_cli("stop", "-c", str(cfg))
-        assert p.returncode == 2 and "no running daemon" in p.stderr
-        assert other.poll() is None  # not signalled
-    finally:
-        other.kill()
-        other.wait(10)
 
 
 # -- Python clients -------------------------------------------------------------------------------------
@@ -238,54 +205,6 @@ def _connects(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-# -- logging --------------------------------------------------------------------------------------------
-
-
-def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, origin):
-    log = tmp_path / "shmfetch.log"
-    with running_daemon(tmp_path, daemon={"log_file": log, "log_level": "debug"}) as d:
-        wait_for(lambda: "listening on" in log.read_text(), 5, "the start line")
-        first = log.read_text()
-        assert "worker 0 started: pid" in first and "worker 1 started: pid" in first
-        log.rename(tmp_path / "shmfetch.log.1")  # what logrotate does
-        os.kill(d.pid, signal.SIGHUP)
-        wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), 5, "a new log file")
-
-        url = origin.url("/page/9")
-        with Client(d.socket) as c:
-            assert c.fetch(url).ok
-        # per-request line at debug level: url, worker, ok/error, elapsed
-        wait_for(lambda: f"{url}: worker " in log.read_text(), 5, "the request line")
-        line = next(x for x in log.read_text().splitlines() if f"{url}: worker " in x)
-        assert " ok in " in line and line.endswith(" ms") and "DEBUG" in line
-        # the workers write to the same file, and follow it to the new one after the rotation
-        wait_for(
-            lambda: "[worker " in log.read_text() and f"{url}: fetched ok in " in log.read_text(),
-            5,
-            "a worker line",
-        )
-
-        victim = d.worker_pids()[0]
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: "(respawned, restart 1)" in log.read_text(), 10, "the respawn line")
-        text = log.read_text()
-        assert f"(pid {victim}) died: killed by SIGKILL" in text
-        rc, _ = d.stop()
-    assert rc == 0
-    text = log.read_text()
-    assert "exited: exit status 0" in text and "draining" in text
-    assert "draining" not in (tmp_path / "shmfetch.log.1").read_text()
-
-
-def test_log_level_info_has_no_request_lines(tmp_path, origin):
-    log = tmp_path / "shmfetch.log"
-    with running_daemon(tmp_path, daemon={"log_file": log}) as d:
-        with Client(d.socket) as c:
-            assert c.fetch(origin.url("/page/2")).ok
-        d.stop()
-    assert "listening on" in log.read_text() and "/page/2" not in log.read_text()
 
 
 # -- deployment -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Starting and stopping safely: ownership by locks and live pids, never by names; a start that
+"""The master's life, start to stop: ownership by locks and live pids, never by names; a start that
 fails leaves nothing; a full /dev/shm is an error, not a SIGBUS; respawn survives any failure.
 
 The full-/dev/shm tests run the daemon in a private mount namespace over a small tmpfs (``unshare --mount``,
@@ -13,9 +13,9 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +25,17 @@ from shmfetch import Client
 from shmfetch.ipc import names
 from shmfetch.master import pidfile
 
-from .helpers import REPO, Daemon, daemon_stats, run_cli, serve_argv, started_pids, wait_for, write_config
+from .helpers import (
+    REPO,
+    Daemon,
+    daemon_stats,
+    run_cli,
+    running_daemon,
+    serve_argv,
+    started_pids,
+    wait_for,
+    write_config,
+)  # fmt: skip
 
 # -- ownership: live pids and locks, not names ------------------------------------------------------
 
@@ -363,100 +373,7 @@ def test_worker_command_line_names_the_worker_not_its_config(tmp_path):
     assert code == 0
 
 
-# -- the suite itself: hermetic in any clone ---------------------------------------------------------------
-
-
-def _copy_checkout(dest: Path) -> None:
-    """The checkout's files as they are now (tracked ones, with uncommitted edits) into ``dest``."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True, timeout=30,
-    ).stdout.split(b"\0")  # fmt: skip
-    for rel in filter(None, files):
-        src, dst = REPO / os.fsdecode(rel), dest / os.fsdecode(rel)
-        if src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(src.read_bytes())
-
-
-_SPAWN_PROBE = """
-import multiprocessing as mp
-import time
-
-
-def test_spawns_a_process():  # starts multiprocessing's resource tracker, which outlives the test
-    p = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
-    p.start()
-    p.join(60)
-    assert p.exitcode == 0
-
-
-def test_after_it():
-    pass
-"""
-
-
-def _venv_inside(clone: Path) -> Path:
-    """A virtualenv at ``clone/.venv`` (as the README makes one) that sees this interpreter's packages:
-    its python's path, and so the command lines of what it spawns, contain the clone's folder name."""
-    venv = clone / ".venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    (next(venv.glob("lib/python*/site-packages")) / "parent.pth").write_text(site + "\n")
-    return venv / "bin" / "python"
-
-
-def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_path):
-    """Regression: in a folder named shmfetch, multiprocessing's resource tracker (its command line
-    holds the path) was flagged as a leaked child; and every shmfetch object on the machine, another
-    daemon's included, counted as leaked by the test that saw it."""
-    clone = tmp_path / "shmfetch"
-    _copy_checkout(clone)
-    (clone / "tests" / "test_spawn_probe.py").write_text(_SPAWN_PROBE)
-    python = _venv_inside(clone)
-    other = tmp_path / "other"
-    other.mkdir()
-    d = Daemon(write_config(other), other / "shmfetch.sock")
-    stop = threading.Event()
-
-    def churn() -> None:  # the other daemon creates and removes objects all along (respawned workers)
-        while not stop.wait(0.5):
-            for pid in d.worker_pids()[:1]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-    churner = threading.Thread(target=churn)
-    churner.start()
-    try:
-        p = subprocess.run(
-            [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_spawn_probe.py",
-             "tests/test_ipc_ring.py", "-k", "probe or spawns or after_it or wrap_around or close_wakes"],
-            cwd=clone, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        stop.set()
-        churner.join(10)
-        code, _ = d.stop()
-    assert "respawned" in d.stderr, "the other daemon's workers were not churned"
-    assert p.returncode == 0, p.stdout[-3000:]
-    last = p.stdout.splitlines()[-1]  # "N passed, M deselected in ...": the selected tests ran, all passed
-    assert re.match(r"\d+ passed, \d+ deselected in ", last) and int(last.split()[0]) >= 4, p.stdout[-3000:]
-    assert code == 0
-
-
-def test_docs_and_tools_run_python_from_the_readme_venv():
-    # Regression: docs/BENCHMARKS.md and docs/FETCH.md called a private virtualenv's
-    # Python at a path that existed only on the machine that wrote them. Every command we document or ship
-    # runs the README's .venv (or whatever python is first on PATH).
-    paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tools").glob("*"))]
-    bad = []
-    for path in paths:
-        if path.is_file():
-            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-                for m in re.finditer(r"(\S*)/bin/python", line):
-                    if not m.group(1).endswith(".venv"):
-                        bad.append(f"{path.relative_to(REPO)}:{n}: {m.group(0)}")
-    assert not bad, "a command names a Python outside the README's .venv:\n" + "\n".join(bad)
+# -- a stderr nobody reads --------------------------------------------------------------------------------
 
 
 def test_a_stderr_nobody_reads_does_not_stop_the_master(tmp_path):
@@ -478,3 +395,132 @@ def test_a_stderr_nobody_reads_does_not_stop_the_master(tmp_path):
     finally:
         rc, out = d.stop(timeout=20)  # communicate() reads the pipe now, so the queued lines drain
     assert rc == 0 and out.strip().endswith("downloaded 0 URLs")
+
+
+# -- a whole life: signals that stop it, the objects it owns, a config it refuses -------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_stop_like_sigusr1(tmp_path, origin, sig):
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            assert c.fetch(origin.url("/page/1")).ok
+        rc, out = d.stop(sig)
+    assert rc == 0 and d.last_line() == "downloaded 1 URLs"
+
+
+def test_objects_are_private_named_for_the_master_and_all_removed(tmp_path, origin):
+    with running_daemon(tmp_path) as d:
+        mode = os.stat(d.socket).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        owned = names.owned_by(d.pid)
+        # control segment (its lock is an fcntl lock on it), and per worker 2 rings x (segment + 2 semaphores)
+        assert len(owned) == 1 + 2 * 2 * 3, owned
+        for e in owned:
+            assert stat.S_IMODE(os.stat(os.path.join("/dev/shm", e)).st_mode) == 0o600
+        kids = d.worker_pids()
+        assert len(kids) == 2
+        assert open(tmp_path / "shmfetch.pid").read().strip() == str(d.pid)
+        d.stop()
+    assert names.owned_by(d.pid) == []
+    assert not os.path.exists(d.socket) and not os.path.exists(tmp_path / "shmfetch.pid")
+    for k in kids:  # reaped, not zombies: the pid is gone
+        assert not os.path.exists(f"/proc/{k}")
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("daemon", "workers", "zero"),
+        ("daemon", "workers", "0"),
+        ("daemon", "threads", "-1"),
+        ("fetch", "timeout", "soon"),
+        ("ring", "request_slots", "1000"),
+        ("daemon", "log_level", "loud"),
+        ("daemon", "wrokers", "2"),
+        ("security", "allow_networks", "127.0.0.300/8"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, section, key, value):
+    cfg = write_config(tmp_path, **{section: {key: value}})
+    p = run_cli("serve", "-c", str(cfg), timeout=30)
+    assert p.returncode == 2
+    assert key in p.stderr and value in p.stderr
+
+
+# -- stop and logging ------------------------------------------------------------------------------------
+
+
+def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
+    with running_daemon(tmp_path) as d:
+        with Client(d.socket) as c:
+            assert all(r.ok for r in c.fetch_many([origin.url(f"/page/{i}") for i in range(3)]))
+            assert not c.fetch(origin.url("/status/404")).ok
+        p = run_cli("stop", "-c", str(d.config))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "downloaded 3 URLs"
+        d.proc.wait(timeout=20)
+        assert d.proc.returncode == 0
+        d.stdout, _ = d.proc.communicate(timeout=30)
+        assert d.last_line() == "downloaded 3 URLs"
+    assert not os.path.exists(tmp_path / "shmfetch.pid") and not os.path.exists(d.socket)
+    p = run_cli("stop", "-c", str(d.config))
+    assert p.returncode == 2 and "no running daemon" in p.stderr
+
+
+def test_stop_refuses_a_stale_pidfile_naming_another_program(tmp_path):
+    cfg = write_config(tmp_path)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "shmfetch.pid").write_text(f"{other.pid}\n")  # a recycled pid, as after a crash
+        p = run_cli("stop", "-c", str(cfg))
+        assert p.returncode == 2 and "no running daemon" in p.stderr
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait(10)
+
+
+def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, origin):
+    log = tmp_path / "shmfetch.log"
+    with running_daemon(tmp_path, daemon={"log_file": log, "log_level": "debug"}) as d:
+        wait_for(lambda: "listening on" in log.read_text(), 5, "the start line")
+        first = log.read_text()
+        assert "worker 0 started: pid" in first and "worker 1 started: pid" in first
+        log.rename(tmp_path / "shmfetch.log.1")  # what logrotate does
+        os.kill(d.pid, signal.SIGHUP)
+        wait_for(lambda: log.exists() and "log file reopened" in log.read_text(), 5, "a new log file")
+
+        url = origin.url("/page/9")
+        with Client(d.socket) as c:
+            assert c.fetch(url).ok
+        # per-request line at debug level: url, worker, ok/error, elapsed
+        wait_for(lambda: f"{url}: worker " in log.read_text(), 5, "the request line")
+        line = next(x for x in log.read_text().splitlines() if f"{url}: worker " in x)
+        assert " ok in " in line and line.endswith(" ms") and "DEBUG" in line
+        # the workers write to the same file, and follow it to the new one after the rotation
+        wait_for(
+            lambda: "[worker " in log.read_text() and f"{url}: fetched ok in " in log.read_text(),
+            5,
+            "a worker line",
+        )
+
+        victim = d.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: "(respawned, restart 1)" in log.read_text(), 10, "the respawn line")
+        text = log.read_text()
+        assert f"(pid {victim}) died: killed by SIGKILL" in text
+        rc, _ = d.stop()
+    assert rc == 0
+    text = log.read_text()
+    assert "exited: exit status 0" in text and "draining" in text
+    assert "draining" not in (tmp_path / "shmfetch.log.1").read_text()
+
+
+def test_log_level_info_has_no_request_lines(tmp_path, origin):
+    log = tmp_path / "shmfetch.log"
+    with running_daemon(tmp_path, daemon={"log_file": log}) as d:
+        with Client(d.socket) as c:
+            assert c.fetch(origin.url("/page/2")).ok
+        d.stop()
+    assert "listening on" in log.read_text() and "/page/2" not in log.read_text()
