@@ -18,6 +18,7 @@ def daemon(tmp_path_factory):
         yield d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1", "many"])
 def test_submit_concurrency_below_one_is_a_usage_error(daemon, origin, value):
     """0 hung forever; -1 was a traceback with exit 1."""
@@ -92,6 +93,7 @@ def test_loadgen_says_what_to_install_before_starting_anything():
     assert p.stdout == ""  # nothing ran: no origin, no daemon, no report
 
 
+@pytest.mark.slow
 def test_loadgen_no_progress_runs_without_tqdm(tmp_path):
     report = tmp_path / "r.json"
     p = _loadgen_without_tqdm(
@@ -103,6 +105,7 @@ def test_loadgen_no_progress_runs_without_tqdm(tmp_path):
     assert got["rounds"][0]["daemon"]["ok"] == 40, got["rounds"][0]["daemon"]
 
 
+@pytest.mark.slow
 def test_readme_demo_runs_end_to_end_beside_any_other_daemon():
     """The README's first command after its venv step. It used to wait only for config.ini's socket path
     to exist: with another daemon already serving there (exit 2 for the demo's own), it submitted to that

@@ -58,6 +58,7 @@ def results_by_job(r) -> dict[str, list[dict]]:
     return out
 
 
+@pytest.mark.slow
 def test_jobs_through_one_daemon_exactly_one_result_each(tmp_path, origin, redis_server):
     r = redis_server.client()
     urls = [origin.url(f"/page/{i}") for i in range(40)] + [origin.url("/status/404")]
@@ -92,6 +93,7 @@ def _pending_of(r, consumer: str) -> int:
     return len(r.xpending_range(JOBS, GROUP, min="-", max="+", count=100000, consumername=consumer))
 
 
+@pytest.mark.slow
 def test_three_daemons_one_killed_every_job_one_result(tmp_path, origin, redis_server):
     claim_idle = 2.0
     r = redis_server.client()
@@ -131,6 +133,7 @@ def test_three_daemons_one_killed_every_job_one_result(tmp_path, origin, redis_s
         assert d.proc.returncode == 0 and d.last_line().startswith("downloaded ")
 
 
+@pytest.mark.slow
 def test_redis_restart_mid_run_nothing_lost_or_duplicated(tmp_path, origin, redis_server):
     r = redis_server.client()
     n = 1000
@@ -165,6 +168,7 @@ def test_redis_restart_mid_run_nothing_lost_or_duplicated(tmp_path, origin, redi
     assert any("is down" in d.stderr for d in daemons), "no daemon noticed the outage"
 
 
+@pytest.mark.slow
 def test_slow_owner_yields_one_result(tmp_path, origin, redis_server):
     """A SIGSTOPped daemon's job is reclaimed and answered by another; when the first resumes and finishes
     it, its result is dropped (COMMIT checks ownership), so the job has one result."""
@@ -266,6 +270,7 @@ def test_autoclaim_reply_of_redis_6_2_and_7():
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_enqueue_results_submit_and_stats(tmp_path, origin, redis_server):
     urls = [origin.url(f"/page/{i}") for i in range(5)] + [origin.url("/status/500")]
     d = cluster_daemon(tmp_path, "a", redis_server.url)
@@ -315,6 +320,7 @@ def test_cli_enqueue_results_submit_and_stats(tmp_path, origin, redis_server):
     assert stats_j["claimed"] == 15  # 6 + 6 through submit --redis, 3 enqueued
 
 
+@pytest.mark.slow
 def test_redis_client_fetch_and_fetch_many(tmp_path, origin, redis_server):
     d = cluster_daemon(tmp_path, "a", redis_server.url)
     try:
@@ -331,6 +337,7 @@ def test_redis_client_fetch_and_fetch_many(tmp_path, origin, redis_server):
     assert r.xlen(RESULTS) == 0  # replies went to the private stream only
 
 
+@pytest.mark.slow
 def test_jobs_carry_the_per_request_options(tmp_path, origin, redis_server):
     # A job's fields may be the local protocol's request options; the daemon checks them as it checks a
     # socket client's (a bad one is a bad_request naming it) and the worker applies them.
@@ -360,6 +367,7 @@ def test_malformed_redis_url_exits_2(tmp_path, url):
     assert "[cluster] redis" in p.stderr
 
 
+@pytest.mark.slow
 def test_departed_consumers_are_removed_and_only_those(tmp_path, origin, redis_server):
     """Every daemon that ever ran used to stay in the group as a host:pid consumer. A consumer with nothing
     pending and idle for 5 x claim_idle is removed; one that still holds an entry never is (the check and

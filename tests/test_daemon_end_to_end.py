@@ -8,12 +8,15 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.protocol import encode_frame
 
 from .helpers import cpu_ticks, page_text, run_cli, running_daemon
 
 
+@pytest.mark.slow
 def test_round_robin_and_exact_count(tmp_path, origin):
     workers, m = 3, 31
     with running_daemon(tmp_path, daemon={"workers": workers}) as d:
@@ -32,6 +35,7 @@ def test_round_robin_and_exact_count(tmp_path, origin):
     assert d.last_line() == f"downloaded {m} URLs"
 
 
+@pytest.mark.slow
 def test_count_is_successes_only(tmp_path, origin):
     ok_urls = [origin.url(f"/page/{i}") for i in range(5)]
     bad_urls = [origin.url("/status/404"), origin.url("/status/500"), "http://127.0.0.1:1/refused"]
@@ -47,6 +51,7 @@ def test_count_is_successes_only(tmp_path, origin):
     assert out.strip().splitlines()[-1] == "downloaded 5 URLs"
 
 
+@pytest.mark.slow
 def test_five_mib_of_text_comes_back_byte_identical(tmp_path, origin):
     n = 5 * 1024 * 1024
     line = (b"0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:99] + b"\n"
@@ -60,6 +65,7 @@ def test_five_mib_of_text_comes_back_byte_identical(tmp_path, origin):
             assert c.fetch(origin.url("/page/3")).text == page_text(3)
 
 
+@pytest.mark.slow
 def test_pipelined_requests_on_one_connection_all_come_back(tmp_path, origin):
     n = 200
     with running_daemon(tmp_path) as d:
@@ -77,6 +83,7 @@ def test_pipelined_requests_on_one_connection_all_come_back(tmp_path, origin):
     assert all(f["ok"] and f["text"] == page_text(f["id"] % 17) for f in got)
 
 
+@pytest.mark.slow
 def test_idle_daemon_uses_no_cpu(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         with Client(d.socket) as c:
@@ -94,6 +101,7 @@ def _submit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     return run_cli("submit", *args, stdin=stdin)
 
 
+@pytest.mark.slow
 def test_submit_cli_json_lines_stdin_and_exit_codes(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         good = [origin.url(f"/page/{i}") for i in range(3)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 import urllib.parse
 
+import pytest
+
 from shmfetch.api.client import Client
 from shmfetch.testing.origin import EXTRACT_CASES, SAMPLES, page_text, start_origin
 
@@ -50,6 +52,7 @@ def _cases(o) -> list[tuple[str, str | None, str | None]]:
     return cases
 
 
+@pytest.mark.slow
 def test_all_hostile_cases_at_once_then_a_normal_page(tmp_path):
     with (
         start_origin() as o,

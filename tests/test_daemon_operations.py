@@ -23,6 +23,7 @@ from .helpers import REPO, daemon_stats, free_port, page_text, run_cli, running_
 # -- stats ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stats_are_exact_after_known_traffic(tmp_path, origin):
     ok_urls = [origin.url(f"/page/{i}") for i in range(6)]
     bad = {
@@ -63,6 +64,7 @@ def test_stats_are_exact_after_known_traffic(tmp_path, origin):
         assert "worker 0:" in p.stdout and "served 5" in p.stdout and "restarts 0" in p.stdout
 
 
+@pytest.mark.slow
 def test_stats_show_in_flight_and_queued_per_worker(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 1, "threads": 1}) as d:
         s = socket.socket(socket.AF_UNIX)
@@ -81,6 +83,7 @@ def test_stats_show_in_flight_and_queued_per_worker(tmp_path, origin):
 # -- Python clients -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fetch_many_thousand_urls_in_a_bounded_window(tmp_path, origin):
     n, window = 1000, 16
     pulled = 0
@@ -104,6 +107,7 @@ def test_fetch_many_thousand_urls_in_a_bounded_window(tmp_path, origin):
     assert widest >= window // 2  # it did keep many in flight
 
 
+@pytest.mark.slow
 def test_async_client_fetch_fetch_many_and_stats(tmp_path, origin):
     async def run(sock: str) -> None:
         async with await AsyncClient.connect(sock) as c:
@@ -125,6 +129,7 @@ def test_async_client_fetch_fetch_many_and_stats(tmp_path, origin):
 # -- HTTP API -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_http_api_text_json_and_status_codes(tmp_path, origin):
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
+
 from shmfetch import Client
 
 from .helpers import page_text, running_daemon
 
 
+@pytest.mark.slow
 def test_split_is_exactly_even_while_every_worker_has_credit(tmp_path, origin):
     workers, per_worker = 3, 12
     urls = [origin.url(f"/page/{i}") for i in range(workers * per_worker)]
@@ -24,6 +27,7 @@ def test_split_is_exactly_even_while_every_worker_has_credit(tmp_path, origin):
     assert all(r.worker == urls.index(r.url) % workers for r in results)
 
 
+@pytest.mark.slow
 def test_a_worker_full_of_slow_fetches_never_holds_up_the_others(tmp_path, origin):
     """Two 5 s URLs fill worker 0 (credit 2); the instant URLs queued behind them must skip it."""
     slow = [origin.url(f"/slow?s=5&n={i}") for i in range(2)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from .helpers import fetch_through_kill_storm, page_text, running_daemon
 
 KILLS = 20
@@ -19,6 +21,7 @@ def _busy(w: dict) -> bool:
     return w["in_flight"] > w["queued"]
 
 
+@pytest.mark.slow
 def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path, origin):
     n = 1500
     urls = [origin.url(f"/page/{i}") for i in range(n)]

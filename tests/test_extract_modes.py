@@ -250,6 +250,7 @@ def _connects(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_modes_metadata_and_links_over_cli_and_clients(tmp_path, origin):
     url = origin.url(f"/pages/{ARTICLE}")
     expected = _expected(ARTICLE)
@@ -286,6 +287,7 @@ def test_modes_metadata_and_links_over_cli_and_clients(tmp_path, origin):
         asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_per_request_limits_and_headers(tmp_path, origin):
     with running_daemon(tmp_path, fetch={"timeout": 5}) as d, Client(d.socket, timeout=30) as c:
         # The config's 5 s would let this 3 s page through; the request's 0.5 s does not.
@@ -318,6 +320,7 @@ def test_config_default_mode(tmp_path, origin):
         assert "Subscribe" in c.fetch(url, mode="text").text
 
 
+@pytest.mark.slow
 def test_http_api_modes_accept_markdown_and_bad_options(tmp_path, origin):
     port = free_port()
     url = origin.url(f"/pages/{ARTICLE}")

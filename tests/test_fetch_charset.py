@@ -20,6 +20,7 @@ def f():
     fetcher.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["header", "meta", "none"])
 @pytest.mark.parametrize("enc", list(SAMPLES))
 def test_page_in_encoding(f, origin, enc, mode):

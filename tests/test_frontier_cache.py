@@ -24,6 +24,7 @@ def get(d, url: str):
         return c.fetch(url)
 
 
+@pytest.mark.slow
 def test_fresh_entry_is_answered_without_an_origin_hit(tmp_path, origin):
     url = origin.url("/cacheable?key=fresh&cc=max-age%3D600&v=7")
     with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
@@ -39,6 +40,7 @@ def test_fresh_entry_is_answered_without_an_origin_hit(tmp_path, origin):
     assert rc == 0 and d.last_line() == "downloaded 1 URLs"
 
 
+@pytest.mark.slow
 def test_a_cache_answer_carries_the_page_fields_of_the_fetch(tmp_path, origin):
     """A hit answered title, lang, description... as null: the entry held only the text."""
     fresh = origin.url("/cacheable?key=pf&cc=max-age%3D600&v=5&meta=1")
@@ -88,6 +90,7 @@ def test_stale_entry_is_revalidated_with_its_etag_and_a_304_gives_the_same_text(
     assert st["frontier"]["cache"]["lookups"] == {"miss": 1, "revalidate": 1}
 
 
+@pytest.mark.slow
 def test_last_modified_validator_and_heuristic_freshness(tmp_path, origin):
     lm = "Mon, 01 Jan 2024 00:00:00 GMT"
     url = origin.url(f"/cacheable?key=lm&lm={lm}&v=4")  # no max-age: (Date - LM) / 10 is many days
@@ -111,6 +114,7 @@ def test_no_store_is_never_cached(tmp_path, origin):
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_cache_survives_a_restart_and_hits_count_only_when_configured(tmp_path, origin):
     url = origin.url("/cacheable?key=restart&cc=max-age%3D600&v=5")
     with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
@@ -123,6 +127,7 @@ def test_cache_survives_a_restart_and_hits_count_only_when_configured(tmp_path, 
     assert rc == 0 and d.last_line() == "downloaded 1 URLs"  # count_hits = true
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "unwritable"])
 def test_a_corrupt_or_unwritable_cache_is_logged_and_the_daemon_goes_on(tmp_path, origin, damage):
     path = tmp_path / "cache.db"
@@ -179,6 +184,7 @@ def test_the_key_carries_the_mode_in_force_when_the_request_names_none(tmp_path,
     assert origin.hits("mode") == 2
 
 
+@pytest.mark.slow
 def test_a_request_for_links_or_metadata_is_not_answered_from_the_cache(tmp_path, origin):
     """Regression: an entry holds only the text, so a hit answered a links=true request without links
     (and a metadata=true one without its fields). Such requests now go to the origin."""
@@ -195,6 +201,7 @@ def test_a_request_for_links_or_metadata_is_not_answered_from_the_cache(tmp_path
     assert origin.hits("fields") == 3
 
 
+@pytest.mark.slow
 def test_cache_stats_and_purge_commands(tmp_path, origin):
     url = origin.url("/cacheable?key=cli&cc=max-age%3D600")
     with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:

@@ -98,6 +98,7 @@ def test_host_keys_and_robots_origins_come_from_one_split():
 # -- through the daemon ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_per_host_cap_holds_across_workers_and_the_time_is_what_the_cap_allows(tmp_path):
     per_host, n_per_host, latency = 2, 100, 0.1
     with three_origins() as origins:
@@ -184,6 +185,7 @@ def test_retry_after_pauses_that_host_only(tmp_path):
         assert st["retries"] >= 1
 
 
+@pytest.mark.slow
 def test_a_request_waiting_past_its_deadline_is_answered_timeout(tmp_path):
     with start_origin() as o:
         with running_daemon(tmp_path, politeness={"per_host": 1, "max_wait": 0.5}) as d:

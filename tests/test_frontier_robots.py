@@ -115,6 +115,7 @@ def test_two_mib_file_is_read_to_500_kib(daemon, site):
     assert res[site.url("/late")].error != "robots_denied"  # past 500 KiB: not parsed
 
 
+@pytest.mark.slow
 def test_a_gzip_robots_txt_is_decoded_within_its_500_kib(daemon, site):
     """robots.txt is read in the master: decoded by the Decoder pages use, so a compressed bomb costs the
     500 KiB prefix, not its expansion (it bypassed the Decoder and left the bound to urllib3)."""
@@ -128,6 +129,7 @@ def test_a_gzip_robots_txt_is_decoded_within_its_500_kib(daemon, site):
     assert proc_kib(daemon.pid, "VmHWM") - before < 64 * 1024, "the master inflated the bomb"
 
 
+@pytest.mark.slow
 def test_crawl_delay_spaces_the_fetches(daemon, site):
     site.respond("/robots.txt", 200, b"User-agent: *\nCrawl-delay: 1\n")
     res = fetch_all(daemon, [site.url(f"/page/{i}") for i in range(3)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmfetch import Client
@@ -32,6 +33,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     return out
 
 
+@pytest.mark.slow
 def test_metrics_agree_with_stats_and_with_what_was_sent(tmp_path, origin):
     port = free_port()
     n_ok, n_404 = 12, 3

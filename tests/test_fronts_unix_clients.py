@@ -6,6 +6,8 @@ import socket
 import struct
 import time
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.protocol import FrameDecoder, encode_frame
 
@@ -43,6 +45,7 @@ def _still_serves(path: str, origin, i: int = 5) -> None:
         assert c.fetch(origin.url(f"/page/{i}")).text == page_text(i)
 
 
+@pytest.mark.slow
 def test_malformed_msgpack_gets_an_error_frame_and_is_closed(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         s = _raw(d.socket)
@@ -53,6 +56,7 @@ def test_malformed_msgpack_gets_an_error_frame_and_is_closed(tmp_path, origin):
         _still_serves(d.socket, origin)
 
 
+@pytest.mark.slow
 def test_oversized_frame_is_refused_without_reading_it(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"max_frame_bytes": 4096}) as d:
         s = _raw(d.socket)
@@ -63,6 +67,7 @@ def test_oversized_frame_is_refused_without_reading_it(tmp_path, origin):
         _still_serves(d.socket, origin)
 
 
+@pytest.mark.slow
 def test_wrong_shapes_get_error_frames_and_the_connection_goes_on(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         s = _raw(d.socket)
@@ -89,6 +94,7 @@ def test_wrong_shapes_get_error_frames_and_the_connection_goes_on(tmp_path, orig
         s.close()
 
 
+@pytest.mark.slow
 def test_silent_and_half_frame_clients_do_not_block_others(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         silent = [_raw(d.socket) for _ in range(20)]
@@ -100,6 +106,7 @@ def test_silent_and_half_frame_clients_do_not_block_others(tmp_path, origin):
         _still_serves(d.socket, origin, 6)
 
 
+@pytest.mark.slow
 def test_client_that_disconnects_mid_request_leaks_nothing(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2, "threads": 2, "max_inflight_per_worker": 4}) as d:
         for _ in range(3):
@@ -118,6 +125,7 @@ def test_client_that_disconnects_mid_request_leaks_nothing(tmp_path, origin):
             assert c.stats()["connections"] == 1
 
 
+@pytest.mark.slow
 def test_client_that_never_reads_is_cut_off_and_memory_stays_bounded(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"client_buffer_bytes": 1 << 20}) as d:
         s = _raw(d.socket)
@@ -136,6 +144,7 @@ def test_client_that_never_reads_is_cut_off_and_memory_stays_bounded(tmp_path, o
         _still_serves(d.socket, origin)
 
 
+@pytest.mark.slow
 def test_a_thousand_concurrent_connections(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2, "threads": 8}) as d:
         socks = [_raw(d.socket) for _ in range(1000)]
@@ -148,6 +157,7 @@ def test_a_thousand_concurrent_connections(tmp_path, origin):
         _still_serves(d.socket, origin)
 
 
+@pytest.mark.slow
 def test_overload_is_answered_at_once_and_bounded(tmp_path, origin):
     cfg = {"workers": 1, "threads": 1, "max_inflight_per_worker": 1, "max_pending": 5}
     with running_daemon(tmp_path, daemon=cfg) as d:
@@ -162,6 +172,7 @@ def test_overload_is_answered_at_once_and_bounded(tmp_path, origin):
         s.close()
 
 
+@pytest.mark.slow
 def test_flood_keeps_master_memory_bounded(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"max_pending": 2000, "workers": 2}) as d:
         s = _raw(d.socket)

@@ -102,6 +102,7 @@ def test_an_increment_cut_short_is_undone_by_the_next_taker(ctl, point, tmp_path
     assert ctl.counter == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_concurrent_incrementers_killed_at_random_count_exactly(ctl, seed):
     """N processes increment at once; one of them is SIGKILLed at a random instant every few ms and its

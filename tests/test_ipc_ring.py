@@ -230,6 +230,7 @@ def _consumer(name: str, count: int, conn) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     records=st.lists(
@@ -446,6 +447,7 @@ def test_wake_ups_are_not_lost_when_both_sides_keep_falling_asleep(barrier):
         r.unlink()
 
 
+@pytest.mark.slow
 def test_an_idle_consumer_sleeps_in_the_kernel():
     r = Ring.create(_name(), 64, 64)
     proc = _peer("consume", r.name, 1)

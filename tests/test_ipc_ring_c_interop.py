@@ -194,6 +194,7 @@ def test_python_produces_c_consumes(interop: Path, make_ring, nslots: int, slot_
     assert ring.positions()[0] == ring.positions()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nslots,slot_size", [(8, 64), (1024, 256)])
 def test_c_msgpack_requests_decode_in_python(interop: Path, make_ring, nslots: int, slot_size: int) -> None:
     ring = make_ring(nslots, slot_size)
@@ -206,6 +207,7 @@ def test_c_msgpack_requests_decode_in_python(interop: Path, make_ring, nslots: i
     _consume_in_python(ring, proc, requests(count, seed), check)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nslots,slot_size", [(8, 64), (1024, 256)])
 def test_python_msgpack_requests_parse_in_c(interop: Path, make_ring, nslots: int, slot_size: int) -> None:
     ring = make_ring(nslots, slot_size)

@@ -11,6 +11,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.ipc import faults
 
@@ -25,6 +27,7 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+@pytest.mark.slow
 def test_stopped_lock_holder_plus_a_crash_leaves_stats_and_sigusr1_working(tmp_path, origin, monkeypatch):
     marker = tmp_path / "fired"
     monkeypatch.setenv(faults.ENV, f"counter.in_critical:1:{marker}:stop")

@@ -52,6 +52,7 @@ def _expected_text(url: str) -> str | None:
     return page_text(int(tail)) if tail.isdigit() else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", POINTS)
 def test_a_worker_killed_at_this_point_costs_nothing(tmp_path, origin, monkeypatch, point):
     marker = tmp_path / "fired"

@@ -62,6 +62,7 @@ def _shm(entry: str) -> Path:
     return Path(names.SHM_DIR) / entry
 
 
+@pytest.mark.slow
 def test_serve_leaves_live_processes_objects_alone_and_removes_dead_ones(tmp_path):
     """Regression: `serve` deleted a live process's /shmfetch.PID.* because its command line lacked "shmfetch"."""
     dead = _dead_pid()
@@ -81,6 +82,7 @@ def test_serve_leaves_live_processes_objects_alone_and_removes_dead_ones(tmp_pat
                 p.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_objects_named_with_the_new_masters_own_pid_are_stale(tmp_path):
     """Regression: pids are reused (containers); objects carrying the starting master's own pid were left by
     an earlier process with that pid, and made Control.create fail with ExistentialError."""
@@ -165,6 +167,7 @@ def _assert_refused_naming(loser: Daemon, winner: Daemon) -> None:
     assert names.owned_by(loser.pid) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_serve_on_one_config_exactly_one_runs(tmp_path, attempt):
     """Regression: two `serve` on one config could both run (the socket silently replaced)."""
@@ -179,6 +182,7 @@ def test_two_serve_on_one_config_exactly_one_runs(tmp_path, attempt):
     assert code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_configs_sharing_one_socket_exactly_one_runs(tmp_path, attempt):
     """The pidfile lock cannot help when two configs name one socket; the bind must."""
@@ -282,6 +286,7 @@ def test_full_dev_shm_is_exit_2_with_the_figures_and_leaves_nothing(tmp_path, wo
     assert "downloaded" not in out
 
 
+@pytest.mark.slow
 def test_a_worker_dying_of_sigbus_is_a_boot_failure(tmp_path):
     """Regression: SIGBUS deaths (what a full /dev/shm gives) were respawned forever, without delay."""
     cfg = write_config(tmp_path, daemon={"workers": 1})
@@ -306,6 +311,7 @@ def test_a_worker_dying_of_sigbus_is_a_boot_failure(tmp_path):
     assert len(killed) == 5
 
 
+@pytest.mark.slow
 @small_shm
 def test_respawn_survives_a_full_dev_shm_and_leaves_nothing_of_the_failed_attempt(tmp_path, origin):
     """Regression: a failure creating the new rings escaped _respawn (only OSError was caught) and leaked
@@ -355,6 +361,7 @@ def test_respawn_survives_a_full_dev_shm_and_leaves_nothing_of_the_failed_attemp
 # -- the worker's command line ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_command_line_names_the_worker_not_its_config(tmp_path):
     """Regression: the worker's command line carried the whole config as JSON."""
     cfg = write_config(tmp_path, daemon={"workers": 2})
@@ -400,6 +407,7 @@ def test_a_stderr_nobody_reads_does_not_stop_the_master(tmp_path):
 # -- a whole life: signals that stop it, the objects it owns, a config it refuses -------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_stop_like_sigusr1(tmp_path, origin, sig):
     with running_daemon(tmp_path) as d:
@@ -428,6 +436,7 @@ def test_objects_are_private_named_for_the_master_and_all_removed(tmp_path, orig
         assert not os.path.exists(f"/proc/{k}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "section,key,value",
     [
@@ -451,6 +460,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, section, key, value):
 # -- stop and logging ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stop_command_stops_the_daemon_and_prints_the_count(tmp_path, origin):
     with running_daemon(tmp_path) as d:
         with Client(d.socket) as c:
@@ -481,6 +491,7 @@ def test_stop_refuses_a_stale_pidfile_naming_another_program(tmp_path):
         other.wait(10)
 
 
+@pytest.mark.slow
 def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, origin):
     log = tmp_path / "shmfetch.log"
     with running_daemon(tmp_path, daemon={"log_file": log, "log_level": "debug"}) as d:
@@ -517,6 +528,7 @@ def test_log_file_reopens_on_sighup_and_logs_workers_and_requests(tmp_path, orig
     assert "draining" not in (tmp_path / "shmfetch.log.1").read_text()
 
 
+@pytest.mark.slow
 def test_log_level_info_has_no_request_lines(tmp_path, origin):
     log = tmp_path / "shmfetch.log"
     with running_daemon(tmp_path, daemon={"log_file": log}) as d:

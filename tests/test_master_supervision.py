@@ -11,6 +11,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.ipc import names
 
@@ -33,6 +35,7 @@ def _serving(w: dict) -> bool:
     return w["ready"]
 
 
+@pytest.mark.slow
 def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_path, origin):
     n = 3000
     urls = [origin.url(f"/page/{i}") for i in range(n)]
@@ -54,6 +57,7 @@ def test_kill_a_random_worker_every_200ms_loses_nothing_and_counts_exactly(tmp_p
     assert len(oks) > n // 2
 
 
+@pytest.mark.slow
 def test_sigstopped_worker_is_detected_as_hung_killed_and_its_work_redone(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2, "hang_grace": 1}, fetch={"timeout": 1}) as d:
         victim = d.worker_pids()[0]
@@ -108,6 +112,7 @@ def test_second_serve_refuses_while_a_live_daemon_owns_the_socket(tmp_path):
             assert c.stats()["pid"] == d.pid
 
 
+@pytest.mark.slow
 def test_workers_that_cannot_boot_stop_the_daemon_with_a_clear_error(tmp_path):
     # A broken lxml on the workers' path: the master never imports it, every worker dies at import.
     broken = tmp_path / "broken"
@@ -135,6 +140,7 @@ def _slow_broken_lxml(tmp_path, seconds: float) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{broken}{os.pathsep}{REPO}")
 
 
+@pytest.mark.slow
 def test_a_worker_that_fails_to_boot_slowly_still_counts_as_a_boot_failure(tmp_path):
     # Regression: "boot failure" was "died within 2 s of its spawn"; on a loaded machine imports alone
     # took longer, so a worker that could never boot was respawned forever and serve never exited 3.
@@ -161,6 +167,7 @@ def test_a_master_killed_while_its_workers_boot_takes_them_along(tmp_path):
         d.kill()
 
 
+@pytest.mark.slow
 def test_sigusr1_under_load_answers_everything_and_counts_what_clients_got(tmp_path, origin):
     n = 2000
     urls = [origin.url(f"/page/{i}") for i in range(n)]
@@ -212,6 +219,7 @@ def test_second_signal_during_drain_forces_a_quick_stop_that_still_cleans_up(tmp
     assert d.last_line() == f"downloaded {sum(r.ok for r in results)} URLs"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_noticed_and_respawned_within_a_second(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2}) as d:
         time.sleep(2.5)  # past the boot window: this death is a crash, respawned without backoff
@@ -238,6 +246,7 @@ def test_a_killed_worker_is_noticed_and_respawned_within_a_second(tmp_path, orig
     assert rc == 0 and d.last_line() == "downloaded 4 URLs"
 
 
+@pytest.mark.slow
 def test_a_request_whose_retry_dies_too_is_answered_worker_crashed(tmp_path, origin):
     with running_daemon(tmp_path, daemon={"workers": 2}, fetch={"timeout": 30}) as d:
         time.sleep(2.5)

@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from .helpers import REPO, Daemon, write_config
 
 # -- the suite itself: hermetic in any clone ---------------------------------------------------------------
@@ -57,6 +59,7 @@ def _venv_inside(clone: Path) -> Path:
     return venv / "bin" / "python"
 
 
+@pytest.mark.slow
 def test_suite_passes_in_a_clone_named_shmfetch_while_another_daemon_runs(tmp_path):
     """Regression: in a folder named shmfetch, multiprocessing's resource tracker (its command line
     holds the path) was flagged as a leaked child; and every shmfetch object on the machine, another

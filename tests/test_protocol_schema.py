@@ -7,6 +7,7 @@ import socket
 from dataclasses import fields
 
 import msgpack
+import pytest
 
 from shmfetch.protocol import (
     OUTCOME_FIELDS,
@@ -50,6 +51,7 @@ def test_an_error_answer_to_a_fetch_is_a_whole_result():
     )
 
 
+@pytest.mark.slow
 def test_the_socket_and_the_json_lines_carry_exactly_the_schema(tmp_path, origin):
     url = origin.url("/page/3")
     with running_daemon(tmp_path) as d:
