@@ -99,7 +99,10 @@ class Daemon:
             try:
                 self.wait_ready(ready_timeout)
             except BaseException:
-                self.kill()
+                # Still running but not ready: kill it, so that nothing outlives the caller. One that exited
+                # is left as it is: what it left behind is for the caller's leftover check to see.
+                if self.proc.poll() is None:
+                    self.kill()
                 raise
 
     @property
