@@ -216,3 +216,18 @@ def test_the_worker_still_retries_502_and_504_when_the_master_handles_429_and_50
             r = c.fetch(origin.url(f"/flaky?key=w{code}&fails=1&code={code}"))
             assert (r.ok, r.text) == (True, "finally"), (code, r.error)
             assert origin.hits(f"w{code}") == 2
+
+
+def test_host_keys_name_the_host_requests_connects_to():
+    """urllib3 (what requests connects with) ends the authority at a backslash where urlsplit does not; the
+    gate and robots key on the host the connection goes to, and intake refuses such URLs outright."""
+    from urllib3.util import parse_url
+
+    from shmfetch.options import url_problem
+
+    for url in ("http://127.0.0.2:8080\\@127.0.0.2:8081/ok", "http://127.0.0.2:8080\\x@127.0.0.3/"):
+        target = parse_url(url)
+        assert host_of(url) == f"{target.host}:{target.port}" == "127.0.0.2:8080", url
+        assert origin_of(url) == "http://127.0.0.2:8080"
+        assert url_problem(url) == "backslash in the URL's authority"
+    assert url_problem("http://127.0.0.2:8080/a\\b?c\\d") is None  # a backslash in the path is a path

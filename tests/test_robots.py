@@ -144,3 +144,22 @@ def test_stats_count_the_denials(daemon, site):
     st = daemon_stats(daemon.socket)
     assert st["failures"]["robots_denied"] == before + 2
     assert st["frontier"]["robots"]["denied"] >= 2
+
+
+def test_a_backslash_authority_cannot_borrow_another_hosts_robots_txt(tmp_path):
+    """``http://A\\@B/``: urlsplit reads host B, requests connects to A. With A disallowing everything and
+    B allowing everything, the URL is refused as invalid and A never sees it."""
+    with (
+        start_origin(host="127.0.0.2") as a,
+        start_origin(host="127.0.0.2") as b,
+        running_daemon(
+            tmp_path, robots={"obey": "true", "timeout": ROBOTS_TIMEOUT}, security={"allow_networks": "127.0.0.0/8"}
+        ) as d,
+        Client(d.socket, timeout=30) as c,
+    ):
+        a.respond("/robots.txt", 200, b"User-agent: *\nDisallow: /\n")
+        b.respond("/robots.txt", 200, b"User-agent: *\nAllow: /\n")
+        r = c.fetch(f"http://127.0.0.2:{a.port}\\@127.0.0.2:{b.port}/ok")
+        assert r.error == "invalid_url" and "backslash" in r.message
+        assert c.fetch(f"http://127.0.0.2:{a.port}/ok").error == "robots_denied"
+    assert [e[0] for e in a.log if e[0] != "/robots.txt"] == []

@@ -49,6 +49,7 @@ import urllib.parse
 from collections import deque
 from typing import Any
 
+from ..options import split_authority
 from ..protocol import PAUSE_CODES
 
 MAX_CRAWL_DELAY = 30.0  # seconds; a longer Crawl-delay is cut to this (Nutch skips such hosts instead)
@@ -56,16 +57,13 @@ MAX_CRAWL_DELAY = 30.0  # seconds; a longer Crawl-delay is cut to this (Nutch sk
 
 def url_authority(url: str) -> tuple[str, str, int] | None:
     """``(scheme, host, port)`` of a URL: scheme lowercased, host without a trailing dot, the default port
-    filled in; None when it has no host. The one split behind the gate's host keys and robots' origins."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return None
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch, 0, end)
-        if i != -1:
-            end = i
-    return _authority(scheme, rest[:end])
+    filled in; None when it has no host. The one split behind the gate's host keys and robots' origins.
+
+    The authority ends where urllib3's does (requests connects with urllib3), at the first ``/``, ``?``,
+    ``#`` or backslash, so the key names the host a fetch connects to even where urlsplit would read a
+    different one (``http://A\\@B/``: urllib3 connects to A; intake refuses such URLs anyway)."""
+    split = split_authority(url, "/?#\\")
+    return _authority(*split) if split else None
 
 
 @functools.lru_cache(maxsize=65536)
