@@ -10,6 +10,8 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import ipaddress
+import logging
+import logging.handlers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,3 +249,31 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = Config(**sections)
     _validate(cfg)
     return cfg
+
+
+# -- the log file ([daemon] log_file) ------------------------------------------------------------------
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+
+
+class _PrivateOpen:
+    """Opens the log file 0600 whatever the umask, and not through a symlink: the log names every URL
+    fetched. Every (re)open goes through ``_open``: the first, SIGHUP's and the workers' after logrotate."""
+
+    baseFilename: str  # noqa: N815 (logging's name)
+    mode: str
+    encoding: str | None
+    errors: str | None
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=_open_private)
+
+
+class LogFileHandler(_PrivateOpen, logging.FileHandler):
+    """The master's log file handler (reopened by the master on SIGHUP)."""
+
+
+class WatchedLogFileHandler(_PrivateOpen, logging.handlers.WatchedFileHandler):
+    """The workers' log file handler (reopens by itself when logrotate moved the file away)."""
