@@ -86,6 +86,14 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = ""
+    # A file holding the API's bearer token (else $SHMFETCH_HTTP_TOKEN); "" and no variable: no token.
+    token_file: str = ""
+    metrics_public: bool = False  # GET /metrics without the token
+    allow_unauthenticated: bool = False  # listen beyond loopback without a token, on purpose
+    # Host names (besides the listen address) a request's Host and Origin may name: the DNS-rebinding guard.
+    allowed_hosts: tuple[str, ...] = ()
+    # Seconds a connection may take to send a request's headers (and may sit idle between requests).
+    header_timeout: float = field(default=5.0, metadata=_check(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,9 @@ def _validate(cfg: Config) -> None:
         host, _, port = cfg.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"[http] listen = {cfg.http.listen!r}: expected HOST:PORT")
+    for name in cfg.http.allowed_hosts:
+        if not all(c.isalnum() or c in ".-_" for c in name):
+            raise ConfigError(f"[http] allowed_hosts: {name!r} is not a host name (no port, no scheme)")
     if cfg.cluster.redis:
         from .cluster.streams import check_url
 
@@ -277,3 +288,62 @@ class LogFileHandler(_PrivateOpen, logging.FileHandler):
 
 class WatchedLogFileHandler(_PrivateOpen, logging.handlers.WatchedFileHandler):
     """The workers' log file handler (reopens by itself when logrotate moved the file away)."""
+
+
+# -- the HTTP API's token and exposure -----------------------------------------------------------------
+
+TOKEN_ENV = "SHMFETCH_HTTP_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def http_token(cfg: HttpConfig, env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The HTTP API's bearer token: ``[http] token_file``'s content, else ``$SHMFETCH_HTTP_TOKEN``, else
+    None. Surrounding white space (a trailing newline) is not part of it. Raises ConfigError for an
+    unreadable file or a token that is short or not printable ASCII without spaces."""
+    if cfg.token_file:
+        where = f"[http] token_file = {cfg.token_file!r}"
+        try:
+            with open(cfg.token_file, encoding="ascii", opener=_open_nofollow) as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    else:
+        where, token = f"${TOKEN_ENV}", env.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS or not all("!" <= c <= "~" for c in token):
+        raise ConfigError(
+            f"{where}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters, no spaces"
+        )
+    return token
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host (``127.0.0.1``, ``[::1]``, ``localhost``) is loopback only."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_http_exposure(cfg: Config, env: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """``serve``'s refusal: an HTTP API beyond loopback without a token is an open proxy, unless
+    ``[http] allow_unauthenticated = true`` says the operator means it. Also reads the token (ConfigError
+    for a bad one), so that a bad token file stops ``serve`` before anything starts."""
+    if not cfg.http.listen:
+        return
+    token = http_token(cfg.http, env)
+    host = cfg.http.listen.rpartition(":")[0]
+    if token is None and not is_loopback_host(host) and not cfg.http.allow_unauthenticated:
+        raise ConfigError(
+            f"[http] listen = {cfg.http.listen!r} is not loopback and there is no token: anyone who can "
+            f"reach it could make this daemon fetch for them. Set [http] token_file (or ${TOKEN_ENV}), or "
+            "[http] allow_unauthenticated = true if that is what you want"
+        )

@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..master.arbiter import Master, StartupError
 
     cfg = config_mod.load(args.config)
+    config_mod.check_http_exposure(cfg)
     handler, front = _setup_logging(cfg)
     master = Master(cfg, handler, front)
     try:
