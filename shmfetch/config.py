@@ -103,6 +103,8 @@ class PolitenessConfig:
     max_retry_after: float = field(default=120.0, metadata=_check(0, 86400))
     backoff: float = field(default=1.0, metadata=_check(0, 3600))
     max_wait: float = field(default=60.0, metadata=_check(0.01, 86400))
+    # Hosts whose state (delay, pause) the master keeps; past it the least recently used idle one goes.
+    max_hosts: int = field(default=10000, metadata=_check(16, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class RobotsConfig:
     ttl: float = field(default=86400.0, metadata=_check(1, 30 * 86400))
     error_ttl: float = field(default=300.0, metadata=_check(1, 86400))
     timeout: float = field(default=10.0, metadata=_check(0.01, 600))
+    # robots.txt decisions kept in the master; past it the least recently used one goes (and is refetched).
+    max_origins: int = field(default=10000, metadata=_check(16, 10_000_000))
 
 
 @dataclass(frozen=True)

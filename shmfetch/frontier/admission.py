@@ -56,7 +56,7 @@ class Frontier:
         self.max_retries = cfg.fetch.retries
         self.default_mode = cfg.fetch.mode  # the cache key's mode for a request that names none
         self.default_metadata = cfg.fetch.metadata
-        self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff)
+        self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff, p.max_hosts)
         self.cache: HttpCache | None = open_cache(cfg.cache)
         self.count_hits = cfg.cache.count_hits
         self.robots: Robots | None = None
@@ -207,6 +207,7 @@ class Frontier:
             final_host,
             time.monotonic(),
             frame["answered_at"],
+            text(frame["error"]),
         )
 
     def finished(self, job: Job, frame: dict[str, Any]) -> bool:
