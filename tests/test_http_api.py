@@ -234,3 +234,17 @@ def test_a_half_sent_request_is_closed_after_header_timeout(open_api, origin):
         slow = session.get(base + "/fetch", params={"url": origin.url("/slow?s=2")}, timeout=30)
         assert slow.status_code == 200 and "slow" in slow.text
         assert session.get(base + "/stats", timeout=30).status_code == 200
+
+
+def test_host_guard_rules():
+    from shmfetch.fronts.http import HostGuard
+
+    by_name = HostGuard("localhost", ())  # listening on a loopback name: its addresses are fine too
+    assert all(by_name.allows_host(h) for h in ("localhost:8088", "127.0.0.1:8088", "[::1]:8088", None))
+    assert not by_name.allows_host("rebind.example:8088")
+    everywhere = HostGuard("0.0.0.0", ("api.example",))  # any address literal, and the listed names
+    assert all(everywhere.allows_host(h) for h in ("192.0.2.7:8088", "[2001:db8::1]:80", "API.example."))
+    assert not everywhere.allows_host("localhost") and not everywhere.allows_host("evil.example")
+    assert everywhere.allows_origin("https://api.example:8443") and not everywhere.allows_origin("null")
+    v6 = HostGuard("::1", ())
+    assert v6.allows_host("[::1]:8088") and not v6.allows_host("127.0.0.1:8088")

@@ -380,7 +380,8 @@ def _mode_param(request: web.Request) -> str | None:
 
 class HostGuard:
     """Which ``Host`` and ``Origin`` values a request may carry: the listen address (any address when it
-    listens on all of them), ``localhost`` when it listens on loopback, and ``[http] allowed_hosts``.
+    listens on all of them), ``localhost`` and the loopback addresses when it listens on loopback, and
+    ``[http] allowed_hosts``.
 
     Against DNS rebinding: a page of evil.example whose name is re-pointed at this machine makes the
     browser send ``Host: evil.example``. An address literal cannot be re-pointed, so only names need the
@@ -389,8 +390,9 @@ class HostGuard:
     def __init__(self, listen_host: str, allowed: tuple[str, ...]):
         self.listen = _address(listen_host)
         self.any_address = self.listen is not None and self.listen.is_unspecified
+        self.loopback = is_loopback_host(listen_host)
         self.names = {n.lower().rstrip(".") for n in allowed}
-        if is_loopback_host(listen_host):
+        if self.loopback:
             self.names.add("localhost")
         if self.listen is None and listen_host:
             self.names.add(listen_host.lower().rstrip("."))
@@ -411,7 +413,7 @@ class HostGuard:
         name = name.lower().rstrip(".")
         addr = _address(name)
         if addr is not None:
-            return self.any_address or addr == self.listen
+            return self.any_address or addr == self.listen or (self.listen is None and self.loopback and addr.is_loopback)
         return name in self.names
 
 
