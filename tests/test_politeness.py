@@ -231,6 +231,10 @@ def test_host_keys_name_the_host_requests_connects_to():
         assert origin_of(url) == "http://127.0.0.2:8080"
         assert url_problem(url) == "backslash in the URL's authority"
     assert url_problem("http://127.0.0.2:8080/a\\b?c\\d") is None  # a backslash in the path is a path
+    odd = ("http://a\t@b/", "http://a@b@c/", "http://a:1@b:2/", "http://a%40b@c/", "http://[::1]@b/",
+           "http://a#@b/", "http://a?@b/", "http://a\r\n@b/", "http://a b@c/", "http://a%5C@b/")  # fmt: skip
+    for url in odd:  # wherever parsers could disagree, the key is urllib3's host
+        assert url_authority(url)[1] == parse_url(url).host, url
 
 
 def test_gate_keeps_at_most_max_hosts_and_never_forgets_a_busy_one():
