@@ -10,6 +10,8 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import ipaddress
+import logging
+import logging.handlers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +86,14 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = ""
+    # A file holding the API's bearer token (else $SHMFETCH_HTTP_TOKEN); "" and no variable: no token.
+    token_file: str = ""
+    metrics_public: bool = False  # GET /metrics without the token
+    allow_unauthenticated: bool = False  # listen beyond loopback without a token, on purpose
+    # Host names (besides the listen address) a request's Host and Origin may name: the DNS-rebinding guard.
+    allowed_hosts: tuple[str, ...] = ()
+    # Seconds a connection may take to send a request's headers (and may sit idle between requests).
+    header_timeout: float = field(default=5.0, metadata=_check(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class PolitenessConfig:
     max_retry_after: float = field(default=120.0, metadata=_check(0, 86400))
     backoff: float = field(default=1.0, metadata=_check(0, 3600))
     max_wait: float = field(default=60.0, metadata=_check(0.01, 86400))
+    # Hosts whose state (delay, pause) the master keeps; past it the least recently used idle one goes.
+    max_hosts: int = field(default=10000, metadata=_check(16, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,8 @@ class RobotsConfig:
     ttl: float = field(default=86400.0, metadata=_check(1, 30 * 86400))
     error_ttl: float = field(default=300.0, metadata=_check(1, 86400))
     timeout: float = field(default=10.0, metadata=_check(0.01, 600))
+    # robots.txt decisions kept in the master; past it the least recently used one goes (and is refetched).
+    max_origins: int = field(default=10000, metadata=_check(16, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,9 @@ def _validate(cfg: Config) -> None:
         host, _, port = cfg.http.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"[http] listen = {cfg.http.listen!r}: expected HOST:PORT")
+    for name in cfg.http.allowed_hosts:
+        if not all(c.isalnum() or c in ".-_" for c in name):
+            raise ConfigError(f"[http] allowed_hosts: {name!r} is not a host name (no port, no scheme)")
     if cfg.cluster.redis:
         from .cluster.streams import check_url
 
@@ -247,3 +264,90 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = Config(**sections)
     _validate(cfg)
     return cfg
+
+
+# -- the log file ([daemon] log_file) ------------------------------------------------------------------
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+
+
+class _PrivateOpen:
+    """Opens the log file 0600 whatever the umask, and not through a symlink: the log names every URL
+    fetched. Every (re)open goes through ``_open``: the first, SIGHUP's and the workers' after logrotate."""
+
+    baseFilename: str  # noqa: N815 (logging's name)
+    mode: str
+    encoding: str | None
+    errors: str | None
+
+    def _open(self) -> Any:
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=_open_private)
+
+
+class LogFileHandler(_PrivateOpen, logging.FileHandler):
+    """The master's log file handler (reopened by the master on SIGHUP)."""
+
+
+class WatchedLogFileHandler(_PrivateOpen, logging.handlers.WatchedFileHandler):
+    """The workers' log file handler (reopens by itself when logrotate moved the file away)."""
+
+
+# -- the HTTP API's token and exposure -----------------------------------------------------------------
+
+TOKEN_ENV = "SHMFETCH_HTTP_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def http_token(cfg: HttpConfig, env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """The HTTP API's bearer token: ``[http] token_file``'s content, else ``$SHMFETCH_HTTP_TOKEN``, else
+    None. Surrounding white space (a trailing newline) is not part of it. Raises ConfigError for an
+    unreadable file or a token that is short or not printable ASCII without spaces."""
+    if cfg.token_file:
+        where = f"[http] token_file = {cfg.token_file!r}"
+        try:
+            with open(cfg.token_file, encoding="ascii", opener=_open_nofollow) as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    else:
+        where, token = f"${TOKEN_ENV}", env.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+    if len(token) < MIN_TOKEN_CHARS or not all("!" <= c <= "~" for c in token):
+        raise ConfigError(
+            f"{where}: the token must be at least {MIN_TOKEN_CHARS} printable ASCII characters, no spaces"
+        )
+    return token
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host (``127.0.0.1``, ``[::1]``, ``localhost``) is loopback only."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_http_exposure(cfg: Config, env: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """``serve``'s refusal: an HTTP API beyond loopback without a token is an open proxy, unless
+    ``[http] allow_unauthenticated = true`` says the operator means it. Also reads the token (ConfigError
+    for a bad one), so that a bad token file stops ``serve`` before anything starts."""
+    if not cfg.http.listen:
+        return
+    token = http_token(cfg.http, env)
+    host = cfg.http.listen.rpartition(":")[0]
+    if token is None and not is_loopback_host(host) and not cfg.http.allow_unauthenticated:
+        raise ConfigError(
+            f"[http] listen = {cfg.http.listen!r} is not loopback and there is no token: anyone who can "
+            f"reach it could make this daemon fetch for them. Set [http] token_file (or ${TOKEN_ENV}), or "
+            "[http] allow_unauthenticated = true if that is what you want"
+        )

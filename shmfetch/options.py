@@ -38,7 +38,28 @@ MAX_URL_CHARS = 8192
 
 def url_problem(url: str) -> str | None:
     """Why every interface refuses ``url`` before it is queued (error ``invalid_url``), or None."""
-    return f"URL longer than {MAX_URL_CHARS} characters" if len(url) > MAX_URL_CHARS else None
+    if len(url) > MAX_URL_CHARS:
+        return f"URL longer than {MAX_URL_CHARS} characters"
+    if "\\" in (split_authority(url) or ("", ""))[1]:
+        # urllib3 (what requests connects with) ends the authority at a backslash, urlsplit does not:
+        # in http://A\@B/ one sees host A, the other host B, so robots.txt and politeness would judge
+        # another host than the one fetched.
+        return "backslash in the URL's authority"
+    return None
+
+
+def split_authority(url: str, ends: str = "/?#") -> tuple[str, str] | None:
+    """``(scheme, authority)`` of ``url``: the authority runs from ``://`` to the first of ``ends`` (by
+    default where urlsplit ends it); None without ``://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    end = len(rest)
+    for ch in ends:
+        i = rest.find(ch, 0, end)
+        if i != -1:
+            end = i
+    return scheme, rest[:end]
 
 
 class OptionError(ValueError):

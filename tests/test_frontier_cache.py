@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -211,3 +213,70 @@ def test_cache_stats_and_purge_commands(tmp_path, origin):
     p = run_cli("cache", "purge", "-c", str(d.config))
     assert p.returncode == 0 and "purged 1 entries" in p.stdout
     assert json.loads(run_cli("cache", "stats", "-c", str(d.config)).stdout)["entries"] == 0
+
+
+def test_a_cache_answer_carries_the_header_fields_of_the_response_or_of_its_304(tmp_path, origin):
+    """A hit, and an answer after a 304, gave etag, last_modified, cache_control, expires and date as null."""
+    lm, expires = "Wed, 01 Jan 2025 00:00:00 GMT", "Thu, 01 Jan 2037 00:00:00 GMT"
+    first_headers = {"ETag": '"h1"', "Last-Modified": lm, "Cache-Control": "max-age=0"}
+    origin.respond("/hdr", 200, b"<p>header fields</p>", {"Content-Type": "text/html", **first_headers})
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d, Client(d.socket, timeout=30) as c:
+        first = c.fetch(origin.url("/hdr"))
+        origin.respond("/hdr", 304, b"", {"ETag": '"h1"', "Cache-Control": "max-age=600", "Expires": expires})
+        after_304 = c.fetch(origin.url("/hdr"))
+        hit = c.fetch(origin.url("/hdr"))
+    assert first.ok and not first.cached and (first.etag, first.cache_control) == ('"h1"', "max-age=0")
+    assert after_304.cached and hit.cached and after_304.text == hit.text == first.text
+    for r in (after_304, hit):  # the 304's fields where it has them, the stored response's elsewhere
+        assert (r.etag, r.last_modified, r.cache_control, r.expires) == ('"h1"', lm, "max-age=600", expires)
+        assert r.date and r.date.endswith("GMT")
+    assert sum(1 for e in origin.log if e[0] == "/hdr") == 2  # the hit went to no origin
+
+
+def test_a_cache_file_of_the_previous_layout_is_emptied_on_open(tmp_path):
+    """Layout 2 had no cache_control, expires or date: its entries would answer those as null."""
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE entries (key TEXT PRIMARY KEY, status INTEGER, final_url TEXT, content_type TEXT,"
+        " text BLOB NOT NULL, etag TEXT, last_modified TEXT, fields BLOB NOT NULL, stored REAL NOT NULL,"
+        " fresh_until REAL NOT NULL, used REAL NOT NULL, size INTEGER NOT NULL);"
+        "INSERT INTO entries VALUES ('text http://h/', 200, NULL, NULL, x'00', 'e', NULL, x'80', 0, 9e9, 0, 257);"
+        "PRAGMA user_version = 2;"
+    )
+    db.close()
+    c = HttpCache(str(path), max_bytes=1 << 20, heuristic_fraction=0.1, heuristic_max=86400)
+    try:
+        assert c.enabled and c.lookup("text http://h/") is None and c.stats()["entries"] == 0
+        assert c.store("text http://h/", 200, None, "text/plain", b"hi", {}, {"cache_control": "max-age=60"})
+        assert c.lookup("text http://h/").headers["cache_control"] == "max-age=60"
+    finally:
+        c.close()
+
+
+def test_the_cache_database_and_the_log_file_are_created_private(tmp_path, origin):
+    """Both came out with the umask's mode (-rw-r--r--): another user read the cached texts, URLs and log."""
+    log = tmp_path / "daemon.log"
+    old = os.umask(0o022)
+    try:
+        with running_daemon(tmp_path, cache=cache_cfg(tmp_path), daemon={"log_file": log}) as d:
+            assert get(d, origin.url("/cacheable?key=private&cc=max-age%3D600")).ok
+            files = [log, *tmp_path.glob("cache.db*")]
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    finally:
+        os.umask(old)
+    assert {"daemon.log", "cache.db", "cache.db-wal"} <= modes.keys()
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_url_with_credentials_is_never_cached_nor_keyed(tmp_path, origin):
+    """Keys kept ``user:pw@``, readable in the file; and a page fetched with one user's credentials must not
+    answer a request with other credentials or none."""
+    url = origin.url("/cacheable?key=creds&cc=max-age%3D600").replace("://", "://alice:s3cret@")
+    assert cache_key(url, "text") == ""
+    with running_daemon(tmp_path, cache=cache_cfg(tmp_path)) as d:
+        first, second = get(d, url), get(d, url)
+    assert first.ok and second.ok and not second.cached and origin.hits("creds") == 2
+    with sqlite3.connect(tmp_path / "cache.db") as db:
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+    assert b"s3cret" not in (tmp_path / "cache.db").read_bytes()

@@ -218,3 +218,65 @@ def test_the_worker_still_retries_502_and_504_when_the_master_handles_429_and_50
             r = c.fetch(origin.url(f"/flaky?key=w{code}&fails=1&code={code}"))
             assert (r.ok, r.text) == (True, "finally"), (code, r.error)
             assert origin.hits(f"w{code}") == 2
+
+
+def test_host_keys_name_the_host_requests_connects_to():
+    """urllib3 (what requests connects with) ends the authority at a backslash where urlsplit does not; the
+    gate and robots key on the host the connection goes to, and intake refuses such URLs outright."""
+    from urllib3.util import parse_url
+
+    from shmfetch.options import url_problem
+
+    for url in ("http://127.0.0.2:8080\\@127.0.0.2:8081/ok", "http://127.0.0.2:8080\\x@127.0.0.3/"):
+        target = parse_url(url)
+        assert host_of(url) == f"{target.host}:{target.port}" == "127.0.0.2:8080", url
+        assert origin_of(url) == "http://127.0.0.2:8080"
+        assert url_problem(url) == "backslash in the URL's authority"
+    assert url_problem("http://127.0.0.2:8080/a\\b?c\\d") is None  # a backslash in the path is a path
+    odd = ("http://a\t@b/", "http://a@b@c/", "http://a:1@b:2/", "http://a%40b@c/", "http://[::1]@b/",
+           "http://a#@b/", "http://a?@b/", "http://a\r\n@b/", "http://a b@c/", "http://a%5C@b/")  # fmt: skip
+    for url in odd:  # wherever parsers could disagree, the key is urllib3's host
+        assert url_authority(url)[1] == parse_url(url).host, url
+
+
+def test_gate_keeps_at_most_max_hosts_and_never_forgets_a_busy_one():
+    gate = Politeness(per_host=1, delay=0.0, max_retry_after=60, backoff=1, max_hosts=16)
+    for i in range(1000):  # many distinct hosts, each fetched once
+        host = f"h{i}:80"
+        gate.add(f"r{i}", host, deadline=1e9)
+        assert gate.pop_ready(0.0) == f"r{i}"
+        gate.done(host, 200, None, "", 0.0, answered_at=0.0)
+        assert len(gate.hosts) <= 16
+    busy = [f"busy{i}:80" for i in range(40)]  # requests waiting: their hosts must stay
+    for host in busy:
+        gate.add(host, host, deadline=1e9)
+    assert set(busy) <= gate.hosts.keys() and len(gate.hosts) == 40
+    got = [gate.pop_ready(0.0) for _ in busy]
+    assert sorted(got) == sorted(busy)  # every parked request still comes out
+    for host in busy:
+        gate.done(host, 200, None, "", 0.0, answered_at=0.0)
+    gate.add("x", "last:80", deadline=1e9)
+    assert len(gate.hosts) <= 16 and "last:80" in gate.hosts
+
+
+def test_a_fetch_that_never_reached_its_host_leaves_nothing_in_the_gate():
+    gate = Politeness(per_host=4, delay=1.0, max_retry_after=60, backoff=1)
+    gate.add("r", "10.1.2.3:80", deadline=1e9)
+    assert gate.pop_ready(0.0) == "r"
+    gate.done("10.1.2.3:80", None, None, "", 0.0, answered_at=None, error="blocked_address")
+    assert gate.hosts == {}
+    gate.add("t", "slow:80", deadline=1e9)  # a timeout may well have reached it: its delay is kept
+    assert gate.pop_ready(0.0) == "t"
+    gate.done("slow:80", None, None, "", 0.0, answered_at=None, error="timeout")
+    assert list(gate.hosts) == ["slow:80"]
+
+
+def test_twenty_thousand_blocked_urls_leave_no_host_tracked(tmp_path):
+    """Hosts were recorded before the worker's SSRF check, and never pruned: 20 000 blocked URLs left
+    20 000 hosts in the master. 127.0.0.2 is not in this daemon's allow_networks; nothing is connected."""
+    urls = [f"http://127.0.0.2:{1024 + i}/x" for i in range(20_000)]
+    with running_daemon(tmp_path) as d, Client(d.socket, timeout=120) as c:
+        results = list(c.fetch_many(urls, concurrency=512))
+        st = daemon_stats(d.socket)
+    assert {r.error for r in results} == {"blocked_address"} and len(results) == len(urls)
+    assert st["frontier"]["politeness"]["hosts"] == 0

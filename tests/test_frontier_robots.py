@@ -146,3 +146,50 @@ def test_stats_count_the_denials(daemon, site):
     st = daemon_stats(daemon.socket)
     assert st["failures"]["robots_denied"] == before + 2
     assert st["frontier"]["robots"]["denied"] >= 2
+
+
+def test_a_backslash_authority_cannot_borrow_another_hosts_robots_txt(tmp_path):
+    """``http://A\\@B/``: urlsplit reads host B, requests connects to A. With A disallowing everything and
+    B allowing everything, the URL is refused as invalid and A never sees it."""
+    with (
+        start_origin(host="127.0.0.2") as a,
+        start_origin(host="127.0.0.2") as b,
+        running_daemon(
+            tmp_path, robots={"obey": "true", "timeout": ROBOTS_TIMEOUT}, security={"allow_networks": "127.0.0.0/8"}
+        ) as d,
+        Client(d.socket, timeout=30) as c,
+    ):
+        a.respond("/robots.txt", 200, b"User-agent: *\nDisallow: /\n")
+        b.respond("/robots.txt", 200, b"User-agent: *\nAllow: /\n")
+        r = c.fetch(f"http://127.0.0.2:{a.port}\\@127.0.0.2:{b.port}/ok")
+        assert r.error == "invalid_url" and "backslash" in r.message
+        assert c.fetch(f"http://127.0.0.2:{a.port}/ok").error == "robots_denied"
+    assert [e[0] for e in a.log if e[0] != "/robots.txt"] == []
+
+
+def test_blocked_origins_leave_no_robots_decision_and_keep_their_true_error(tmp_path):
+    """An origin the SSRF policy refuses got a disallow-all decision kept for error_ttl (one per host, never
+    pruned), and its URLs were answered robots_denied instead of blocked_address."""
+    urls = [f"http://127.0.0.2:{1024 + i}/x" for i in range(2000)]
+    with running_daemon(tmp_path, robots={"obey": "true"}) as d, Client(d.socket, timeout=120) as c:
+        results = list(c.fetch_many(urls, concurrency=256))
+        st = daemon_stats(d.socket)
+    assert {r.error for r in results} == {"blocked_address"}
+    assert st["frontier"]["robots"]["origins"] == 0 and st["frontier"]["politeness"]["hosts"] == 0
+
+
+def test_robots_decisions_are_bounded_least_recently_used_first():
+    from shmfetch.config import FetchConfig, RobotsConfig, SecurityConfig
+    from shmfetch.frontier.robots import ALLOW, Robots, Rules
+
+    robots = Robots(RobotsConfig(max_origins=16), FetchConfig(), SecurityConfig(), lambda f, *a: f(*a))
+    try:
+        keep = "http://127.0.0.1:1"
+        robots._resolved(keep, Rules(None, True, time.monotonic() + 600))
+        for i in range(2, 200):
+            robots._resolved(f"http://127.0.0.1:{i}", Rules(None, True, time.monotonic() + 600))
+            assert robots.check(keep + "/page") == ALLOW  # used: it stays
+            assert len(robots._rules) <= 16
+        assert keep in robots._rules and "http://127.0.0.1:2" not in robots._rules
+    finally:
+        robots.close()

@@ -14,7 +14,7 @@ from .helpers import daemon_stats, free_port, running_daemon
 EXPECTED = {
     "shmfetch_requests", "shmfetch_fetch_duration_seconds", "shmfetch_response_bytes", "shmfetch_retries",
     "shmfetch_queue_depth", "shmfetch_inflight_requests", "shmfetch_workers_alive", "shmfetch_robots_denied",
-    "shmfetch_cache_lookups", "shmfetch_build_info", "shmfetch_downloads",
+    "shmfetch_cache_lookups", "shmfetch_build_info", "shmfetch_downloads", "shmfetch_http_rejected",
 }  # fmt: skip
 
 

@@ -194,13 +194,17 @@ class HttpFront:
     def __init__(self, base: str):
         import aiohttp
 
+        from shmfetch.config import HttpConfig, http_token
+
         self.base = base.rstrip("/")
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.headers = {"Accept": "application/json"}
+        # The daemon's rule: $SHMFETCH_HTTP_TOKEN (--http-token-file sets it from a file)
+        if (token := http_token(HttpConfig())) is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     async def fetch(self, url: str) -> Result:
-        async with self.session.get(
-            f"{self.base}/fetch", params={"url": url}, headers={"Accept": "application/json"}
-        ) as r:
+        async with self.session.get(f"{self.base}/fetch", params={"url": url}, headers=self.headers) as r:
             return Result.from_frame(await r.json(content_type=None))
 
     async def close(self) -> None:
@@ -829,6 +833,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latencies", default="0,100", help="with --sweep-threads: origin latencies in ms")
     ap.add_argument("--http", metavar="HOST:PORT", help="drive the daemon's HTTP API instead of its socket")
     ap.add_argument(
+        "--http-token-file",
+        metavar="FILE",
+        help="with --http: the API's bearer token, as [http] token_file (default: $SHMFETCH_HTTP_TOKEN; a "
+        "--spawn daemon gets the same token)",
+    )
+    ap.add_argument(
         "--front-compare",
         action="store_true",
         help="with --spawn: the HTTP API (on a free loopback port) and the Unix socket, same daemon, same run",
@@ -836,6 +846,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the report as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = ap.parse_args(argv)
+    if args.http_token_file:
+        from shmfetch.config import TOKEN_ENV, HttpConfig, http_token
+
+        # Through the environment: HttpFront reads it, and a --spawn daemon inherits it.
+        os.environ[TOKEN_ENV] = http_token(HttpConfig(token_file=args.http_token_file)) or ""
     if args.write_site:
         write_site(args.write_site, args.pages, args.seed, args.min_kb)
         return 0

@@ -72,7 +72,7 @@ def _setup_logging(cfg: config_mod.Config) -> tuple[logging.Handler, _LogQueue]:
     """The master's log: (the handler that writes, for SIGHUP's reopen; the root's queueing handler)."""
     d = cfg.daemon
     handler: logging.Handler = (
-        logging.FileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
+        config_mod.LogFileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [master %(process)d] %(message)s"))
     front = _LogQueue(handler)
@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..master.arbiter import Master, StartupError
 
     cfg = config_mod.load(args.config)
+    config_mod.check_http_exposure(cfg)
     handler, front = _setup_logging(cfg)
     master = Master(cfg, handler, front)
     try:

@@ -30,7 +30,7 @@ from ..config import Config
 from ..fronts.metrics import Histogram
 from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
 from ..replies import send_result, text
-from .cache import Entry, HttpCache, cache_key, open_cache
+from .cache import HEADER_FIELDS, Entry, HttpCache, cache_key, open_cache
 from .politeness import PAUSE_CODES, Politeness, host_of
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
 
@@ -41,8 +41,8 @@ log = logging.getLogger("shmfetch.master")
 
 # Request options that change what a fetch returns beyond its text in one mode: not served from the cache.
 UNCACHED_OPTIONS = frozenset(("accept_language", "max_bytes"))
-# Result fields (protocol.Outcome) the cache stores freshness and validators from.
-CACHE_HEADERS = ("etag", "last_modified", "cache_control", "expires", "date")
+# Result fields (protocol.Outcome) the cache stores, and takes freshness and validators from.
+CACHE_HEADERS = HEADER_FIELDS
 
 
 class Frontier:
@@ -56,7 +56,7 @@ class Frontier:
         self.max_retries = cfg.fetch.retries
         self.default_mode = cfg.fetch.mode  # the cache key's mode for a request that names none
         self.default_metadata = cfg.fetch.metadata
-        self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff)
+        self.gate = Politeness(p.per_host, p.delay, p.max_retry_after, p.backoff, p.max_hosts)
         self.cache: HttpCache | None = open_cache(cfg.cache)
         self.count_hits = cfg.cache.count_hits
         self.robots: Robots | None = None
@@ -131,7 +131,7 @@ class Frontier:
         frame = master_frame(
             job.req_id, job.url, ok=True, status=entry.status, final_url=entry.final_url,
             content_type=entry.content_type, text=entry.text, elapsed_ms=elapsed_ms, cached=True,
-            **entry.fields,
+            **entry.fields, **entry.headers,
         )  # fmt: skip
         send_result(job.sink, frame)
 
@@ -207,6 +207,7 @@ class Frontier:
             final_host,
             time.monotonic(),
             frame["answered_at"],
+            text(frame["error"]),
         )
 
     def finished(self, job: Job, frame: dict[str, Any]) -> bool:

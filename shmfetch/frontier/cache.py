@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS entries (
     text BLOB NOT NULL,
     etag TEXT,
     last_modified TEXT,
+    cache_control TEXT,
+    expires TEXT,
+    date TEXT,
     fields BLOB NOT NULL,
     stored REAL NOT NULL,
     fresh_until REAL NOT NULL,
@@ -57,7 +61,12 @@ CREATE INDEX IF NOT EXISTS entries_used ON entries (used);
 """
 # The layout above (PRAGMA user_version). A file of another version is emptied on open: it is a cache.
 # 2: entries keep the page fields (protocol.METADATA_FIELDS), msgpack, so a hit answers them too.
-SCHEMA_VERSION = 2
+# 3: and every response header field a result carries (HEADER_FIELDS), so a hit answers those too.
+SCHEMA_VERSION = 3
+# The response header fields a result carries (protocol.Result) and an entry keeps, as the response it
+# stores or the 304 that last refreshed it gave them.
+HEADER_FIELDS = ("etag", "last_modified", "cache_control", "expires", "date")
+_COLUMNS = "status, final_url, content_type, text, fields, " + ", ".join(HEADER_FIELDS) + ", fresh_until"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 CACHE_KIB = 16384
 # A hit's "most recently used" mark is a write; writing it per hit cost ~100 us of the master's CPU (a
@@ -67,7 +76,10 @@ TOUCH_BATCH = 256
 
 @functools.lru_cache(maxsize=4096)  # a hit is by definition a URL seen before; the split is 8 % of a hit
 def cache_key(url: str, mode: str) -> str:
-    """The normalized URL plus the mode: ``"MODE URL"``."""
+    """The normalized URL plus the mode: ``"MODE URL"``; "" (not cached) for a URL with credentials.
+
+    A URL with ``user:pw@`` is fetched with those credentials: its page is that user's, so it is neither
+    answered from nor stored in the cache (and no key, hence no file, ever holds the credentials)."""
     try:
         u = urllib.parse.urlsplit(url.strip())
         scheme = u.scheme.lower()
@@ -78,8 +90,8 @@ def cache_key(url: str, mode: str) -> str:
     netloc = host if ":" not in host else f"[{host}]"
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         netloc += f":{port}"
-    if u.username or u.password:
-        netloc = u.netloc.rsplit("@", 1)[0] + "@" + netloc
+    if "@" in u.netloc:
+        return ""
     return f"{mode} {urllib.parse.urlunsplit((scheme, netloc, u.path or '/', u.query, ''))}"
 
 
@@ -100,9 +112,16 @@ class Entry:
     content_type: str | None
     text: bytes  # UTF-8, as the master forwards result texts
     fields: dict[str, Any]  # the page fields (protocol.METADATA_FIELDS), strings as UTF-8 bytes too
-    etag: str | None
-    last_modified: str | None
+    headers: dict[str, str | None]  # HEADER_FIELDS, of the stored response or of the 304 that refreshed it
     fresh: bool
+
+    @property
+    def etag(self) -> str | None:
+        return self.headers.get("etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return self.headers.get("last_modified")
 
 
 class HttpCache:
@@ -124,6 +143,7 @@ class HttpCache:
 
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
+        _create_private(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -157,15 +177,11 @@ class HttpCache:
 
     def lookup(self, key: str, now: float | None = None) -> Entry | None:
         """The entry for ``key`` (fresh or stale, marked), or None. A hit becomes the most recently used."""
-        if self.db is None:
+        if self.db is None or not key:
             return None
         now = time.time() if now is None else now
         try:
-            row = self.db.execute(
-                "SELECT status, final_url, content_type, text, fields, etag, last_modified, fresh_until "
-                "FROM entries WHERE key = ?",
-                (key,),
-            ).fetchone()
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
             if row is None:
                 return None
         except sqlite3.Error as e:
@@ -175,7 +191,8 @@ class HttpCache:
         if len(self._touched) >= TOUCH_BATCH:
             self._flush_touches()
         fields = msgpack.unpackb(row[4], raw=False)  # str names; the values stay UTF-8 bytes (bin)
-        return Entry(key, row[0], row[1], row[2], row[3], fields, row[5], row[6], row[7] > now)
+        headers = dict(zip(HEADER_FIELDS, row[5:-1], strict=True))
+        return Entry(key, row[0], row[1], row[2], row[3], fields, headers, row[-1] > now)
 
     # -- writes --------------------------------------------------------------------------------------
 
@@ -224,9 +241,9 @@ class HttpCache:
         headers: dict[str, Any],
         now: float | None = None,
     ) -> bool:
-        """Store a successful result, its page ``fields`` and its response headers (frontier.CACHE_HEADERS).
+        """Store a successful result, its page ``fields`` and its response ``headers`` (HEADER_FIELDS).
         True if stored."""
-        if self.db is None:
+        if self.db is None or not key:
             return False
         now = time.time() if now is None else now
         ttl = self.freshness(headers, now)
@@ -240,9 +257,9 @@ class HttpCache:
         try:
             old = self.db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
             self.db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, status, as_str(final_url), as_str(content_type), bytes(text), as_str(etag), as_str(last_modified),
-                 packed, now, now + ttl, now, size),
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, status, as_str(final_url), as_str(content_type), bytes(text),
+                 *(as_str(headers.get(h)) for h in HEADER_FIELDS), packed, now, now + ttl, now, size),
             )  # fmt: skip
             self.total += size - (old[0] if old else 0)
             if self.total > self.max_bytes:
@@ -253,26 +270,23 @@ class HttpCache:
         return True
 
     def refresh(self, entry: Entry, headers: dict[str, Any], now: float | None = None) -> None:
-        """A 304 revalidated ``entry``: new freshness and validators from the 304's headers."""
+        """A 304 revalidated ``entry``: its header fields are updated with those the 304 carries (RFC 9111
+        section 4.3.4), in the database and in ``entry``, and its freshness is computed from them."""
         if self.db is None:
             return
         now = time.time() if now is None else now
-        ttl = self.freshness(headers, now)
+        for h in HEADER_FIELDS:
+            if (v := as_str(headers.get(h))) is not None:
+                entry.headers[h] = v
+        ttl = self.freshness(entry.headers, now)
         if ttl is None:
             self.delete(entry.key)
             return
+        sets = ", ".join(f"{h} = ?" for h in HEADER_FIELDS)
         try:
             self.db.execute(
-                "UPDATE entries SET fresh_until = ?, stored = ?, used = ?, etag = coalesce(?, etag), "
-                "last_modified = coalesce(?, last_modified) WHERE key = ?",
-                (
-                    now + ttl,
-                    now,
-                    now,
-                    as_str(headers.get("etag")),
-                    as_str(headers.get("last_modified")),
-                    entry.key,
-                ),
+                f"UPDATE entries SET fresh_until = ?, stored = ?, used = ?, {sets} WHERE key = ?",
+                (now + ttl, now, now, *(entry.headers.get(h) for h in HEADER_FIELDS), entry.key),
             )
         except sqlite3.Error as e:
             self._disable("refresh", e)
@@ -339,6 +353,21 @@ class HttpCache:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600 (SQLite gives its -wal and -shm files the database's mode): it holds
+    the fetched texts and URLs. A file of ours that is readable by others is made private too."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise sqlite3.OperationalError(f"cannot open {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def open_cache(cfg: Any) -> HttpCache | None:

@@ -38,6 +38,12 @@ Redirects: the worker follows redirects itself, so the master learns the final h
 The fetch holds a slot of the host it started on; a final host that differs gets a start recorded
 (``done(final_host=...)``), so the next fetch to it keeps its delay. Its concurrency is not charged: the
 hop is over by the time the master knows of it.
+
+Memory: ``hosts`` is bounded. A host whose fetch never reached it because its URL failed the worker's
+checks (``UNREACHED_ERRORS``: the SSRF policy, a bad URL) is forgotten as soon as it is idle, so refused
+URLs leave nothing behind. Past ``max_hosts`` hosts, the least recently used idle hosts are forgotten (a
+host with requests waiting or in flight never is); all they lose is a delay or a pause that has mostly
+run out by then.
 """
 
 from __future__ import annotations
@@ -46,26 +52,27 @@ import functools
 import heapq
 import itertools
 import urllib.parse
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
+from ..options import split_authority
 from ..protocol import PAUSE_CODES
 
 MAX_CRAWL_DELAY = 30.0  # seconds; a longer Crawl-delay is cut to this (Nutch skips such hosts instead)
+MAX_HOSTS = 10000  # [politeness] max_hosts
+# Errors of a fetch that never connected to its host: the URL failed the worker's checks.
+UNREACHED_ERRORS = frozenset(("blocked_address", "invalid_url", "unsupported_scheme"))
 
 
 def url_authority(url: str) -> tuple[str, str, int] | None:
     """``(scheme, host, port)`` of a URL: scheme lowercased, host without a trailing dot, the default port
-    filled in; None when it has no host. The one split behind the gate's host keys and robots' origins."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return None
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch, 0, end)
-        if i != -1:
-            end = i
-    return _authority(scheme, rest[:end])
+    filled in; None when it has no host. The one split behind the gate's host keys and robots' origins.
+
+    The authority ends where urllib3's does (requests connects with urllib3), at the first ``/``, ``?``,
+    ``#`` or backslash, so the key names the host a fetch connects to even where urlsplit would read a
+    different one (``http://A\\@B/``: urllib3 connects to A; intake refuses such URLs anyway)."""
+    split = split_authority(url, "/?#\\")
+    return _authority(*split) if split else None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -107,12 +114,15 @@ class _Host:
 class Politeness:
     """The per-host admission gate. See the module docstring for the protocol."""
 
-    def __init__(self, per_host: int, delay: float, max_retry_after: float, backoff: float):
+    def __init__(
+        self, per_host: int, delay: float, max_retry_after: float, backoff: float, max_hosts: int = MAX_HOSTS
+    ):
         self.per_host = per_host
         self.delay = delay
         self.max_retry_after = max_retry_after
         self.backoff = backoff
-        self.hosts: dict[str, _Host] = {}
+        self.max_hosts = max_hosts
+        self.hosts: OrderedDict[str, _Host] = OrderedDict()  # least recently used first
         self._ready: deque[_Host] = deque()
         self._timed: list[tuple[float, int, _Host]] = []
         self._deadlines: list[tuple[float, int, list[Any]]] = []
@@ -126,7 +136,27 @@ class Politeness:
         h = self.hosts.get(key)
         if h is None:
             h = self.hosts[key] = _Host(key, self.delay)
+            if len(self.hosts) > self.max_hosts:
+                self._forget_idle(key)
+        else:
+            self.hosts.move_to_end(key)
         return h
+
+    @staticmethod
+    def _idle(h: _Host) -> bool:
+        return h.active == 0 and not h.waiting and not h.queued
+
+    def _forget_idle(self, keep: str) -> None:
+        """Forget least recently used idle hosts down to ``max_hosts``, but not ``keep`` (the host being
+        added); busy ones go to the back."""
+        for _ in range(len(self.hosts)):
+            if len(self.hosts) <= self.max_hosts:
+                return
+            key, h = next(iter(self.hosts.items()))
+            if key != keep and self._idle(h):
+                del self.hosts[key]
+            else:
+                self.hosts.move_to_end(key)
 
     def add(self, item: Any, host: str, deadline: float, now: float = 0.0, front: bool = False) -> None:
         """Park ``item`` for ``host``; it comes out of ``pop_ready`` or, after ``deadline``, ``expired``.
@@ -203,12 +233,16 @@ class Politeness:
         final_host: str,
         now: float,
         answered_at: float | None = None,
+        error: str | None = None,
     ) -> None:
-        """A fetch started by ``pop_ready`` for ``host`` ended with HTTP ``status``."""
+        """A fetch started by ``pop_ready`` for ``host`` ended with HTTP ``status`` (or ``error``)."""
         h = self.hosts.get(host)
         if h is None:
             return
         h.active -= 1
+        if answered_at is None and error in UNREACHED_ERRORS and h.strikes == 0 and self._idle(h):
+            del self.hosts[host]  # it never reached the host: nothing to remember about it
+            return
         if h.delay > 0:
             h.next_start = max(h.next_start, min(answered_at or now, now) + h.delay)
         if status in PAUSE_CODES:

@@ -19,6 +19,11 @@ fetch itself is not counted against the host's ``per_host`` or delay: it is one 
 
 Protocol (event loop thread): ``check(url) -> ALLOW | DENY | WAIT``; on WAIT the caller parks the request
 and ``on_ready(origin)`` is called on the loop when the decision for that origin is known.
+
+Memory: at most ``[robots] max_origins`` decisions are kept, least recently used first out (refetched when
+needed again). An origin whose robots.txt fetch was refused by the worker's own checks (the SSRF policy:
+``blocked_address``) gets no decision at all: the requests that waited for it go on and are refused the
+same way, and nothing about that origin is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -34,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from protego import Protego
 
 from ..config import FetchConfig, RobotsConfig, SecurityConfig
-from .politeness import url_authority
+from .politeness import UNREACHED_ERRORS, url_authority
 
 if TYPE_CHECKING:
     from ..fetch.fetcher import Fetcher
@@ -65,6 +71,7 @@ class Rules:
     expires: float
     crawl_delay: float | None = None
     why: str = ""
+    keep: bool = True  # False: release the waiting requests, then forget it (an unreached origin)
 
     def allows(self, url: str, agent: str) -> bool:
         if self.parser is None:
@@ -86,6 +93,8 @@ def rules_from(status: int | None, body: str, error: str | None, cfg: RobotsConf
             )
         if status is not None and 400 <= status < 500:
             return Rules(None, True, now + cfg.ttl, why=f"{status}: unavailable, allow all")
+    if error in UNREACHED_ERRORS:
+        return Rules(None, True, now, why=f"{error}: not fetched; its requests are refused the same way", keep=False)
     why = f"{status or error}: unreachable, disallow all"
     return Rules(None, False, now + cfg.error_ttl, why=why)
 
@@ -107,7 +116,8 @@ class Robots:
         )
         self._security = security
         self._call = call_soon_threadsafe
-        self._rules: dict[str, Rules] = {}
+        self._rules: OrderedDict[str, Rules] = OrderedDict()  # least recently used first
+        self.max_origins = cfg.max_origins
         self._fetching: set[str] = set()
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="robots")
@@ -121,7 +131,8 @@ class Robots:
         if origin is None:
             return ALLOW  # the worker answers invalid_url / unsupported_scheme
         rules = self._rules.get(origin)
-        if rules is not None and rules.expires > time.monotonic():
+        if rules is not None and (rules.expires > time.monotonic() or not rules.keep):
+            self._rules.move_to_end(origin)
             if rules.allows(url, self.agent):
                 return ALLOW
             self.denied += 1
@@ -156,9 +167,14 @@ class Robots:
 
     def _resolved(self, origin: str, rules: Rules) -> None:
         self._rules[origin] = rules
+        self._rules.move_to_end(origin)
         self._fetching.discard(origin)
         if self.on_ready is not None:
             self.on_ready(origin, rules)
+        if not rules.keep:
+            del self._rules[origin]
+        while len(self._rules) > self.max_origins:
+            self._rules.popitem(last=False)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

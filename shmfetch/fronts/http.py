@@ -2,10 +2,21 @@
 metrics.py), inside the master's event loop.
 
 ``/fetch`` takes the per-request options (shmfetch/options.py) as further query parameters:
-``/fetch?url=...&mode=markdown&links=true&timeout=2``. ``Accept: text/markdown`` asks for Markdown when
-no ``mode`` is given, and a Markdown answer is served as ``text/markdown``; ``Accept: application/json``
-gives the result's JSON Lines fields instead of the text. An unknown parameter or a bad value is a 400
-``bad_request`` naming it.
+``/fetch?url=...&mode=markdown&links=true&timeout=2``. The answer's form is negotiated from ``Accept``
+with its q-values (RFC 9110 section 12.5.1, ``negotiate``): ``application/json`` gives the result's JSON
+Lines fields, ``text/markdown`` asks for Markdown when no ``mode`` is given (served as ``text/markdown``),
+else the text as ``text/plain``. An unknown parameter, a bad value or a repeated one (``url`` too) is a
+400 ``bad_request`` naming it. ``HEAD`` is answered as ``GET``, without the body.
+
+Guards, in one middleware (``_guard``) before any handler:
+  * ``Host`` (and ``Origin``, when sent) must name the listen address or one of ``[http] allowed_hosts``:
+    a web page cannot drive a browser at the API by DNS rebinding (403 otherwise);
+  * with a token (``[http] token_file`` or ``$SHMFETCH_HTTP_TOKEN``), every request carries
+    ``Authorization: Bearer <token>``, compared in constant time; a missing or wrong one gets 401 with
+    ``WWW-Authenticate: Bearer``. ``/metrics`` is exempt with ``[http] metrics_public = true``.
+Refusals are counted by reason (``shmfetch_http_rejected_total`` in /metrics), never by token.
+``[http] header_timeout`` bounds the time a connection may take to send a request's headers (and sit idle
+between requests): a half-sent request cannot hold a connection slot.
 
 Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request
 becomes a Job submitted straight to the Dispatcher, whose Sink is a future the request handler awaits,
@@ -16,23 +27,28 @@ contrib/bench_http.py): its C parser adds less master CPU per request.
 We own the listening socket (``loop.create_server`` with aiohttp's protocol factory) rather than use
 aiohttp's sites, so that the master can stop accepting synchronously, like the Unix listener.
 
-Anyone who can reach the port can make the daemon fetch whatever the SSRF policy allows: bind it to
-loopback unless you mean to run an open proxy.
+Without a token, anyone who can reach the port can make the daemon fetch whatever the SSRF policy allows:
+``serve`` refuses a listen address beyond loopback without one unless ``[http] allow_unauthenticated``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import itertools
 import json
 import logging
-from collections.abc import Callable
+import urllib.parse
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
-from ..config import FetchConfig
+from ..config import ConfigError, FetchConfig, HttpConfig, http_token, is_loopback_host
 from ..dispatch.dispatcher import Dispatcher, Job
 from ..options import OptionError, check, url_problem
 from ..protocol import ERRORS, RESULT_FIELDS
@@ -60,6 +76,60 @@ MAX_LINE_BYTES = 64 * 1024  # a percent-encoded 8192-character URL fits in the r
 def http_status(error: str | None) -> int:
     """The HTTP status for a result's error code (None = success)."""
     return 200 if error is None else HTTP_STATUS.get(error, UPSTREAM_FAILURE)
+
+
+# The answer's forms, by media type.
+FORMS = {"text/plain": "text", "application/json": "json", "text/markdown": "markdown"}
+# Ties in q and specificity: among types the client names, JSON, then Markdown, then text (as before
+# q-values counted, naming one of them chose it); among wildcard matches (``*/*``, ``text/*``), text.
+_NAMED_PREFERENCE = {"json": 2, "markdown": 1, "text": 0}
+_WILDCARD_PREFERENCE = {"text": 2, "markdown": 1, "json": 0}
+
+
+def _accept_ranges(accept: str) -> list[tuple[str, str, float]]:
+    """``Accept`` -> [(type, subtype, q)]; a malformed q counts as 0 (RFC 9110 12.4.2: 0 to 1)."""
+    out = []
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        typ, _, sub = media.strip().lower().partition("/")
+        if not typ or not sub:
+            continue
+        q = 1.0
+        for p in params:
+            name, _, value = p.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                q = q if 0.0 <= q <= 1.0 else 0.0
+        out.append((typ, sub, q))
+    return out
+
+
+def negotiate(accept: str | None, markdown_offered: bool = True) -> str:
+    """The form of the answer ("text", "json" or "markdown") for an ``Accept`` header: the form with the
+    highest q, each form taking the q of the most specific range that matches it (RFC 9110 section
+    12.5.1); on a tie the more specific match, then the preferences above. Nothing acceptable, or no
+    header: "text"."""
+    ranges = _accept_ranges(accept or "*/*")
+    best, best_key = "text", (0.0, -1, 0)
+    for media, form in FORMS.items():
+        if form == "markdown" and not markdown_offered:
+            continue
+        typ, sub = media.split("/")
+        match = None  # (specificity, q) of the most specific matching range
+        for rtyp, rsub, q in ranges:
+            spec = 2 if (rtyp, rsub) == (typ, sub) else 1 if (rtyp == typ and rsub == "*") else 0
+            if (rtyp, rsub) in ((typ, sub), (typ, "*"), ("*", "*")) and (match is None or spec > match[0]):
+                match = (spec, q)
+        if match is None or match[1] <= 0:
+            continue
+        prefer = _NAMED_PREFERENCE if match[0] == 2 else _WILDCARD_PREFERENCE
+        key = (match[1], match[0], prefer[form])
+        if key > best_key:
+            best, best_key = form, key
+    return best
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -113,31 +183,43 @@ class HttpApi:
         stats: Callable[[], dict[str, Any]],
         max_connections: int,
         fetch_cfg: FetchConfig | None = None,
+        http_cfg: HttpConfig | None = None,
     ):
         self.dispatcher = dispatcher
         self.stats = stats
         self.max_connections = max_connections
         self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
+        self.http_cfg = http_cfg or HttpConfig()
         self.ids = itertools.count(1)
         self.runner: web.AppRunner | None = None
         self.server: asyncio.AbstractServer | None = None
+        self.token_digest: bytes | None = None  # sha256 of the token: compared, never the token itself
+        self.hosts = HostGuard("", self.http_cfg.allowed_hosts)
+        self.rejected: Counter[str] = Counter()  # refusals by reason, for /metrics
+        self._header_timers: dict[Any, asyncio.TimerHandle] = {}
 
     @property
     def connections(self) -> list[Any]:
         return list(self.runner.server.connections) if self.runner and self.runner.server else []
 
     async def start(self, listen: str) -> None:
-        app = web.Application(client_max_size=1024)  # GET only: no request body worth reading
-        app.router.add_get("/fetch", self._fetch, allow_head=False)
-        app.router.add_get("/stats", self._stats, allow_head=False)
-        app.router.add_get("/metrics", self._metrics, allow_head=False)
+        try:
+            token = http_token(self.http_cfg)
+        except ConfigError as e:  # serve checked it at start; the file changed since
+            raise OSError(str(e)) from None
+        self.token_digest = _digest(token) if token is not None else None
+        host, port = parse_listen(listen)
+        self.hosts = HostGuard(host, self.http_cfg.allowed_hosts)
+        app = web.Application(client_max_size=1024, middlewares=[self._guard])  # GET only: no body
+        app.router.add_get("/fetch", self._fetch)  # and HEAD: the same answer without its body
+        app.router.add_get("/stats", self._stats)
+        app.router.add_get("/metrics", self._metrics)
         # handler_cancellation: a client that hangs up cancels its handler, which marks its job's sink
         # closed, so a request still queued in the master is skipped instead of fetched for nobody.
         self.runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, max_line_size=MAX_LINE_BYTES
         )
         await self.runner.setup()
-        host, port = parse_listen(listen)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self._protocol, host, port, backlog=1024)
 
@@ -145,14 +227,76 @@ class HttpApi:
         if len(self.runner.server.connections) >= self.max_connections:
             # aiohttp has no connection cap of its own; past max_connections, refuse like the Unix socket.
             return _Refuse()
-        return self.runner.server()
+        handler = self.runner.server()
+        self._arm_header_timer(handler)
+        return handler
+
+    # -- guards -------------------------------------------------------------------------------------
+
+    def _arm_header_timer(self, handler: Any) -> None:
+        """A connection must deliver a request's headers within ``header_timeout`` (aiohttp has no such
+        bound): from its start and after each response. The guard cancels it when a request arrives."""
+        loop = asyncio.get_running_loop()
+        self._header_timers[handler] = loop.call_later(
+            self.http_cfg.header_timeout, self._header_timeout, handler
+        )
+
+    def _header_timeout(self, handler: Any) -> None:
+        self._header_timers.pop(handler, None)
+        if handler.transport is not None:
+            handler.force_close()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Host/Origin and token checks before any handler; the connection's header timer meanwhile."""
+        timer = self._header_timers.pop(request.protocol, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            response = self._refusal(request) or await handler(request)
+            # Sent here rather than by aiohttp after us, so that the next request's timer starts once the
+            # response is out, not while a slow reader still takes it (aiohttp skips a sent response).
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        finally:
+            if request.protocol.transport is not None:
+                self._arm_header_timer(request.protocol)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The 403 or 401 answer for a request that fails a guard, or None."""
+        if not self.hosts.allows_host(request.headers.get("Host")):
+            return self._reject("foreign_host", 403, "the Host header names no address this API serves")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.hosts.allows_origin(origin):
+            return self._reject("foreign_origin", 403, "requests from that Origin are not accepted")
+        if self.token_digest is None or (request.path == "/metrics" and self.http_cfg.metrics_public):
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return self._reject("missing_token", 401, "this API needs Authorization: Bearer <token>")
+        # Digests of equal length, compared in constant time: neither the token nor its length leaks.
+        if not hmac.compare_digest(_digest(given.strip()), self.token_digest):
+            return self._reject("wrong_token", 401, "wrong token", 'Bearer error="invalid_token"')
+        return None
+
+    def _reject(self, reason: str, status: int, message: str, challenge: str = "Bearer") -> web.Response:
+        self.rejected[reason] += 1
+        headers = {"WWW-Authenticate": challenge} if status == 401 else {}
+        return web.Response(text=f"{message}\n", status=status, headers=headers)
+
+    # -- handlers -----------------------------------------------------------------------------------
 
     async def _fetch(self, request: web.Request) -> web.Response:
-        want_json = "application/json" in request.headers.get("Accept", "")
+        form = negotiate(request.headers.get("Accept"), markdown_offered=_mode_param(request) is None)
+        want_json = form == "json"
         try:
-            url = request.query.get("url")
-        except UnicodeDecodeError:
-            url = None
+            url = _url_param(request)
+        except (UnicodeDecodeError, OptionError) as e:
+            message = str(e) if isinstance(e, OptionError) else "query parameter 'url' is not UTF-8"
+            return frame_response({"url": None, "ok": False, "error": "bad_request", "message": message}, want_json)
         if not url:
             frame = {
                 "url": url,
@@ -166,7 +310,7 @@ class HttpApi:
                 {"url": url, "ok": False, "error": "invalid_url", "message": problem}, want_json
             )
         try:
-            options = self._options(request)
+            options = self._options(request, form)
         except OptionError as e:
             return frame_response(
                 {"url": url, "ok": False, "error": "bad_request", "message": str(e)}, want_json
@@ -181,7 +325,7 @@ class HttpApi:
         mode = (options or {}).get("mode", self.fetch_cfg.mode)
         return frame_response(frame, want_json, markdown=mode == "markdown")
 
-    def _options(self, request: web.Request) -> dict[str, Any] | None:
+    def _options(self, request: web.Request, form: str) -> dict[str, Any] | None:
         """The query parameters other than ``url``, checked as request options; Accept may pick Markdown."""
         raw: dict[str, Any] = {}
         for key, value in request.query.items():
@@ -190,7 +334,7 @@ class HttpApi:
             if key in raw:
                 raise OptionError(f"option {key!r} is given twice")
             raw[key] = value
-        if "mode" not in raw and "text/markdown" in request.headers.get("Accept", ""):
+        if "mode" not in raw and form == "markdown":
             raw["mode"] = "markdown"
         return check(raw or None, self.fetch_cfg)
 
@@ -198,7 +342,7 @@ class HttpApi:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = metrics.render(self.stats, __version__)
+        body = metrics.render(self.stats, __version__, http_rejected=dict(self.rejected))
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     def stop_accepting(self) -> None:
@@ -207,9 +351,86 @@ class HttpApi:
 
     async def close_all(self, timeout: float = 2.0) -> None:
         """Finish the responses in progress (bounded: the master has answered every job), then close."""
+        for timer in self._header_timers.values():
+            timer.cancel()
+        self._header_timers.clear()
         if self.runner is not None:
             await self.runner.server.shutdown(timeout)
             await self.runner.cleanup()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _url_param(request: web.Request) -> str | None:
+    """The one ``url`` query parameter; a repeated one is a bad request (which would we fetch?)."""
+    urls = request.query.getall("url", [])
+    if len(urls) > 1:
+        raise OptionError("query parameter 'url' is given twice")
+    return urls[0] if urls else None
+
+
+def _mode_param(request: web.Request) -> str | None:
+    try:
+        return request.query.get("mode")
+    except UnicodeDecodeError:
+        return None
+
+
+class HostGuard:
+    """Which ``Host`` and ``Origin`` values a request may carry: the listen address (any address when it
+    listens on all of them), ``localhost`` and the loopback addresses when it listens on loopback, and
+    ``[http] allowed_hosts``.
+
+    Against DNS rebinding: a page of evil.example whose name is re-pointed at this machine makes the
+    browser send ``Host: evil.example``. An address literal cannot be re-pointed, so only names need the
+    list. Ports are not compared: the socket already fixed the port."""
+
+    def __init__(self, listen_host: str, allowed: tuple[str, ...]):
+        self.listen = _address(listen_host)
+        self.any_address = self.listen is not None and self.listen.is_unspecified
+        self.loopback = is_loopback_host(listen_host)
+        self.names = {n.lower().rstrip(".") for n in allowed}
+        if self.loopback:
+            self.names.add("localhost")
+        if self.listen is None and listen_host:
+            self.names.add(listen_host.lower().rstrip("."))
+
+    def allows_host(self, host: str | None) -> bool:
+        if host is None:
+            return True  # HTTP/1.0 without Host: no browser sends that
+        return self._allows(_host_part(host))
+
+    def allows_origin(self, origin: str) -> bool:
+        try:
+            name = urllib.parse.urlsplit(origin.strip()).hostname
+        except ValueError:
+            return False
+        return name is not None and self._allows(name)  # "null" (an opaque origin) has no host
+
+    def _allows(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        addr = _address(name)
+        if addr is not None:
+            return self.any_address or addr == self.listen or (self.listen is None and self.loopback and addr.is_loopback)
+        return name in self.names
+
+
+def _host_part(host: str) -> str:
+    """``name[:port]`` or ``[v6]:port`` -> the name or address."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
 
 
 class _Refuse(asyncio.Protocol):

@@ -18,6 +18,8 @@ Names follow prometheus.io/docs/practices/naming; no label carries a URL or a ho
     shmfetch_robots_denied_total            requests answered robots_denied
     shmfetch_cache_lookups_total{result}    hit, miss, revalidate
     shmfetch_build_info{version,python}     always 1
+    shmfetch_http_rejected_total{reason}    HTTP API requests refused before any handler: missing_token,
+                                            wrong_token (401), foreign_host, foreign_origin (403)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 # prometheus_client's default buckets, in seconds
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Why the HTTP API refused a request before any handler (fronts/http.py); always exported, 0 or not.
+REJECT_REASONS = ("missing_token", "wrong_token", "foreign_host", "foreign_origin")
 
 
 class Histogram:
@@ -60,9 +64,12 @@ class Histogram:
 class StatsCollector:
     """The one collector: turns a ``stats()`` snapshot into metric families."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], version: str):
+    def __init__(
+        self, stats: Callable[[], dict[str, Any]], version: str, http_rejected: dict[str, int] | None = None
+    ):
         self.stats = stats
         self.version = version
+        self.http_rejected = http_rejected or {}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import (
@@ -114,13 +121,22 @@ class StatsCollector:
         info = InfoMetricFamily("shmfetch_build", "shmfetch build information")
         info.add_metric([], {"version": self.version, "python": platform.python_version()})
         yield info
+        rejected = CounterMetricFamily(
+            "shmfetch_http_rejected", "HTTP API requests refused by a guard, by reason", labels=["reason"]
+        )
+        for reason in REJECT_REASONS:
+            rejected.add_metric([reason], self.http_rejected.get(reason, 0))
+        yield rejected
 
 
-def render(stats: Callable[[], dict[str, Any]], version: str) -> bytes:
-    """The Prometheus text exposition of ``stats()`` (a fresh registry per scrape: nothing global)."""
+def render(
+    stats: Callable[[], dict[str, Any]], version: str, http_rejected: dict[str, int] | None = None
+) -> bytes:
+    """The Prometheus text exposition of ``stats()`` and the HTTP API's refusals (a fresh registry per
+    scrape: nothing global)."""
     from prometheus_client.core import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(stats, version))
+    registry.register(StatsCollector(stats, version, http_rejected))
     return generate_latest(registry)

@@ -178,7 +178,9 @@ class Master:
                 HttpApi,  # imported only when configured: aiohttp is not loaded otherwise
             )
 
-            self.http = HttpApi(self.dispatcher, self.stats, d.max_connections, fetch_cfg=self.cfg.fetch)
+            self.http = HttpApi(
+                self.dispatcher, self.stats, d.max_connections, fetch_cfg=self.cfg.fetch, http_cfg=self.cfg.http
+            )
             await self.http.start(listen)
         except (ImportError, OSError) as e:
             # Stop through the normal path (teardown reaps the workers and unlinks every object).

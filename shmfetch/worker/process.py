@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from ..config import Config
+from ..config import Config, WatchedLogFileHandler
 from ..fetch.fetcher import Fetcher
 from ..ipc import faults
 from ..ipc.control import S_BUSY, S_READY, Control
@@ -160,7 +160,7 @@ def main() -> int:
     # The same file as the master. WatchedFileHandler reopens it when logrotate has moved it away, so the
     # workers need no SIGHUP of their own (they ignore it: see above).
     handler = (
-        logging.handlers.WatchedFileHandler(cfg.daemon.log_file)
+        WatchedLogFileHandler(cfg.daemon.log_file)
         if cfg.daemon.log_file
         else logging.StreamHandler(sys.stderr)
     )
