@@ -24,6 +24,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
 from ..config import Config
 from ..dispatch.dispatcher import Dispatcher, WorkerHandle
 from ..frontier.admission import Frontier
@@ -585,6 +586,7 @@ class Master:
             )
         return {
             "pid": self.pid,
+            "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "downloaded": self.downloaded(),
             "ok_delivered": d.ok_total,
