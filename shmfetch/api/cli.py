@@ -215,10 +215,10 @@ def _redis_url(args: argparse.Namespace) -> str:
     url = args.redis or _config(args).cluster.redis
     if not url:
         raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
-    from ..cluster.streams import check_url
+    from ..cluster.streams import check_url, safe_url
 
     if why := check_url(url):
-        raise config_mod.ConfigError(f"--redis {url!r}: not a Redis URL ({why})")
+        raise config_mod.ConfigError(f"--redis {safe_url(url)!r}: not a Redis URL ({why})")
     return url
 
 
@@ -227,10 +227,12 @@ def _redis_errors(url: str) -> Iterator[None]:
     """A Redis that cannot be reached is a usage error (exit 2), like a daemon that does not answer."""
     import redis
 
+    from ..cluster.streams import safe_url
+
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise DaemonUnavailable(f"cannot reach Redis at {url}: {e}") from None
+        raise DaemonUnavailable(f"cannot reach Redis at {safe_url(url)}: {e}") from None
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -247,10 +249,16 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from ..cluster.client import connect, read_results
+    from ..cluster.streams import safe_url
 
     url = _redis_url(args)
+
+    def report(message: str) -> None:  # a follower's outage and recovery, on stderr
+        print(f"shmfetch: {safe_url(url)}: {message}", file=sys.stderr, flush=True)
+
+    stream = args.stream or _config(args).cluster.results
     with _redis_errors(url), contextlib.closing(connect(url)) as r:
-        for frame in read_results(r, args.stream or _config(args).cluster.results, args.follow):
+        for frame in read_results(r, stream, args.follow, report):
             extra = {"job": frame["job"], "id": frame["id"]}
             _write_result(sys.stdout, Result.from_frame(frame), args.json, extra)
     return EXIT_OK

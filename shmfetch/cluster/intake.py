@@ -306,12 +306,14 @@ class ClusterIntake:
     async def _commit_calls(self, batch: list[tuple[StreamSink, dict[str, Any]]]) -> list[Any]:
         jobs, results, total, dead_key = self.keys
         pipe = self.redis.pipeline(transaction=False)
+        reply_ttl_ms = str(max(1, int(self.cfg.reply_ttl * 1000)))
         for sink, frame in batch:
             fields = streams.result_fields(sink.entry, sink.job_id, self.consumer, frame)
             ok, dead = "1" if frame.get("ok") else "0", "1" if frame.get("dead_letter") else "0"
             keys = (jobs, sink.reply_to or results, total, dead_key)
+            ttl = reply_ttl_ms if sink.reply_to else "0"  # a client's reply stream always expires
             pipe.evalsha(self._commit_sha, 4, *keys, self.cfg.group, self.consumer, sink.entry,
-                         self.cfg.results_maxlen, ok, dead, *fields)  # fmt: skip
+                         self.cfg.results_maxlen, ok, dead, ttl, *fields)  # fmt: skip
         return await pipe.execute(raise_on_error=False)
 
     def _committed(self, sink: StreamSink, frame: dict[str, Any], reply: Any) -> None:
