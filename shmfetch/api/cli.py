@@ -308,7 +308,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(
             f"cluster: {c['consumer']} in {c['group']} on {c['redis']} ({c['state']})  lag {c['lag']}  "
             f"pending {c['pending']}  consumers {c['consumers']}  claimed {c['claimed']}  "
-            f"reclaimed {c['reclaimed']}  cluster total {c['cluster_total']}"
+            f"reclaimed {c['reclaimed']}  cluster total {c['cluster_total']}{_figures_age(c)}"
         )
     for w in st["workers"]:
         print(
@@ -316,6 +316,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"in flight {w['in_flight']} queued {w['queued']} restarts {w['restarts']}"
         )
     return EXIT_OK
+
+
+def _figures_age(cluster: dict[str, Any]) -> str:
+    """How old the group's figures are, when more than a second (Redis slow or down), else nothing."""
+    age = cluster.get("figures_age_s")
+    if age is None:
+        return "  (group figures not read yet)"
+    return f"  (group figures {age:.0f} s old)" if age > 1.5 else ""
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
