@@ -59,3 +59,14 @@ def test_async_client_answers_a_huge_url_and_the_connection_goes_on(daemon, orig
     bad, rest = asyncio.run(asyncio.wait_for(run(), 30))
     assert (bad.ok, bad.error) == (False, "invalid_url")
     assert sorted((r.ok, r.error) for r in rest) == [(False, "invalid_url"), (True, None)]
+
+
+def test_a_malformed_option_is_answered_without_sending_and_the_connection_goes_on(daemon, origin):
+    """A 2 MB Accept-Language made a frame over max_frame_bytes: the daemon closed the connection."""
+    with Client(daemon.socket, timeout=30) as c:
+        huge = c.fetch(origin.url("/page/1"), accept_language="x" * 2_000_000)
+        unknown = c.fetch(origin.url("/page/1"), colour="blue")
+        good = c.fetch(origin.url("/page/2"), timeout=1)
+    assert (huge.ok, huge.error) == (False, "bad_request") and "accept_language" in huge.message
+    assert (unknown.ok, unknown.error) == (False, "bad_request") and "colour" in unknown.message
+    assert good.ok and good.text == page_text(2)

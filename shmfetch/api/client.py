@@ -15,22 +15,26 @@ Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the s
 ``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
 unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
 
-A URL every daemon refuses (``options.url_problem``: longer than 8192 characters) is answered here,
-``invalid_url``, without being sent: a long enough one would exceed ``max_frame_bytes``, and the daemon
-would close the connection on the whole batch.
+A request every daemon refuses is answered here, without being sent: a URL longer than 8192 characters
+(``options.url_problem``) with ``invalid_url``, an unknown option or a value of the wrong type with
+``bad_request`` (only the caps of the daemon's config are left to the daemon). A long enough URL or
+Accept-Language would exceed ``max_frame_bytes``, and the daemon would close the connection under the
+whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import socket
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from ..options import url_problem
+from ..config import FetchConfig
+from ..options import OptionError, check, url_problem
 from ..protocol import (
     FRAME_HDR,
     FrameDecoder,
@@ -55,14 +59,30 @@ class ProtocolError(RuntimeError):
 
 def _request(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """A fetch frame (without its id): the options that are not None travel in its ``options`` map."""
-    given = {k: v for k, v in options.items() if v is not None}
+    given = _given(options)
     return {"url": url, "options": given} if given else {"url": url}
 
 
-def _refused(url: str) -> Result | None:
-    """The ``invalid_url`` result of a URL no daemon accepts, answered without sending it; else None."""
-    problem = url_problem(url)
-    return None if problem is None else Result.from_frame(error_frame(None, "invalid_url", problem, url=url))
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+# The daemon's option rule without the caps of its config, which only the daemon knows: names, types and
+# the accept_language limit. No option then makes a frame larger than any URL's.
+_UNCAPPED = FetchConfig(timeout=math.inf, max_bytes=1 << 62)
+
+
+def _refused(url: str, options: dict[str, Any]) -> Result | None:
+    """The result of a request every daemon refuses (``invalid_url``: a URL over the limit;
+    ``bad_request``: an unknown or malformed option), answered without sending it; else None."""
+    code, problem = "invalid_url", url_problem(url)
+    if problem is None:
+        try:
+            check(_given(options) or None, _UNCAPPED)
+            return None
+        except OptionError as e:
+            code, problem = "bad_request", str(e)
+    return Result.from_frame(error_frame(None, code, problem, url=url))
 
 
 def _result(frame: dict[str, Any]) -> Result:
@@ -116,7 +136,7 @@ class Client:
 
     def fetch(self, url: str, **options: Any) -> Result:
         """Fetch one URL with the given options (see the module docstring) and wait for its result."""
-        return _refused(url) or _result(self._call(_request(url, options)))
+        return _refused(url, options) or _result(self._call(_request(url, options)))
 
     def stats(self) -> dict[str, Any]:
         """The daemon's live figures (see ``shmfetch stats``)."""
@@ -151,7 +171,7 @@ class Client:
         def sender() -> None:
             try:
                 for url in urls:
-                    if (refused := _refused(url)) is not None:
+                    if (refused := _refused(url, options)) is not None:
                         local.append(refused)
                         if not wake.is_set():  # the reader may be waiting on the socket: wake it
                             wake.set()
@@ -275,7 +295,7 @@ class AsyncClient:
 
     async def fetch(self, url: str, **options: Any) -> Result:
         """Fetch one URL with the given options (see the module docstring)."""
-        return _refused(url) or _result(await self._call(_request(url, options)))
+        return _refused(url, options) or _result(await self._call(_request(url, options)))
 
     async def stats(self) -> dict[str, Any]:
         return (await self._call({"op": "stats"}))["stats"]
