@@ -442,10 +442,6 @@ def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_daemon_commands(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="run the daemon in the foreground")
-    _add_config_arg(s)
-    s.set_defaults(func=cmd_serve)
-
     s = sub.add_parser("stats", help="show live figures of a running daemon")
     _add_config_arg(s)
     _add_socket_arg(s)
@@ -466,9 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
     p.add_argument("--version", action="version", version=f"shmfetch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    _add_daemon_commands(sub)
+    s = sub.add_parser("serve", help="run the daemon in the foreground")
+    _add_config_arg(s)
+    s.set_defaults(func=cmd_serve)
     _add_submit(sub)
     _add_cluster_commands(sub)
+    _add_daemon_commands(sub)
     return p
 
 
