@@ -441,7 +441,7 @@ def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_results)
 
 
-def _add_daemon_commands(sub: argparse._SubParsersAction) -> None:
+def _add_admin_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("stats", help="show live figures of a running daemon")
     _add_config_arg(s)
     _add_socket_arg(s)
@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     _add_submit(sub)
     _add_cluster_commands(sub)
-    _add_daemon_commands(sub)
+    _add_admin_commands(sub)
     return p
 
 
