@@ -206,3 +206,14 @@ def test_dir_lists_every_public_name_and_each_resolves():
     assert set(shmfetch.__all__) <= set(listed)
     for name in shmfetch.__all__:
         assert getattr(shmfetch, name) is not None
+
+
+def test_through_a_socket_the_flags_are_checked_against_the_daemons_own_caps(daemon, origin, tmp_path):
+    """Run where there is no config.ini: the defaults would allow --timeout 8 (their cap is 10 s), but
+    this daemon's [fetch] timeout is 5, and the daemon tells the command so."""
+    url = origin.url("/page/6")
+    bad = _cli_in(tmp_path, "submit", "--socket", daemon.socket, "--timeout", "8", url)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "at most the config's 5.0" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    ok = _cli_in(tmp_path, "submit", "--socket", daemon.socket, "--timeout", "5", "--max-bytes", "100000", url)
+    assert ok.returncode == 0, ok.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -157,10 +158,13 @@ def _add_option_arguments(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _request_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The option flags given, checked once here by the rule the daemon applies (options.check, against
-    the config's [fetch] bounds), so that a bad flag is one usage error instead of one failure per URL."""
-    fetch_cfg = _config(args).fetch
+def _request_options(
+    args: argparse.Namespace, caps: config_mod.FetchConfig | None = None
+) -> dict[str, Any]:
+    """The option flags given, checked once here by the rule the daemon applies (options.check), so that
+    a bad flag is one usage error instead of one failure per URL. The bounds are ``caps`` (the daemon's
+    own, when it told them), else the [fetch] section of the config this command read."""
+    fetch_cfg = caps or _config(args).fetch
     out: dict[str, Any] = {}
     for name in OPTION_NAMES:
         if (v := getattr(args, name)) is None:
@@ -184,14 +188,28 @@ def _write_result(out: TextIO, r: Result, as_json: bool, extra: dict[str, Any] |
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    options = _request_options(args)
     if args.redis:
         from ..cluster.client import RedisClient
 
+        options = _request_options(args)  # the daemons are unknown: the bounds of this command's config
         with _redis_errors(args.redis):
             client: Any = RedisClient(_redis_url(args), _config(args).cluster.jobs)
             return _submit(client, args, options)
-    return _submit(Client(_socket_path(args)), args, options)
+    client = Client(_socket_path(args))
+    try:
+        capped = args.timeout is not None or args.max_bytes is not None
+        options = _request_options(args, _daemon_caps(client) if capped else None)
+    except BaseException:
+        client.close()
+        raise
+    return _submit(client, args, options)
+
+
+def _daemon_caps(client: Client) -> config_mod.FetchConfig | None:
+    """The bounds of the daemon's per-request options, from its ``stats`` (None from a daemon that does
+    not report them): they are its config's, which may not be the config this command read."""
+    caps = client.stats().get("request_caps")
+    return dataclasses.replace(config_mod.FetchConfig(), **caps) if caps else None
 
 
 def _submit(client: Any, args: argparse.Namespace, options: dict[str, Any]) -> int:

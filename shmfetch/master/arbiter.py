@@ -587,6 +587,8 @@ class Master:
         return {
             "pid": self.pid,
             "version": __version__,
+            # the bounds of per-request options, so that a client checks them before sending (cli)
+            "request_caps": {"timeout": self.cfg.fetch.timeout, "max_bytes": self.cfg.fetch.max_bytes},
             "uptime_s": round(time.monotonic() - self.started, 3),
             "downloaded": self.downloaded(),
             "ok_delivered": d.ok_total,
