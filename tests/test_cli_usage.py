@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,10 @@ def test_an_explicit_c_that_does_not_exist_is_still_an_error(tmp_path):
     assert p.returncode == 2 and "cannot read config" in p.stderr
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
+    reason="needs root with unshare and nsenter, to give the daemon's default paths a private /tmp and /run",
+)
 def test_serve_and_stop_without_c_or_config_ini_use_the_defaults(tmp_path):
     """``serve`` and ``stop`` run from a directory without config.ini, as a new user would. The daemon's
     default paths are made private: the commands run in a mount namespace with fresh /tmp and /run."""
