@@ -139,6 +139,9 @@ class ClusterConfig:
     # 0: twice the longest a job can take, [fetch] timeout x (retries + 1) + [daemon] hang_grace
     claim_idle: float = field(default=0.0, metadata=_check(0, 86400))
     max_deliveries: int = field(default=5, metadata=_check(1, 1000))
+    # A job's reply_to stream expires this long after its last result: a client that stopped reading
+    # (interrupted, or never closed) leaves nothing behind for good.
+    reply_ttl: float = field(default=600.0, metadata=_check(1, 30 * 86400))
 
 
 @dataclass(frozen=True)

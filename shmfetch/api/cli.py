@@ -2,6 +2,9 @@
 
 Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
 3 the workers could not boot (serve).
+
+Every command reads its config the same way (``_config``): the file of ``-c``; without ``-c``,
+``./config.ini`` if there is one; else the built-in defaults (every key is optional).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -22,15 +26,34 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .. import config as config_mod
+from .._version import __version__
 from ..config import MODES
 from ..ipc import names
 from ..master.pidfile import running_pid
 from ..options import NAMES as OPTION_NAMES
+from ..options import OptionError
+from ..options import check as check_options
 from ..protocol import Result
 from .client import Client, DaemonUnavailable, ProtocolError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
+CONFIG_HELP = "config file (default: ./config.ini if it exists, else the built-in defaults)"
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (exit 2); the message says why."""
+
+
+def _config(args: argparse.Namespace) -> config_mod.Config:
+    """The one rule of every command: ``-c``'s file; without ``-c``, ./config.ini if it exists; else the
+    built-in defaults. Loaded once per run."""
+    cfg = getattr(args, "loaded_config", None)
+    if cfg is None:
+        path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        cfg = config_mod.load(path) if path else config_mod.Config()
+        args.loaded_config = cfg
+    return cfg
 
 
 LOG_QUEUE_RECORDS = 10_000  # master log records waiting for a slow stderr before new ones are dropped
@@ -85,7 +108,7 @@ def _setup_logging(cfg: config_mod.Config) -> tuple[logging.Handler, _LogQueue]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..master.arbiter import Master, StartupError
 
-    cfg = config_mod.load(args.config)
+    cfg = _config(args)
     config_mod.check_http_exposure(cfg)
     handler, front = _setup_logging(cfg)
     master = Master(cfg, handler, front)
@@ -101,10 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> str:
-    if getattr(args, "socket", None):
-        return args.socket
-    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    return config_mod.load(path).daemon.socket if path else config_mod.DaemonConfig().socket
+    return args.socket or _config(args).daemon.socket
 
 
 def _read_urls(items: list[str]) -> Iterator[str]:
@@ -119,13 +139,42 @@ def _read_urls(items: list[str]) -> Iterator[str]:
 
 
 def _add_option_arguments(s: argparse.ArgumentParser) -> None:
-    """The per-request options (shmfetch/options.py); unset ones take the daemon's config defaults."""
-    s.add_argument("--mode", choices=MODES, help="text (all visible text), main (main content), markdown")
-    s.add_argument("--metadata", action="store_true", default=None, help="also the publication date")
-    s.add_argument("--links", action="store_true", default=None, help="also the page's links")
-    s.add_argument("--timeout", type=float, help="seconds per URL (at most the config's)")
-    s.add_argument("--accept-language", help="Accept-Language header sent upstream")
-    s.add_argument("--max-bytes", type=int, help="bytes received per URL (at most the config's)")
+    """The per-request options (shmfetch/options.py), the same flags for every command that creates jobs;
+    unset ones take the daemon's config defaults. ``_request_options`` reads and checks them."""
+    g = s.add_argument_group("per-request options (unset: the daemon's [fetch] defaults)")
+    g.add_argument("--mode", choices=MODES, help="text (all visible text), main (main content), markdown")
+    g.add_argument("--metadata", action="store_true", default=None, help="also the publication date")
+    g.add_argument("--links", action="store_true", default=None, help="also the page's links")
+    g.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds per URL (more than 0, at most [fetch] timeout)"
+    )
+    g.add_argument(
+        "--accept-language", metavar="L", help="Accept-Language header sent upstream (printable ASCII)"
+    )
+    g.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help="bytes received per URL (at least 1, at most [fetch] max_bytes)",
+    )
+
+
+def _request_options(
+    args: argparse.Namespace, caps: config_mod.FetchConfig | None = None
+) -> dict[str, Any]:
+    """The option flags given, checked once here by the rule the daemon applies (options.check), so that
+    a bad flag is one usage error instead of one failure per URL. The bounds are ``caps`` (the daemon's
+    own, when it told them), else the [fetch] section of the config this command read."""
+    fetch_cfg = caps or _config(args).fetch
+    out: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        if (v := getattr(args, name)) is None:
+            continue
+        try:
+            out.update(check_options({name: v}, fetch_cfg) or {})
+        except OptionError as e:
+            raise UsageError(f"--{name.replace('_', '-')} {v}: {e}") from None
+    return out
 
 
 def _write_result(out: TextIO, r: Result, as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -143,18 +192,32 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.redis:
         from ..cluster.client import RedisClient
 
+        options = _request_options(args)  # the daemons are unknown: the bounds of this command's config
         with _redis_errors(args.redis):
-            client: Any = RedisClient(_redis_url(args), _cluster_config(args).jobs)
-            return _submit(client, args)
-    return _submit(Client(_socket_path(args)), args)
+            client: Any = RedisClient(_redis_url(args), _config(args).cluster.jobs)
+            return _submit(client, args, options)
+    client = Client(_socket_path(args))
+    try:
+        capped = args.timeout is not None or args.max_bytes is not None
+        options = _request_options(args, _daemon_caps(client) if capped else None)
+    except BaseException:
+        client.close()
+        raise
+    return _submit(client, args, options)
 
 
-def _submit(client: Any, args: argparse.Namespace) -> int:
+def _daemon_caps(client: Client) -> config_mod.FetchConfig | None:
+    """The bounds of the daemon's per-request options, from its ``stats`` (None from a daemon that does
+    not report them): they are its config's, which may not be the config this command read."""
+    caps = client.stats().get("request_caps")
+    return dataclasses.replace(config_mod.FetchConfig(), **caps) if caps else None
+
+
+def _submit(client: Any, args: argparse.Namespace, options: dict[str, Any]) -> int:
     failed = 0
     try:
         with client:
-            # Only the options given; both clients take them as keyword arguments.
-            options = {k: v for k in OPTION_NAMES if (v := getattr(args, k)) is not None}
+            # Both clients take the options as keyword arguments.
             for r in client.fetch_many(_read_urls(args.urls), concurrency=args.concurrency, **options):
                 if not r.ok:
                     failed += 1
@@ -166,20 +229,15 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _cluster_config(args: argparse.Namespace) -> config_mod.ClusterConfig:
-    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    return config_mod.load(path).cluster if path else config_mod.ClusterConfig()
-
-
 def _redis_url(args: argparse.Namespace) -> str:
     """``--redis``, else ``[cluster] redis`` of the config; a usage error when neither is set."""
-    url = args.redis or _cluster_config(args).redis
+    url = args.redis or _config(args).cluster.redis
     if not url:
         raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
-    from ..cluster.streams import check_url
+    from ..cluster.streams import check_url, safe_url
 
     if why := check_url(url):
-        raise config_mod.ConfigError(f"--redis {url!r}: not a Redis URL ({why})")
+        raise config_mod.ConfigError(f"--redis {safe_url(url)!r}: not a Redis URL ({why})")
     return url
 
 
@@ -188,28 +246,38 @@ def _redis_errors(url: str) -> Iterator[None]:
     """A Redis that cannot be reached is a usage error (exit 2), like a daemon that does not answer."""
     import redis
 
+    from ..cluster.streams import safe_url
+
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as e:
-        raise DaemonUnavailable(f"cannot reach Redis at {url}: {e}") from None
+        raise DaemonUnavailable(f"cannot reach Redis at {safe_url(url)}: {e}") from None
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from ..cluster.client import connect, enqueue
 
+    options = _request_options(args)
     url = _redis_url(args)
     with _redis_errors(url), contextlib.closing(connect(url)) as r:
-        for eid in enqueue(r, args.jobs or _cluster_config(args).jobs, _read_urls(args.urls)):
+        jobs = args.jobs or _config(args).cluster.jobs
+        for eid in enqueue(r, jobs, _read_urls(args.urls), options=options or None):
             print(eid, flush=True)
     return EXIT_OK
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from ..cluster.client import connect, read_results
+    from ..cluster.streams import safe_url
 
     url = _redis_url(args)
+
+    def report(message: str) -> None:  # a follower's outage and recovery, on stderr
+        print(f"shmfetch: {safe_url(url)}: {message}", file=sys.stderr, flush=True)
+
+    stream = args.stream or _config(args).cluster.results
     with _redis_errors(url), contextlib.closing(connect(url)) as r:
-        for frame in read_results(r, args.stream or _cluster_config(args).results, args.follow):
+        for frame in read_results(r, stream, args.follow, report):
             extra = {"job": frame["job"], "id": frame["id"]}
             _write_result(sys.stdout, Result.from_frame(frame), args.json, extra)
     return EXIT_OK
@@ -238,7 +306,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return EXIT_OK
-    print(f"pid {st['pid']}  uptime {st['uptime_s']:.0f}s  downloaded {st['downloaded']}")
+    print(
+        f"shmfetch {st.get('version', '?')}  pid {st['pid']}  uptime {st['uptime_s']:.0f}s  downloaded {st['downloaded']}"
+    )
     print(f"in flight {st['in_flight']} (pending in master {st['pending']})  connections {st['connections']}")
     print(f"pages/s  10s: {st['pages_per_s_10s']:.1f}  60s: {st['pages_per_s_60s']:.1f}")
     fails = ", ".join(f"{k}={v}" for k, v in sorted(st["failures"].items())) or "none"
@@ -257,7 +327,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(
             f"cluster: {c['consumer']} in {c['group']} on {c['redis']} ({c['state']})  lag {c['lag']}  "
             f"pending {c['pending']}  consumers {c['consumers']}  claimed {c['claimed']}  "
-            f"reclaimed {c['reclaimed']}  cluster total {c['cluster_total']}"
+            f"reclaimed {c['reclaimed']}  cluster total {c['cluster_total']}{_figures_age(c)}"
         )
     for w in st["workers"]:
         print(
@@ -267,8 +337,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _figures_age(cluster: dict[str, Any]) -> str:
+    """How old the group's figures are, when more than a second (Redis slow or down), else nothing."""
+    age = cluster.get("figures_age_s")
+    if age is None:
+        return "  (group figures not read yet)"
+    return f"  (group figures {age:.0f} s old)" if age > 1.5 else ""
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config or DEFAULT_CONFIG)
+    cfg = _config(args)
     # Only the lock on the pidfile says a daemon is alive: the pid written there may have been reused.
     pid = running_pid(cfg.daemon.pidfile)
     if pid is None:
@@ -314,7 +392,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     from ..frontier.cache import open_cache
 
-    cfg = config_mod.load(args.config or DEFAULT_CONFIG)
+    cfg = _config(args)
     cache = open_cache(cfg.cache)
     if cache is None:
         print("shmfetch: [cache] path is not set: the cache is off", file=sys.stderr)
@@ -331,58 +409,84 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_redis_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("-c", "--config", help="read [cluster] from this config")
-    s.add_argument("--redis", metavar="URL", help="Redis URL (default: [cluster] redis)")
+def _add_config_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("serve", help="run the daemon in the foreground")
-    s.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: ./config.ini)")
-    s.set_defaults(func=cmd_serve)
-
-    s = sub.add_parser("submit", help="fetch URLs through a running daemon")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("-c", "--config", help="read the socket path from this config")
-    g.add_argument("--socket", help="the daemon's Unix socket")
-    s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
-    s.add_argument("--concurrency", type=_positive_int, default=64, help="requests in flight (default 64)")
-    s.add_argument("--redis", metavar="URL", help="go through the cluster's job stream on this Redis instead")
-    _add_option_arguments(s)
+def _add_urls_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
+
+
+def _add_redis_arg(s: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    s.add_argument("--redis", metavar="URL", help="the cluster's Redis (default: [cluster] redis)")
+
+
+def _add_socket_arg(s: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
+    s.add_argument("--socket", metavar="PATH", help="the daemon's Unix socket (default: [daemon] socket)")
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("submit", help="fetch URLs through a running daemon (or the cluster, with --redis)")
+    _add_config_arg(s)
+    target = s.add_mutually_exclusive_group()  # one place to send to: a daemon's socket, or Redis
+    _add_socket_arg(target)
+    target.add_argument(
+        "--redis", metavar="URL", help="go through the cluster's job stream on this Redis instead"
+    )
+    s.add_argument("--json", action="store_true", help="print JSON Lines, one object per URL")
+    s.add_argument(
+        "--concurrency", type=_positive_int, default=64, metavar="N", help="requests in flight (default 64)"
+    )
+    _add_option_arguments(s)
+    _add_urls_arg(s)
     s.set_defaults(func=cmd_submit)
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("enqueue", help="append jobs to the cluster's job stream; print their entry ids")
-    _add_redis_args(s)
+    _add_config_arg(s)
+    _add_redis_arg(s)
     s.add_argument("--jobs", metavar="KEY", help="job stream (default: [cluster] jobs)")
-    s.add_argument("urls", nargs="+", metavar="URL", help="URLs; '-' reads them from stdin, one per line")
+    _add_option_arguments(s)
+    _add_urls_arg(s)
     s.set_defaults(func=cmd_enqueue)
 
     s = sub.add_parser("results", help="print the cluster's results stream")
-    _add_redis_args(s)
+    _add_config_arg(s)
+    _add_redis_arg(s)
     s.add_argument("--stream", metavar="KEY", help="results stream (default: [cluster] results)")
     s.add_argument("--follow", action="store_true", help="then wait for new results until interrupted")
     s.add_argument("--json", action="store_true", help="JSON Lines, with the job's entry id and client id")
     s.set_defaults(func=cmd_results)
 
+
+def _add_admin_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("stats", help="show live figures of a running daemon")
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("-c", "--config")
-    g.add_argument("--socket")
-    s.add_argument("--json", action="store_true")
+    _add_config_arg(s)
+    _add_socket_arg(s)
+    s.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     s.set_defaults(func=cmd_stats)
 
     s = sub.add_parser("cache", help="HTTP cache: show its figures or delete every entry")
-    s.add_argument("action", choices=("stats", "purge"))
-    s.add_argument("-c", "--config", default=None)
+    s.add_argument("action", choices=("stats", "purge"), help="stats: figures as JSON; purge: delete all")
+    _add_config_arg(s)
     s.set_defaults(func=cmd_cache)
 
     s = sub.add_parser("stop", help="stop the daemon (SIGUSR1) and wait for it to exit")
-    s.add_argument("-c", "--config", default=None)
+    _add_config_arg(s)
     s.set_defaults(func=cmd_stop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmfetch", description="URLs to plain text, at high throughput.")
+    p.add_argument("--version", action="version", version=f"shmfetch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the daemon in the foreground")
+    _add_config_arg(s)
+    s.set_defaults(func=cmd_serve)
+    _add_submit(sub)
+    _add_cluster_commands(sub)
+    _add_admin_commands(sub)
     return p
 
 
@@ -392,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except config_mod.ConfigError as e:
         print(f"shmfetch: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as e:
+        print(f"shmfetch: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (DaemonUnavailable, ProtocolError) as e:
         print(f"shmfetch: {e}", file=sys.stderr)

@@ -14,20 +14,39 @@ Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the s
 ``fetch_many``): ``mode`` ("text", "main", "markdown"), ``metadata``, ``links``, ``timeout``,
 ``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
 unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
+
+A request every daemon refuses is answered here, without being sent: a URL longer than 8192 characters
+(``options.url_problem``) with ``invalid_url``, an unknown option or a value of the wrong type with
+``bad_request`` (only the caps of the daemon's config are left to the daemon). A long enough URL or
+Accept-Language would exceed ``max_frame_bytes``, and the daemon would close the connection under the
+whole batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import socket
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
-from ..protocol import FRAME_HDR, FrameDecoder, FrameError, Result, decode_frame_body, encode_frame
+from ..config import FetchConfig
+from ..options import OptionError, check, url_problem
+from ..protocol import (
+    FRAME_HDR,
+    FrameDecoder,
+    FrameError,
+    Result,
+    decode_frame_body,
+    encode_frame,
+    error_frame,
+)
 
 MAX_RESPONSE_BYTES = 1 << 31  # a response holds up to [fetch] max_text_bytes of text
+SENTINEL_ID, WAKE_ID = -1, -3  # fetch_many's own stats requests: "the sender is done", "read local results"
 
 
 class DaemonUnavailable(ConnectionError):
@@ -40,8 +59,30 @@ class ProtocolError(RuntimeError):
 
 def _request(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """A fetch frame (without its id): the options that are not None travel in its ``options`` map."""
-    given = {k: v for k, v in options.items() if v is not None}
+    given = _given(options)
     return {"url": url, "options": given} if given else {"url": url}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+# The daemon's option rule without the caps of its config, which only the daemon knows: names, types and
+# the accept_language limit. No option then makes a frame larger than any URL's.
+_UNCAPPED = FetchConfig(timeout=math.inf, max_bytes=1 << 62)
+
+
+def _refused(url: str, options: dict[str, Any]) -> Result | None:
+    """The result of a request every daemon refuses (``invalid_url``: a URL over the limit;
+    ``bad_request``: an unknown or malformed option), answered without sending it; else None."""
+    code, problem = "invalid_url", url_problem(url)
+    if problem is None:
+        try:
+            check(_given(options) or None, _UNCAPPED)
+            return None
+        except OptionError as e:
+            code, problem = "bad_request", str(e)
+    return Result.from_frame(error_frame(None, code, problem, url=url))
 
 
 def _result(frame: dict[str, Any]) -> Result:
@@ -95,7 +136,7 @@ class Client:
 
     def fetch(self, url: str, **options: Any) -> Result:
         """Fetch one URL with the given options (see the module docstring) and wait for its result."""
-        return _result(self._call(_request(url, options)))
+        return _refused(url, options) or _result(self._call(_request(url, options)))
 
     def stats(self) -> dict[str, Any]:
         """The daemon's live figures (see ``shmfetch stats``)."""
@@ -123,11 +164,19 @@ class Client:
         """
         window = threading.BoundedSemaphore(concurrency)
         state = {"sent": 0, "done": False, "error": None}
+        local: deque[Result] = deque()  # URLs answered without sending (``_refused``)
+        wake = threading.Event()  # a WAKE_ID request is outstanding
         ids = self._ids
 
         def sender() -> None:
             try:
                 for url in urls:
+                    if (refused := _refused(url, options)) is not None:
+                        local.append(refused)
+                        if not wake.is_set():  # the reader may be waiting on the socket: wake it
+                            wake.set()
+                            self._sock.sendall(encode_frame({"id": WAKE_ID, "op": "stats"}))
+                        continue
                     window.acquire()
                     frame = _request(url, options)
                     frame["id"] = next(ids)
@@ -139,29 +188,45 @@ class Client:
                 state["done"] = True
                 # Wake the reader if it waits for results that will not come.
                 try:
-                    self._sock.sendall(encode_frame({"id": -1, "op": "stats"}))
+                    self._sock.sendall(encode_frame({"id": SENTINEL_ID, "op": "stats"}))
                 except OSError:
                     pass
 
         t = threading.Thread(target=sender, name="shmfetch-sender", daemon=True)
         t.start()
-        received = 0
-        sentinel_seen = False
         try:
-            # The sender's last frame is a sentinel (id -1); its reply tells us the sender is done even
-            # when we are already waiting on the socket. Read until both it and every result are in.
-            while not (sentinel_seen and received >= state["sent"]):
-                frame = self._recv_frame()
-                if frame.get("id") == -1:
-                    sentinel_seen = True
-                    continue
-                received += 1
-                window.release()
-                yield _result(frame)
+            yield from self._gather(window, state, local, wake)
         finally:
             t.join(timeout=1.0)
         if state["error"] is not None:
             raise state["error"]
+
+    def _gather(
+        self,
+        window: threading.BoundedSemaphore,
+        state: dict[str, Any],
+        local: deque[Result],
+        wake: threading.Event,
+    ) -> Iterator[Result]:
+        """``fetch_many``'s reader: the daemon's results and the local ones, until the sender's sentinel
+        (its reply says the sender is done even while we wait on the socket) and every result are in."""
+        received = 0
+        sentinel_seen = False
+        while True:
+            while local:
+                yield local.popleft()
+            if sentinel_seen and received >= state["sent"]:
+                return
+            frame = self._recv_frame()
+            if frame.get("id") == SENTINEL_ID:
+                sentinel_seen = True
+                continue
+            if frame.get("id") == WAKE_ID:
+                wake.clear()  # then drain ``local``: what the sender added before it saw the flag clear
+                continue
+            received += 1
+            window.release()
+            yield _result(frame)
 
 
 class AsyncClient:
@@ -230,7 +295,7 @@ class AsyncClient:
 
     async def fetch(self, url: str, **options: Any) -> Result:
         """Fetch one URL with the given options (see the module docstring)."""
-        return _result(await self._call(_request(url, options)))
+        return _refused(url, options) or _result(await self._call(_request(url, options)))
 
     async def stats(self) -> dict[str, Any]:
         return (await self._call({"op": "stats"}))["stats"]

@@ -15,17 +15,19 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
 
-from ..protocol import Result
+from ..options import url_problem
+from ..protocol import Result, error_frame
 from . import streams
 
 ENQUEUE_BATCH = 1000
 READ_BATCH = 1000
 BLOCK_MS = 1000
+RETRY_BASE_S, RETRY_CAP_S = 0.2, 5.0  # a follower's backoff while Redis is unreachable
 
 
 def connect(url: str) -> redis.Redis:
@@ -55,28 +57,39 @@ def enqueue(
             yield eid.decode()
 
 
-def read_results(r: redis.Redis, stream: str, follow: bool = False) -> Iterator[dict[str, Any]]:
+def read_results(
+    r: redis.Redis, stream: str, follow: bool = False, report: Callable[[str], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """Every result in ``stream`` from its start (``streams.parse_result`` dicts); with ``follow``, then
-    wait for new ones until interrupted."""
-    last = "-"
+    wait for new ones until interrupted.
+
+    A follower outlives a Redis restart or outage: once it has read from Redis, a lost connection is
+    retried with backoff (``report`` is told so), and reading resumes after the last entry yielded, so no
+    entry is skipped and none is yielded twice. Without ``follow`` an error ends the read.
+    """
+    cursor = "0-0"  # XREAD returns the entries after it: the last one yielded
+    failures, connected = 0, False
     while True:
-        entries = r.xrange(stream, min=last, max="+", count=READ_BATCH)
-        if last != "-":
-            entries = entries[1:]  # XRANGE's min is inclusive
+        try:
+            reply = r.xread({stream: cursor}, count=READ_BATCH, block=BLOCK_MS if follow else None)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if not (follow and connected):
+                raise
+            failures += 1
+            delay = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (failures - 1))
+            if report is not None:
+                report(f"lost Redis ({e}); retrying in {delay:g} s, then resuming after entry {cursor}")
+            time.sleep(delay)
+            continue
+        if failures and report is not None:
+            report(f"Redis is back; resuming after entry {cursor}")
+        failures, connected = 0, True
+        entries = reply[0][1] if reply else []
+        if not entries and not follow:
+            return
         for eid, fields in entries:
-            last = eid.decode()
+            cursor = eid.decode()
             yield streams.parse_result(fields)
-        if not entries:
-            break
-    if not follow:
-        return
-    cursor = last if last != "-" else "0-0"
-    while True:
-        reply = r.xread({stream: cursor}, count=READ_BATCH, block=BLOCK_MS)
-        for _stream, entries in reply or []:
-            for eid, fields in entries:
-                cursor = eid.decode()
-                yield streams.parse_result(fields)
 
 
 class RedisClient:
@@ -112,18 +125,27 @@ class RedisClient:
 
     def fetch_many(self, urls: Iterable[str], concurrency: int = 64, **options: Any) -> Iterator[Result]:
         """Enqueue at most ``concurrency`` URLs ahead of their results; yield results in completion order.
-        ``options`` (mode, metadata, links, timeout, accept_language, max_bytes) go with every URL."""
+        ``options`` (mode, metadata, links, timeout, accept_language, max_bytes) go with every URL. A URL
+        every daemon refuses (``options.url_problem``) is answered ``invalid_url`` here, not enqueued."""
         it = iter(urls)
         waiting = 0
         while True:
             more = list(itertools.islice(it, max(0, concurrency - waiting)))
-            if more:
+            send = []
+            for url in more:
+                if (problem := url_problem(url)) is not None:
+                    yield Result.from_frame(error_frame(None, "invalid_url", problem, url=url))
+                else:
+                    send.append(url)
+            if send:
                 first = next(self._ids)
-                self._ids = itertools.count(first + len(more))
+                self._ids = itertools.count(first + len(send))
                 waiting += sum(
-                    1 for _ in enqueue(self.redis, self.jobs, more, self.reply_to, first, options or None)
+                    1 for _ in enqueue(self.redis, self.jobs, send, self.reply_to, first, options or None)
                 )
             if not waiting:
+                if more:
+                    continue
                 return
             for frame in self._next_results():
                 waiting -= 1

@@ -13,8 +13,10 @@ It runs on the master's event loop with ``redis.asyncio``, in three tasks, none 
   and a retry never stores twice.
 - ``_maintain_loop``, every ``claim_idle / 4``: ``REFRESH`` the entries held longer than ``claim_idle / 3``
   (a slow job is not stolen from a live daemon; one already stolen is dropped), ``XAUTOCLAIM`` entries idle
-  longer than ``claim_idle`` (a dead daemon's jobs), read the group's figures for ``stats``, and trim
-  the jobs stream of the entries the group has acknowledged.
+  longer than ``claim_idle`` (a dead daemon's jobs), and trim the jobs stream of the entries the group
+  has acknowledged.
+- ``_figures_loop``, every second: the group's figures for ``stats`` (lag, pending, consumers, cluster
+  total), with the time they were read, so that ``stats`` shows their age when Redis does not answer.
 
 A job answered ``shutting_down`` or ``overloaded`` is not acknowledged: it stays pending and another
 daemon reclaims it. If Redis is down, local clients do not notice; the intake logs the state once,
@@ -47,6 +49,7 @@ log = logging.getLogger("shmfetch.cluster")
 BLOCK_MS = 2000
 FORGET_AFTER = 5  # × claim_idle: a consumer idle this long with nothing pending has departed
 COMMIT_BATCH = 256
+FIGURES_PERIOD = 1.0  # s between reads of the group's figures: stats shows none older, or says how old
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
 CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
 RELEASE_CODES = ("shutting_down", "overloaded")  # answers that leave the job to another daemon
@@ -106,6 +109,8 @@ class ClusterIntake:
         self._results = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.group_info: dict[str, Any] = {}
+        self._figures_at: float | None = None  # monotonic time group_info was read
+        self._last_delivered: bytes | None = None  # the group's, as of that read (for the trim)
         self.counts = dict.fromkeys(
             (
                 "claimed",
@@ -124,7 +129,7 @@ class ClusterIntake:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for coro in (self._read_loop(), self._commit_loop(), self._maintain_loop()):
+        for coro in (self._read_loop(), self._commit_loop(), self._maintain_loop(), self._figures_loop()):
             task = loop.create_task(coro)
             task.add_done_callback(_log_crash)
             self._tasks.append(task)
@@ -306,12 +311,14 @@ class ClusterIntake:
     async def _commit_calls(self, batch: list[tuple[StreamSink, dict[str, Any]]]) -> list[Any]:
         jobs, results, total, dead_key = self.keys
         pipe = self.redis.pipeline(transaction=False)
+        reply_ttl_ms = str(max(1, int(self.cfg.reply_ttl * 1000)))
         for sink, frame in batch:
             fields = streams.result_fields(sink.entry, sink.job_id, self.consumer, frame)
             ok, dead = "1" if frame.get("ok") else "0", "1" if frame.get("dead_letter") else "0"
             keys = (jobs, sink.reply_to or results, total, dead_key)
+            ttl = reply_ttl_ms if sink.reply_to else "0"  # a client's reply stream always expires
             pipe.evalsha(self._commit_sha, 4, *keys, self.cfg.group, self.consumer, sink.entry,
-                         self.cfg.results_maxlen, ok, dead, *fields)  # fmt: skip
+                         self.cfg.results_maxlen, ok, dead, ttl, *fields)  # fmt: skip
         return await pipe.execute(raise_on_error=False)
 
     def _committed(self, sink: StreamSink, frame: dict[str, Any], reply: Any) -> None:
@@ -340,7 +347,8 @@ class ClusterIntake:
                 await self._refresh_held()
                 if self.accepting:
                     await self._reclaim()
-                await self._read_group_info()
+                if self._last_delivered is not None:
+                    await self._trim_jobs(self._last_delivered)
                 await self._forget_departed()
             except ResponseError as e:
                 log.warning("cluster: maintenance: %s", e)
@@ -422,10 +430,22 @@ class ClusterIntake:
         frame["dead_letter"] = True
         sink.send(frame)
 
+    async def _figures_loop(self) -> None:
+        while True:
+            try:
+                await self._read_group_info()
+            except ResponseError as e:  # e.g. the stream is not there yet (NOGROUP / no such key)
+                log.debug("cluster: group figures: %s", e)
+            except _DOWN:
+                pass  # the read and commit loops report the state; stats shows the figures' age
+            await asyncio.sleep(FIGURES_PERIOD)
+
     async def _read_group_info(self) -> None:
-        """The group's figures for ``stats``; then trim the jobs stream of what the group is done with."""
-        groups = await self.redis.xinfo_groups(self.cfg.jobs)
-        total = await self.redis.get(self.keys[2])
+        """The group's figures for ``stats``, in one round trip, and when they were read."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.cfg.jobs)
+        pipe.get(self.keys[2])
+        groups, total = await pipe.execute()
         for g in groups:
             name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
             if name == self.cfg.group:
@@ -435,7 +455,8 @@ class ClusterIntake:
                     "consumers": g.get("consumers"),
                     "cluster_total": int(total or 0),
                 }
-                await self._trim_jobs(g["last-delivered-id"])
+                self._last_delivered = g["last-delivered-id"]
+                self._figures_at = time.monotonic()
 
     async def _forget_departed(self) -> None:
         """Delete the group's consumers that hold no pending entry and have not touched Redis for
@@ -463,6 +484,9 @@ class ClusterIntake:
 
     # -- stats ------------------------------------------------------------------------------------------
 
+    def _figures_age(self) -> float | None:
+        return None if self._figures_at is None else round(time.monotonic() - self._figures_at, 1)
+
     def stats(self) -> dict[str, Any]:
         return {
             "redis": streams.safe_url(self.cfg.redis),
@@ -474,6 +498,8 @@ class ClusterIntake:
             "pending": self.group_info.get("pending"),
             "consumers": self.group_info.get("consumers"),
             "cluster_total": self.group_info.get("cluster_total"),
+            # seconds since the four figures above were read (about FIGURES_PERIOD while Redis answers)
+            "figures_age_s": self._figures_age(),
             "held": len(self.held),
             "commit_backlog": len(self.backlog),
             **self.counts,

@@ -34,14 +34,34 @@ DEFAULT_JOBS = "shmfetch:jobs"
 DEFAULT_GROUP = "shmfetch"
 DEFAULT_RESULTS = "shmfetch:results"
 
+# Every check comes before the first write: Redis does not roll back a script that fails halfway, so a
+# write made before a failing one would stay, and the retried commit would store the result twice. The
+# checks are the ways a write here can fail: a key of the wrong type, a total that is not an integer.
 # KEYS: jobs, results (or the job's reply_to), cluster total, dead letters
-# ARGV: group, consumer, entry id, results MAXLEN, ok (1/0), dead (1/0), then field, value, ...
+# ARGV: group, consumer, entry id, results MAXLEN, ok (1/0), dead (1/0), reply TTL in ms (0: the shared
+#       results stream, which does not expire), then field, value, ...
 COMMIT = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #p == 0 then return 0 end
+local function not_a_stream(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'stream' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a stream')
+  end
+  return false
+end
+local err = not_a_stream(KEYS[2]) or (ARGV[6] == '1' and not_a_stream(KEYS[4]))
+if err then return err end
+if ARGV[5] == '1' then
+  local total = redis.call('GET', KEYS[3])
+  if total and not tonumber(total) then
+    return redis.error_reply('ERR ' .. KEYS[3] .. ' is not an integer')
+  end
+end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+if ARGV[7] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
 if ARGV[6] == '1' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'deliveries', tostring(p[1][4]), unpack(fields))
 end
@@ -115,12 +135,27 @@ def check_url(url: str) -> str | None:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for logs and ``stats``."""
-    p = urllib.parse.urlsplit(url)
-    if p.password is None:
-        return url
-    netloc = f"{p.username or ''}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
-    return urllib.parse.urlunsplit(p._replace(netloc=netloc))
+    """``url`` with every credential masked, for logs, errors and ``stats``: the password of ``user:pw@``
+    (or ``:pw@``) and any query parameter redis-py would read a password from (``?password=``, also on
+    ``unix://`` URLs where it is the documented form)."""
+    try:
+        p = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a Redis URL that cannot be parsed>"
+    netloc = p.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = "&".join(_mask_param(item) for item in p.query.split("&"))
+    # Assembled by hand: urlunsplit drops the empty authority of unix:///path.
+    return f"{p.scheme}://{netloc}{p.path}" + (f"?{query}" if p.query else "")
+
+
+def _mask_param(item: str) -> str:
+    name, eq, _ = item.partition("=")
+    secret = "password" in urllib.parse.unquote_plus(name).lower()
+    return f"{name}=***" if eq and secret else item
 
 
 def claim_idle(cfg: Any) -> float:

@@ -24,6 +24,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
 from ..config import Config
 from ..dispatch.dispatcher import Dispatcher, WorkerHandle
 from ..frontier.admission import Frontier
@@ -587,6 +588,9 @@ class Master:
             )
         return {
             "pid": self.pid,
+            "version": __version__,
+            # the bounds of per-request options, so that a client checks them before sending (cli)
+            "request_caps": {"timeout": self.cfg.fetch.timeout, "max_bytes": self.cfg.fetch.max_bytes},
             "uptime_s": round(time.monotonic() - self.started, 3),
             "downloaded": self.downloaded(),
             "ok_delivered": d.ok_total,
