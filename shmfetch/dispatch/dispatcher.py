@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ipc.ring import Ring
+from ..job import Sink, send_result, text
 from ..protocol import error_frame, pack_request, result_frame
-from ..replies import Sink, send_result, text
 from .collector import start_collector
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..fronts.metrics import Histogram
+from ..job import send_result, text
 from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
-from ..replies import send_result, text
 from .cache import Entry, HttpCache, cache_key, open_cache
 from .politeness import PAUSE_CODES, Politeness, host_of
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
