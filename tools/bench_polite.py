@@ -9,7 +9,7 @@ Three measurements, each with its peer measured in the same run (numbers go to d
    miss and are fetched) against pages/s of the same run on a daemon without the cache.
 3. politeness bookkeeping at ``--hosts`` hosts: the master's per-request work in frontier.py and
    politeness.py (``admit`` -> ``pop_ready`` -> ``finished``), in-process, against the same loop with
-   the plain queue that dispatch.py uses without a frontier.
+   a plain queue. The frontier runs with its two callbacks (``fail``, ``pump``) and no dispatcher.
 
     python tools/bench_polite.py -n 2000 -c 64 --hosts 1000 --json /tmp/polite.json
 """
@@ -34,8 +34,8 @@ from loadgen import OwnOrigin, PrivateDaemon, _drive, cpu_snapshot, cpu_split, d
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.config import Config, PolitenessConfig  # noqa: E402
-from shmfetch.dispatch.dispatcher import Job  # noqa: E402
 from shmfetch.frontier.admission import Frontier  # noqa: E402
+from shmfetch.job import Job  # noqa: E402
 
 
 def served(socket_path: str) -> int:
@@ -91,18 +91,21 @@ def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-class _Dispatcher:
-    """What Frontier calls back in the bookkeeping loop: nothing (the loop itself is the dispatcher)."""
-
-    def pump(self) -> None:
-        pass
-
-    def fail(self, job: Job, code: str, message: str | None = None) -> None:
-        raise AssertionError(code)
+def no_pump() -> None:
+    """The bookkeeping loop takes ready jobs itself: a pump request needs nothing."""
 
 
-class _Sink:
+def no_fail(job: Job, code: str, message: str | None = None) -> None:
+    raise AssertionError(f"{job.url}: {code}")  # nothing in this loop is refused
+
+
+class Discard:
+    """A sink for jobs that are never answered."""
+
     closed = False
+
+    def send(self, frame: dict[str, Any]) -> None:
+        pass
 
 
 def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
@@ -111,14 +114,14 @@ def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
     urls = [f"http://h{i % hosts}.example:80/p/{i}" for i in range(n)]
     frame = {"status": 200, "retry_after": None, "answered_at": None, "final_url": None, "ok": True}
     frame.update(body_bytes=0, retries=0)
-    sink = _Sink()
+    sink = Discard()
 
     def frontier_loop() -> float:
-        fr = Frontier(cfg, _Dispatcher(), asyncio.new_event_loop())  # type: ignore[arg-type]
+        fr = Frontier(cfg, asyncio.new_event_loop(), no_fail, no_pump)
         inflight: collections.deque[Job] = collections.deque()
         t0 = time.process_time()
         for i, url in enumerate(urls):
-            fr.admit(Job(sink, i, url))  # type: ignore[arg-type]
+            fr.admit(Job(sink, i, url))
             while (job := fr.pop_ready()) is not None:
                 inflight.append(job)
             if len(inflight) > hosts:  # results come back in dispatch order
@@ -134,7 +137,7 @@ def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
         inflight: collections.deque[Job] = collections.deque()
         t0 = time.process_time()
         for i, url in enumerate(urls):
-            pending.append(Job(sink, i, url))  # type: ignore[arg-type]
+            pending.append(Job(sink, i, url))
             while pending:
                 inflight.append(pending.popleft())
             if len(inflight) > hosts:

@@ -1,9 +1,9 @@
-"""The master's Redis intake: jobs from a consumer group into the dispatcher, results back as one script.
+"""The master's Redis intake: jobs from a consumer group through the intake path, results back as one script.
 
 It runs on the master's event loop with ``redis.asyncio``, in three tasks, none of which blocks the loop:
 
 - ``_read_loop``: ``XREADGROUP GROUP g host:pid COUNT <free capacity> BLOCK`` → one ``Job`` per entry,
-  submitted to the dispatcher like a local request. Free capacity is the workers' unused credit minus the
+  taken by the one intake path (shmfetch/intake.py) like a local request. Free capacity is the workers' unused credit minus the
   jobs already queued in the master, so a daemon holds no more jobs than it can work on and the rest
   stays in the stream for the other daemons. When there is none it waits for a result to free some.
 - ``_commit_loop``: results wait in ``backlog`` and are committed in pipelined batches of the ``COMMIT``
@@ -37,8 +37,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..dispatch.dispatcher import Dispatcher, Job
-from ..options import OptionError, check, url_problem
+from ..dispatch.dispatcher import Dispatcher
+from ..intake import Intake, Refused
+from ..job import answer
 from ..protocol import error_frame
 from . import streams
 
@@ -54,7 +55,7 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class StreamSink:
-    """The sink of one job read from the stream (dispatch.Sink): its answer goes to ``ClusterIntake``.
+    """The sink of one job read from the stream (job.Sink): its answer goes to ``ClusterIntake``.
 
     ``closed`` turns true once the entry is known to belong to another consumer: the dispatcher then skips
     the job if it is still queued, and a result that arrives anyway is dropped.
@@ -75,10 +76,10 @@ class StreamSink:
 
 
 class ClusterIntake:
-    def __init__(self, cfg: Any, dispatcher: Dispatcher, claim_idle: float, fetch_cfg: Any):
+    def __init__(self, cfg: Any, intake: Intake, dispatcher: Dispatcher, claim_idle: float):
         self.cfg = cfg  # config.ClusterConfig
-        self.fetch_cfg = fetch_cfg  # config.FetchConfig: the bounds of per-request options
-        self.dispatcher = dispatcher
+        self.intake = intake
+        self.dispatcher = dispatcher  # read for its free capacity
         self.claim_idle = claim_idle
         self.consumer = streams.consumer_name()
         # One immediate retry (a pooled connection may be stale after a Redis restart); past that the
@@ -185,16 +186,6 @@ class ClusterIntake:
 
     # -- intake -----------------------------------------------------------------------------------------
 
-    def free_capacity(self) -> int:
-        """Jobs the workers can take now: their unused credit, less what already waits in the master
-        (``Dispatcher.queued``: for robots.txt, for its host, or for credit, which is what ``submit``
-        bounds by ``max_pending``)."""
-        d = self.dispatcher
-        credit = sum(
-            max(0, d.max_inflight - len(w.outstanding)) for w in d.workers if w is not None and w.alive
-        )
-        return min(credit, d.max_pending) - d.queued()
-
     def _read_min(self) -> int:
         """Read when at least a quarter of a worker's credit is free (up to 16 jobs), not for every single
         result: fewer, fuller XREADGROUP round trips, and the workers still have three quarters queued."""
@@ -204,7 +195,7 @@ class ClusterIntake:
     async def _read_loop(self) -> None:
         group_ready = False
         while self.accepting:
-            free = self.free_capacity()
+            free = self.dispatcher.free_capacity()
             if free < self._read_min():
                 self._capacity.clear()
                 # Results of our own jobs set the event; local clients' results free credit too, unseen.
@@ -240,18 +231,24 @@ class ClusterIntake:
             return
         try:
             url, job_id, reply_to, raw_options = streams.parse_job(fields)
-            options = check(raw_options, self.fetch_cfg)
-        except (streams.MalformedJob, OptionError) as e:
-            self.counts["malformed"] += 1
-            log.warning("cluster: malformed job %s: %s", entry, e)
-            sink = self._hold(entry, None, streams.reply_key(fields))
-            sink.send(error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
+        except streams.MalformedJob as e:
+            self._malformed(entry, streams.reply_key(fields), e)
             return
         sink = self._hold(entry, job_id, reply_to)
-        if problem := url_problem(url):
-            sink.send(error_frame(None, "invalid_url", problem, url=url))
-            return
-        self.dispatcher.submit(Job(sink, job_id, url, options))
+        try:
+            self.intake.take(sink, job_id, url, raw_options)
+        except Refused as e:
+            if e.code != "invalid_url":  # the options: the entry is malformed, as a field it cannot have
+                self.held.pop(entry, None)
+                self._malformed(entry, reply_to, e)
+                return
+            answer(sink, error_frame(None, "invalid_url", str(e), url=url))
+
+    def _malformed(self, entry: str, reply_to: str | None, e: Exception) -> None:
+        self.counts["malformed"] += 1
+        log.warning("cluster: malformed job %s: %s", entry, e)
+        sink = self._hold(entry, None, reply_to)
+        answer(sink, error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
 
     def _hold(self, entry: str, job_id: str | None, reply_to: str | None) -> StreamSink:
         sink = StreamSink(self, entry, job_id, reply_to)
@@ -372,7 +369,7 @@ class ClusterIntake:
             # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
             # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
             d = self.dispatcher
-            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
+            free = max(d.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
             if free <= 0:
                 return
             reply = await self.redis.execute_command(
@@ -420,7 +417,7 @@ class ClusterIntake:
             url=url,
         )
         frame["dead_letter"] = True
-        sink.send(frame)
+        answer(sink, frame)
 
     async def _read_group_info(self) -> None:
         """The group's figures for ``stats``; then trim the jobs stream of what the group is done with."""

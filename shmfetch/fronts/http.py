@@ -7,11 +7,11 @@ no ``mode`` is given, and a Markdown answer is served as ``text/markdown``; ``Ac
 gives the result's JSON Lines fields instead of the text. An unknown parameter or a bad value is a 400
 ``bad_request`` naming it.
 
-Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request
-becomes a Job submitted straight to the Dispatcher, whose Sink is a future the request handler awaits,
-so an HTTP request costs the same queueing, credit and counting as one from the Unix socket. aiohttp was
-measured against h11 on an asyncio Protocol (docs/OPERATIONS.md, "HTTP API", and
-contrib/bench_http.py): its C parser adds less master CPU per request.
+Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request goes
+through the one intake path (shmfetch/intake.py) with a Sink that is a future the request handler awaits,
+so an HTTP request costs the same checks, queueing, credit and counting as one from the Unix socket.
+aiohttp was measured against h11 on an asyncio Protocol (docs/OPERATIONS.md, "HTTP API"): its C parser
+adds less master CPU per request.
 
 We own the listening socket (``loop.create_server`` with aiohttp's protocol factory) rather than use
 aiohttp's sites, so that the master can stop accepting synchronously, like the Unix listener.
@@ -32,9 +32,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..config import FetchConfig
-from ..dispatch.dispatcher import Dispatcher, Job
-from ..options import OptionError, check, url_problem
+from ..intake import Intake
+from ..job import answer
+from ..options import OptionError
 from ..protocol import ERRORS, RESULT_FIELDS
 from . import metrics
 
@@ -109,15 +109,13 @@ class HttpApi:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        intake: Intake,
         stats: Callable[[], dict[str, Any]],
         max_connections: int,
-        fetch_cfg: FetchConfig | None = None,
     ):
-        self.dispatcher = dispatcher
+        self.intake = intake
         self.stats = stats
         self.max_connections = max_connections
-        self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
         self.ids = itertools.count(1)
         self.runner: web.AppRunner | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -149,50 +147,39 @@ class HttpApi:
 
     async def _fetch(self, request: web.Request) -> web.Response:
         want_json = "application/json" in request.headers.get("Accept", "")
+        sink = _Waiter(asyncio.get_running_loop().create_future())
         try:
             url = request.query.get("url")
         except UnicodeDecodeError:
             url = None
+        job = None
         if not url:
-            frame = {
-                "url": url,
-                "ok": False,
-                "error": "bad_request",
-                "message": "missing query parameter 'url'",
-            }
-            return frame_response(frame, want_json)
-        if problem := url_problem(url):
-            return frame_response(
-                {"url": url, "ok": False, "error": "invalid_url", "message": problem}, want_json
-            )
-        try:
-            options = self._options(request)
-        except OptionError as e:
-            return frame_response(
-                {"url": url, "ok": False, "error": "bad_request", "message": str(e)}, want_json
-            )
-        sink = _Waiter(asyncio.get_running_loop().create_future())
-        job = Job(sink, next(self.ids), url, options)
-        self.dispatcher.submit(job)  # a refusal resolves the future at once
+            answer(sink, {"url": url, "ok": False, "error": "bad_request", "message": "missing query parameter 'url'"})
+        else:
+            # a refusal (invalid_url, bad_request) or the dispatcher's shutting_down/overloaded resolves
+            # the future at once
+            job = self.intake.request(sink, next(self.ids), url, self._raw_options(request))
         try:
             frame = await sink.fut
         finally:
             sink.closed = True
-        mode = (options or {}).get("mode", self.fetch_cfg.mode)
+        mode = ((job.options if job else None) or {}).get("mode", self.intake.fetch_cfg.mode)
         return frame_response(frame, want_json, markdown=mode == "markdown")
 
-    def _options(self, request: web.Request) -> dict[str, Any] | None:
-        """The query parameters other than ``url``, checked as request options; Accept may pick Markdown."""
+    @staticmethod
+    def _raw_options(request: web.Request) -> dict[str, Any] | OptionError | None:
+        """The query parameters other than ``url``, as request options (the intake checks them); Accept
+        may pick Markdown. A parameter given twice is an OptionError, reported after the URL's check."""
         raw: dict[str, Any] = {}
         for key, value in request.query.items():
             if key == "url":
                 continue
             if key in raw:
-                raise OptionError(f"option {key!r} is given twice")
+                return OptionError(f"option {key!r} is given twice")
             raw[key] = value
         if "mode" not in raw and "text/markdown" in request.headers.get("Accept", ""):
             raw["mode"] = "markdown"
-        return check(raw or None, self.fetch_cfg)
+        return raw or None
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")
