@@ -68,6 +68,7 @@ def make_dispatcher(
     cfg = cfg or Config()
     kw.setdefault("max_pending", 1000)
     kw.setdefault("max_inflight", 64)
+    kw.setdefault("threads", 64)
     d = Dispatcher(loop, len(workers), make_frontier=lambda fail, pump: Frontier(cfg, loop, fail, pump), **kw)
     for w in workers:
         d.attach(w)

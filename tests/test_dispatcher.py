@@ -175,3 +175,28 @@ def test_attach_hands_queued_jobs_to_a_new_worker_and_on_idle_fires_when_all_is_
         ((ticket, _, _),) = taken(w0)
         d.on_batch(w0, [record(ticket)])
         assert idle == [1] and sink.frames[0]["ok"]
+
+
+def test_a_worker_whose_threads_are_all_busy_gets_no_job_while_another_has_a_free_thread(loop):
+    """2 workers x 2 threads, credit 64: with worker 0's threads both busy, the next jobs go to worker 1
+    (round robin would hand worker 0 every other one, to wait in its ring behind the busy threads); when
+    neither has a free thread they wait in the master, and go to the first worker that frees one."""
+    sink = Recorder()
+    with worker_rings(2) as (w0, w1):
+        d = make_dispatcher(loop, [w0, w1], max_inflight=64, threads=2)
+        submit(d, sink, range(4))  # 0 and 2 on worker 0, 1 and 3 on worker 1
+        assert [r[1] for r in taken(w0)] == [url(0), url(2)]
+        w1_tickets = [r[0] for r in taken(w1)]
+        d.on_batch(w1, [record(t) for t in w1_tickets])  # worker 1 is free again; worker 0 still busy
+        submit(d, sink, range(4, 8))
+        assert taken(w0) == []
+        assert [r[1] for r in taken(w1)] == [url(4), url(5)]
+        assert d.queued() == 2 and d.free_capacity() == -2
+        d.on_batch(w0, [record(next(iter(w0.outstanding)))])  # worker 0 frees a thread first
+        assert [r[1] for r in taken(w0)] == [url(6)] and taken(w1) == [] and d.queued() == 1
+
+
+def test_free_capacity_counts_free_fetch_threads_within_credit(loop):
+    with worker_rings(2) as (w0, w1):
+        assert make_dispatcher(loop, [w0, w1], max_inflight=64, threads=4).free_capacity() == 8
+        assert make_dispatcher(loop, [w0, w1], max_inflight=3, threads=4).free_capacity() == 6

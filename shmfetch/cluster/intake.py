@@ -3,9 +3,10 @@
 It runs on the master's event loop with ``redis.asyncio``, in three tasks, none of which blocks the loop:
 
 - ``_read_loop``: ``XREADGROUP GROUP g host:pid COUNT <free capacity> BLOCK`` → one ``Job`` per entry,
-  taken by the one intake path (shmfetch/intake.py) like a local request. Free capacity is the workers' unused credit minus the
-  jobs already queued in the master, so a daemon holds no more jobs than it can work on and the rest
-  stays in the stream for the other daemons. When there is none it waits for a result to free some.
+  taken by the one intake path (shmfetch/intake.py) like a local request. Free capacity is the workers'
+  free fetch threads (``Dispatcher.free_capacity``) minus the jobs already queued in the master, so a
+  daemon holds no more jobs than it can work on and the rest stays in the stream for the other daemons.
+  When there is none it waits for a result to free some.
 - ``_commit_loop``: results wait in ``backlog`` and are committed in pipelined batches of the ``COMMIT``
   script (streams.py): store the result, XACK, INCR the cluster total, all or nothing, and only while the
   entry is still pending under this consumer. A batch that meets a dead connection stays in the backlog
@@ -187,10 +188,10 @@ class ClusterIntake:
     # -- intake -----------------------------------------------------------------------------------------
 
     def _read_min(self) -> int:
-        """Read when at least a quarter of a worker's credit is free (up to 16 jobs), not for every single
-        result: fewer, fuller XREADGROUP round trips, and the workers still have three quarters queued."""
+        """Read when at least a quarter of a worker's capacity is free (up to 16 jobs), not for every single
+        result: fewer, fuller XREADGROUP round trips, while three quarters of the threads still work."""
         d = self.dispatcher
-        return max(1, min(16, d.max_inflight // 4, d.max_pending // 4))
+        return max(1, min(16, d.per_worker // 4, d.max_pending // 4))
 
     async def _read_loop(self) -> None:
         group_ready = False

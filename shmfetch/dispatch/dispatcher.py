@@ -1,4 +1,4 @@
-"""The queue, and round-robin dispatch with credit; the accounting of results as they come back.
+"""The queue, and round-robin dispatch to workers with a free fetch thread; the accounting of results.
 
 Runs on the master's event loop thread. The collectors (collector.py, one thread per result ring) hand
 batches of result records to ``on_batch``; the answers go out through ``job.answer``.
@@ -6,11 +6,14 @@ batches of result records to ``on_batch``; the answers go out through ``job.answ
 A job (shmfetch/job.py) enters through ``submit`` (called by the one intake path, shmfetch/intake.py),
 passes the frontier (cache, robots.txt, per-host politeness: frontier/admission.py, which the dispatcher
 builds and which calls back ``fail`` and ``pump``), and then waits in ``pending`` (bounded by
-``max_pending``) until a live worker has credit for it: a worker's credit is spent by the ring slots of its
-unanswered requests, which may not exceed its request ring or ``max_inflight_per_worker``. So a put into a
-request ring never blocks the loop and nothing is dropped. Among the workers with credit the order is round
-robin: a full worker is skipped and gets its turn back in the next round, and while every worker has credit
-the split is exactly even.
+``max_pending``) until a live worker has a free fetch thread for it: fewer unanswered requests than its
+``threads``. A request put into a worker whose threads are all busy would wait in its ring behind them,
+however slow they are, while another worker sits idle; so it waits here instead, and goes to whichever
+worker frees a thread first. Among the workers with a free thread the order is round robin: a busy worker
+is skipped and gets its turn back in the next round, and while every worker has a free thread the split is
+exactly even. Credit stays the ring's safety bound: the ring slots of a worker's unanswered requests may not
+exceed its request ring or ``max_inflight_per_worker``, so a put into a request ring never blocks the loop
+and nothing is dropped.
 
 Each dispatch records the request's end position in the worker's request ring (``Ring.put``). When a
 worker dies, its consumer position (the published ``tail``) says which of its requests it had taken: the
@@ -52,6 +55,7 @@ class Dispatcher:
         slots: int,
         max_pending: int,
         max_inflight: int,
+        threads: int,
         make_frontier: Callable[[Fail, Pump], Frontier],
         on_idle: Callable[[], None] | None = None,
         on_busy: Callable[[], None] | None = None,
@@ -60,6 +64,7 @@ class Dispatcher:
         self.loop = loop
         self.max_pending = max_pending
         self.max_inflight = max_inflight
+        self.threads = threads  # fetch threads per worker: a worker with fewer open jobs has one free
         self.workers: list[WorkerHandle | None] = [None] * slots
         self.pending: deque[Job] = deque()
         self.rr = 0  # the worker whose turn is next
@@ -117,18 +122,23 @@ class Dispatcher:
     def inflight(self) -> int:
         return self.queued() + self.dispatched()
 
+    @property
+    def per_worker(self) -> int:
+        """Open jobs a worker is given at most: one per fetch thread, within its credit."""
+        return min(self.threads, self.max_inflight)
+
     def free_capacity(self) -> int:
-        """Jobs the workers can take now: their unused credit, less what already waits in the master
-        (bounded by ``max_pending``, as ``submit`` bounds the queue)."""
-        credit = sum(
-            max(0, self.max_inflight - len(w.outstanding)) for w in self.workers if w is not None and w.alive
-        )
-        return min(credit, self.max_pending) - self.queued()
+        """Jobs the workers can start now (their free fetch threads), less what already waits in the
+        master (bounded by ``max_pending``, as ``submit`` bounds the queue)."""
+        per = self.per_worker
+        free = sum(max(0, per - len(w.outstanding)) for w in self.workers if w is not None and w.alive)
+        return min(free, self.max_pending) - self.queued()
 
     # -- dispatch -------------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand queued jobs, in order, to the workers with credit, round robin; stop when none has any."""
+        """Hand queued jobs, in order, to the workers with a free fetch thread, round robin; stop when
+        none has one."""
         pending = self.pending
         frontier = self.frontier
         while pending or self._take_ready(frontier):
@@ -137,9 +147,9 @@ class Dispatcher:
                 pending.popleft()
                 frontier.release(job)
                 continue
-            w = self._next_with_credit(job)
+            w = self._next_free(job)
             if w is None:
-                break  # every live worker is full (a result will pump again) or none is alive (respawn will)
+                break  # every live worker is busy (a result will pump again) or none is alive (respawn will)
             pending.popleft()
             self._send(w, job)
         frontier.schedule()
@@ -156,15 +166,16 @@ class Dispatcher:
         self.pending.append(job)
         return True
 
-    def _next_with_credit(self, job: Job) -> WorkerHandle | None:
-        """The first live worker with credit for ``job``, from the one whose turn it is; the turn then
-        passes to the worker after it. A full worker is skipped, not waited for."""
+    def _next_free(self, job: Job) -> WorkerHandle | None:
+        """The first live worker with a free fetch thread and credit for ``job``, from the one whose turn
+        it is; the turn then passes to the worker after it. A busy worker is skipped, not waited for."""
         workers = self.workers
         n = len(workers)
+        threads = self.threads
         for step in range(n):
             i = (self.rr + step) % n
             w = workers[i]
-            if w is None or not w.alive:
+            if w is None or not w.alive or len(w.outstanding) >= threads:
                 continue
             if not job.payload:
                 job.ticket = next(self._tickets)

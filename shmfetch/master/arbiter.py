@@ -168,7 +168,7 @@ class Master:
         Unix listener. The HTTP and Redis fronts, when configured, take the same intake."""
         d = self.cfg.daemon
         self.dispatcher = Dispatcher(
-            loop, d.workers, d.max_pending, d.max_inflight_per_worker,
+            loop, d.workers, d.max_pending, d.max_inflight_per_worker, d.threads,
             make_frontier=lambda fail, pump: Frontier(self.cfg, loop, fail, pump),
             on_idle=self.wake.set,
             on_busy=self._arm_watchdog,
