@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from loadgen import OwnOrigin, PrivateDaemon, _drive, cpu_snapshot, cpu_split, daemon_pids  # noqa: E402
+from loadgen import OwnOrigin, PrivateDaemon, cpu_snapshot, cpu_split, daemon_pids, drive  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.config import Config, PolitenessConfig  # noqa: E402
@@ -47,7 +47,7 @@ def measured(socket_path: str, urls: list[str], n: int, conc: int) -> dict[str, 
     """One driven run with the daemon's CPU split, as loadgen reports it."""
     pids = daemon_pids(socket_path)
     before = cpu_snapshot(pids)
-    out = asyncio.run(_drive(socket_path, urls, n, conc, 2, None, False))
+    out = asyncio.run(drive(socket_path, urls, n, conc, 2, None, False))
     out["cpu"] = cpu_split(pids, before, cpu_snapshot(pids), n)
     return out
 
@@ -62,14 +62,14 @@ def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
         report: dict[str, Any] = {}
         plain = PrivateDaemon(args.workers, args.threads)
         try:
-            asyncio.run(_drive(plain.socket, pages, len(pages), args.c, 2, None, False))  # warm-up
+            asyncio.run(drive(plain.socket, pages, len(pages), args.c, 2, None, False))  # warm-up
             report["uncached_all"] = measured(plain.socket, pages, args.n, args.c)
             report["uncached_mixed"] = measured(plain.socket, mixed, args.n, args.c)
         finally:
             plain.close()
         cached = PrivateDaemon(args.workers, args.threads, {"cache": {"path": f"{tmp}/cache.db"}})
         try:
-            asyncio.run(_drive(cached.socket, pages, len(pages), args.c, 2, None, False))  # fills the cache
+            asyncio.run(drive(cached.socket, pages, len(pages), args.c, 2, None, False))  # fills the cache
             s0 = served(cached.socket)
             report["hits"] = measured(cached.socket, pages, args.n, args.c)
             report["hits"]["worker_results_during_run"] = served(cached.socket) - s0
