@@ -21,7 +21,7 @@ from typing import Any
 
 from ..intake import Intake
 from ..job import answer
-from ..protocol import FrameDecoder, FrameError, encode_frame, error_frame
+from ..protocol import FrameDecoder, FrameError, error_frame
 
 log = logging.getLogger("shmfetch.master")
 
@@ -80,9 +80,9 @@ class ClientConnection(asyncio.Protocol):
         self.server.intake.request(self, req_id, url, frame.get("options"))
 
     def send(self, frame: dict[str, Any]) -> None:
-        """Send a frame that is not an answer to a request (``stats``, the final count)."""
-        if not self.closed:
-            self.send_encoded(encode_frame(frame))
+        """Send ``frame`` (the ``stats`` answer, the final count of ``await_exit``): through ``job.answer``,
+        like every answer, which packs it for ``send_encoded``."""
+        answer(self, frame)
 
     def send_encoded(self, data: bytes) -> None:
         """Send one frame already encoded, length prefix included (job.answer packs every answer)."""
