@@ -98,8 +98,9 @@ class Dispatcher:
         return orphans
 
     def handles(self) -> list[WorkerHandle | None]:
-        """The worker slots, in index order (None: no live generation). A view: do not write to it."""
-        return self.workers
+        """The worker slots, in index order (None: no live generation); a copy, so the master can read it
+        but changes the slots only through ``attach`` and ``detach``."""
+        return list(self.workers)
 
     # -- intake ---------------------------------------------------------------------------------------
 
