@@ -4,7 +4,8 @@
 
 Runs a small origin on 127.0.0.1 and a daemon with ``[http] listen`` on a loopback port: aiohttp.web, what
 shmfetch/fronts/http.py ships. (The h11 front end it was once measured against was built on the master's
-private internals and has been removed; docs/OPERATIONS.md keeps its figures.) Fetches the same small page sequentially (one keep-alive connection,
+private internals and has been removed; docs/OPERATIONS.md keeps its figures.) Fetches the same small
+page sequentially (one keep-alive connection,
 ``requests``) and concurrently (``aiohttp`` client, --parallel connections), and ``GET /stats`` (the front
 end alone, no fetch); the Unix-socket baseline uses ``shmfetch.Client`` (``fetch``, ``fetch_many``).
 Reports wall time per request at the client and the master process's CPU time per request, medians of
@@ -171,7 +172,11 @@ def _runs(args: argparse.Namespace, procs: dict, backends: list[str], sock: str,
     fetch_path = f"/fetch?url={url}"
     runs = [
         ("unix socket", "fetch sequential", lambda: _seq_unix(sock, url, args.seq) / args.seq),
-        ("unix socket", "fetch concurrent", lambda: _conc_unix(sock, url, args.conc, args.parallel) / args.conc),
+        (
+            "unix socket",
+            "fetch concurrent",
+            lambda: _conc_unix(sock, url, args.conc, args.parallel) / args.conc,
+        ),
         ("unix socket", "stats sequential", lambda: _stats_unix(sock, args.seq) / args.seq),
     ]
     out = [(w, t, procs[backends[0]][0].pid, n, fn) for w, t, fn, n in _with_n(runs, args)]

@@ -11,8 +11,8 @@ one answering after ``--slow-ms`` and a fast one serving a small page at once. A
 Each round sends, pipelined on one connection, ``--slow`` slow requests interleaved with fast ones so that
 the round robin puts every slow one on the same worker (one slow, then workers-1 fast, and so on), then
 ``--fast`` more fast requests at once. It prints the fast requests' latency (from the send of the batch to
-their answer): p50, p99, mean and max over all rounds. While a worker's threads are all busy with the slow host,
-a request handed to that worker waits in its ring for them: with that head-of-line wait, about one fast
+their answer): p50, p99, mean and max over all rounds. While a worker's threads are all busy with the slow
+host, a request handed to that worker waits in its ring for them: with that head-of-line wait, about one fast
 request in ``--workers`` waits for ``--slow-ms`` (p99, mean and max show it; p50 too from 3 workers on);
 without it, every figure stays at what the other workers need for the fast pages.
 """
@@ -82,17 +82,25 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 urls = round_urls(slow, fast.port, args.slow, args.fast, args.workers, rnd)
                 got, slow_on, errors = one_round(daemon.socket, urls)
                 lat += got
-                report["rounds"].append({"p50_ms": pct(got, 50) * 1e3, "p99_ms": pct(got, 99) * 1e3,
-                                         "slow_on_workers": slow_on, "errors": errors})  # fmt: skip
-                print(f"round {rnd + 1}: fast p50 {pct(got, 50) * 1e3:8.1f} ms  p99 {pct(got, 99) * 1e3:8.1f} ms"
-                      f"  (slow requests on {slow_on} worker(s); errors {errors or 'none'})")  # fmt: skip
+                p50, p99 = pct(got, 50) * 1e3, pct(got, 99) * 1e3
+                rec = {"p50_ms": p50, "p99_ms": p99, "slow_on_workers": slow_on, "errors": errors}
+                report["rounds"].append(rec)
+                print(
+                    f"round {rnd + 1}: fast p50 {p50:8.1f} ms  p99 {p99:8.1f} ms"
+                    f"  (slow requests on {slow_on} worker(s); errors {errors or 'none'})"
+                )
         finally:
             daemon.close()
     finally:
         slow.close()
         fast.close()
-    report["fast"] = {"n": len(lat), "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
-                      "mean_ms": sum(lat) / max(1, len(lat)) * 1e3, "max_ms": max(lat, default=0) * 1e3}  # fmt: skip
+    report["fast"] = {
+        "n": len(lat),
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "mean_ms": sum(lat) / max(1, len(lat)) * 1e3,
+        "max_ms": max(lat, default=0) * 1e3,
+    }
     return report
 
 
@@ -110,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     report = bench(args)
     f = report["fast"]
     print(
-        f"fast requests ({f['n']}): p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms  mean {f['mean_ms']:.1f} ms"
-        f"  max {f['max_ms']:.1f} ms"
+        f"fast requests ({f['n']}): p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms"
+        f"  mean {f['mean_ms']:.1f} ms  max {f['max_ms']:.1f} ms"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -50,7 +50,7 @@ BLOCK_MS = 2000
 FORGET_AFTER = 5  # × claim_idle: a consumer idle this long with nothing pending has departed
 COMMIT_BATCH = 256
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
-CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
+CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free capacity
 RELEASE_CODES = ("shutting_down", "overloaded")  # answers that leave the job to another daemon
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -199,7 +199,7 @@ class ClusterIntake:
             free = self.dispatcher.free_capacity()
             if free < self._read_min():
                 self._capacity.clear()
-                # Results of our own jobs set the event; local clients' results free credit too, unseen.
+                # Results of our own jobs set the event; local clients' results free threads too, unseen.
                 try:
                     await asyncio.wait_for(self._capacity.wait(), 0.5)
                 except TimeoutError:
@@ -368,7 +368,7 @@ class ClusterIntake:
         cursor: Any = "0-0"
         for _ in range(CLAIM_ROUNDS):
             # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
-            # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
+            # threads (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
             d = self.dispatcher
             free = max(d.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
             if free <= 0:

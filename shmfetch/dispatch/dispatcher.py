@@ -114,7 +114,7 @@ class Dispatcher:
             self.frontier.admit(job)
 
     def queued(self) -> int:
-        """Requests waiting in the master: for robots.txt, for their host, or for a worker with a free fetch thread."""
+        """Requests waiting in the master: for robots.txt, for their host, or for a free fetch thread."""
         return len(self.pending) + self.frontier.waiting
 
     def dispatched(self) -> int:

@@ -154,7 +154,8 @@ class HttpApi:
             url = None
         job = None
         if not url:
-            answer(sink, {"url": url, "ok": False, "error": "bad_request", "message": "missing query parameter 'url'"})
+            missing = "missing query parameter 'url'"
+            answer(sink, {"url": url, "ok": False, "error": "bad_request", "message": missing})
         else:
             # a refusal (invalid_url, bad_request) or the dispatcher's shutting_down/overloaded resolves
             # the future at once
