@@ -1,14 +1,15 @@
-"""Per-request cost of the HTTP API front ends, against the Unix-socket client (docs/OPERATIONS.md).
+"""Per-request cost of the HTTP API front end, against the Unix-socket client (docs/OPERATIONS.md).
 
     python contrib/bench_http.py [--seq 300] [--conc 1500] [--parallel 32] [--rounds 5]
 
-Runs a small origin on 127.0.0.1 and one daemon per front end, each with ``[http] listen`` on a loopback
-port: aiohttp.web (what shmfetch/fronts/http.py ships) and h11 on an asyncio Protocol (contrib/h11_api.py,
-the measured alternative). Fetches the same small page sequentially (one keep-alive connection,
+Runs a small origin on 127.0.0.1 and a daemon with ``[http] listen`` on a loopback port: aiohttp.web, what
+shmfetch/fronts/http.py ships. (The h11 front end it was once measured against was built on the master's
+private internals and has been removed; docs/OPERATIONS.md keeps its figures.) Fetches the same small
+page sequentially (one keep-alive connection,
 ``requests``) and concurrently (``aiohttp`` client, --parallel connections), and ``GET /stats`` (the front
 end alone, no fetch); the Unix-socket baseline uses ``shmfetch.Client`` (``fetch``, ``fetch_many``).
 Reports wall time per request at the client and the master process's CPU time per request, medians of
-interleaved rounds. Needs aiohttp and h11.
+interleaved rounds. Needs aiohttp.
 """
 
 from __future__ import annotations
@@ -37,13 +38,7 @@ BODY = b"<html><body><h1>Small page</h1><p>" + b"Some words of text. " * 20 + b"
 
 
 def serve(backend: str, config: str) -> int:
-    if backend == "h11":  # the measured alternative; "aiohttp" is what shmfetch/fronts/http.py ships
-        import shmfetch.fronts.http
-
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from h11_api import HttpApi
-
-        shmfetch.fronts.http.HttpApi = HttpApi  # type: ignore[misc]
+    """The daemon of one front end (``aiohttp``: the shipped fronts/http.py, the only one left)."""
     from shmfetch.api.cli import main
 
     return main(["serve", "-c", config])
@@ -143,70 +138,35 @@ def _daemon(backend: str, tmp: Path, port: int) -> Daemon:
     return Daemon(cfg, tmp / f"{backend}.sock", argv=[sys.executable, __file__, "serve", backend, str(cfg)], workers=2)
 
 
-def bench(args: argparse.Namespace) -> None:
-    origin = Origin()
-    origin.respond("/small", 200, BODY, {"Content-Type": "text/html; charset=utf-8"})
-    url = origin.url("/small")
-    backends = args.backends.split(",")
-    # Both daemons run at once and the rounds interleave, so that load from anything else on the machine
-    # spreads over all front ends alike; each figure is the median over the rounds.
-    samples: dict[tuple[str, str], list[float]] = {}
-    cpu: dict[tuple[str, str], list[float]] = {}  # the master's CPU seconds per request
-    # "shmfetch" in the path puts it in the daemons' command lines: a starting daemon removes the shared
-    # objects of masters that are not shmfetch processes (names.is_shmfetch), and would take the other's.
-    with tempfile.TemporaryDirectory(prefix="shmfetch-bench-") as td:
-        tmp = Path(td)
-        procs = {}
-        try:
-            for b in backends:
-                procs[b] = (_daemon(b, tmp, port := free_port()), f"http://127.0.0.1:{port}")
-            sock = str(tmp / f"{backends[0]}.sock")
-            fetch_path = f"/fetch?url={url}"
-            for _ in range(args.rounds):
-                runs = [
-                    ("unix socket", "fetch sequential", lambda: _seq_unix(sock, url, args.seq) / args.seq),
-                    (
-                        "unix socket",
-                        "fetch concurrent",
-                        lambda: _conc_unix(sock, url, args.conc, args.parallel) / args.conc,
-                    ),
-                    ("unix socket", "stats sequential", lambda: _stats_unix(sock, args.seq) / args.seq),
-                ]
-                runs = [(w, t, procs[backends[0]][0].pid, n, fn) for w, t, fn, n in _with_n(runs, args)]
-                for b in backends:
-                    base = procs[b][1]
-                    more = [
-                        (
-                            b,
-                            "fetch sequential",
-                            lambda base=base: _seq_http(base, fetch_path, args.seq) / args.seq,
-                        ),
-                        (
-                            b,
-                            "fetch concurrent",
-                            lambda base=base: (
-                                _conc_http(base, fetch_path, args.conc, args.parallel) / args.conc
-                            ),
-                        ),
-                        (
-                            b,
-                            "stats sequential",
-                            lambda base=base: _seq_http(base, "/stats", args.seq) / args.seq,
-                        ),
-                    ]
-                    runs += [
-                        (who, what, procs[b][0].pid, n, fn)
-                        for who, what, fn, n in _with_n(more, args)  # noqa: B023 (used at once)
-                    ]
-                for who, what, pid, n, fn in runs:
-                    c0 = _cpu_s(pid)
-                    wall = fn()
-                    cpu.setdefault((who, what), []).append((_cpu_s(pid) - c0) / n)
-                    samples.setdefault((who, what), []).append(wall)
-        finally:
-            for d, _ in procs.values():
-                d.stop()
-    origin.stop()
+def _runs(args: argparse.Namespace, procs: dict, backends: list[str], sock: str, url: str) -> list[tuple]:
+    """One round's measurements: (front end, test, master pid, requests, function giving s/request)."""
+    fetch_path = f"/fetch?url={url}"
+    runs = [
+        ("unix socket", "fetch sequential", lambda: _seq_unix(sock, url, args.seq) / args.seq),
+        (
+            "unix socket",
+            "fetch concurrent",
+            lambda: _conc_unix(sock, url, args.conc, args.parallel) / args.conc,
+        ),
+        ("unix socket", "stats sequential", lambda: _stats_unix(sock, args.seq) / args.seq),
+    ]
+    out = [(w, t, procs[backends[0]][0].pid, n, fn) for w, t, fn, n in _with_n(runs, args)]
+    for b in backends:
+        base = procs[b][1]
+        more = [
+            (b, "fetch sequential", lambda base=base: _seq_http(base, fetch_path, args.seq) / args.seq),
+            (
+                b,
+                "fetch concurrent",
+                lambda base=base: _conc_http(base, fetch_path, args.conc, args.parallel) / args.conc,
+            ),
+            (b, "stats sequential", lambda base=base: _seq_http(base, "/stats", args.seq) / args.seq),
+        ]
+        out += [(who, what, procs[b][0].pid, n, fn) for who, what, fn, n in _with_n(more, args)]
+    return out
+
+
+def _report(samples: dict, cpu: dict, args: argparse.Namespace) -> None:
     print(
         f"{'front end':<12} {'test':<18} {'wall µs/req':>11} {'req/s':>7} {'master CPU µs/req':>18}"
         f"   (medians of {args.rounds} rounds)"
@@ -221,6 +181,35 @@ def bench(args: argparse.Namespace) -> None:
         print(json.dumps(out))
 
 
+def bench(args: argparse.Namespace) -> None:
+    origin = Origin()
+    origin.respond("/small", 200, BODY, {"Content-Type": "text/html; charset=utf-8"})
+    url = origin.url("/small")
+    backends = args.backends.split(",")
+    # The daemons run at once and the rounds interleave, so that load from anything else on the machine
+    # spreads over all front ends alike; each figure is the median over the rounds.
+    samples: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # the master's CPU seconds per request
+    with tempfile.TemporaryDirectory(prefix="shmfetch-bench-") as td:
+        tmp = Path(td)
+        procs = {}
+        try:
+            for b in backends:
+                procs[b] = (_daemon(b, tmp, port := free_port()), f"http://127.0.0.1:{port}")
+            sock = str(tmp / f"{backends[0]}.sock")
+            for _ in range(args.rounds):
+                for who, what, pid, n, fn in _runs(args, procs, backends, sock, url):
+                    c0 = _cpu_s(pid)
+                    wall = fn()
+                    cpu.setdefault((who, what), []).append((_cpu_s(pid) - c0) / n)
+                    samples.setdefault((who, what), []).append(wall)
+        finally:
+            for d, _ in procs.values():
+                d.stop()
+    origin.stop()
+    _report(samples, cpu, args)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         return serve(sys.argv[2], sys.argv[3])
@@ -229,7 +218,7 @@ def main() -> int:
     ap.add_argument("--conc", type=int, default=2000)
     ap.add_argument("--parallel", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backends", default="aiohttp,h11")
+    ap.add_argument("--backends", default="aiohttp")
     ap.add_argument("--json", action="store_true")
     bench(ap.parse_args())
     return 0

@@ -225,7 +225,7 @@ def result_frame(req_id: Any, url: str, worker: int, elapsed_ms: float, record: 
     """The client frame (the fields of ``Result`` plus ``id``) for one result ring ``record``.
 
     The values are passed through as they are: the master reads records with ``raw=True``, so strings stay
-    UTF-8 bytes and reach the client without being decoded and encoded again (collector.py, replies.py).
+    UTF-8 bytes and reach the client without being decoded and encoded again (dispatch/collector.py, job.py).
     """
     frame = dict(zip(OUTCOME_FIELDS, record[1:], strict=False))
     frame["id"] = req_id

@@ -27,7 +27,7 @@ from shmfetch.testing.origin import Origin, numbered_text, start_origin
 __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
     "daemon_stats", "cpu_ticks", "proc_kib", "fetch_through_kill_storm", "serve_argv", "MEMBARRIER",
-    "needs_membarrier", "started_pids", "free_port", "origin_fixture", "REPO",
+    "needs_membarrier", "started_pids", "free_port", "origin_fixture", "REPO", "wait_workers_ready",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,6 +93,13 @@ def wait_for(
 def daemon_stats(socket_path: str) -> dict:
     with Client(socket_path) as c:
         return c.stats()
+
+
+def wait_workers_ready(socket_path: str, timeout: float = 60.0) -> None:
+    """Until every worker has booted. The master hands a worker one request per free fetch thread, so a
+    worker still booting is skipped once its first ``threads`` requests wait for it: a test of how requests
+    are split starts here."""
+    wait_for(lambda: all(w["ready"] for w in daemon_stats(socket_path)["workers"]), timeout, "every worker ready")
 
 
 def cpu_ticks(pid: int) -> int:

@@ -13,13 +13,14 @@ import pytest
 from shmfetch import Client
 from shmfetch.protocol import encode_frame
 
-from .helpers import cpu_ticks, page_text, run_cli, running_daemon
+from .helpers import cpu_ticks, page_text, run_cli, running_daemon, wait_workers_ready
 
 
 @pytest.mark.slow
 def test_round_robin_and_exact_count(tmp_path, origin):
     workers, m = 3, 31
     with running_daemon(tmp_path, daemon={"workers": workers}) as d:
+        wait_workers_ready(d.socket)  # a worker still booting is skipped once its threads' worth waits
         with Client(d.socket) as c:
             results = list(c.fetch_many([origin.url(f"/page/{i}") for i in range(m)], concurrency=8))
         by_worker = Counter(r.worker for r in results)

@@ -71,12 +71,15 @@ def test_stats_show_in_flight_and_queued_per_worker(tmp_path, origin):
         s.connect(d.socket)
         s.sendall(b"".join(encode_frame({"id": i, "url": origin.url("/slow?s=1")}) for i in range(3)))
         with Client(d.socket) as c:
-            # one thread: one fetch running in the worker, two waiting in its ring
+            # one thread: one fetch running in the worker (taken from its ring), two waiting in the master
+            # for a free thread
             st = wait_for(
-                lambda: (x := c.stats())["workers"][0]["queued"] == 2 and x, 5, "the worker to take one"
+                lambda: (x := c.stats())["workers"][0]["queued"] == 0 and x["pending"] == 2 and x,
+                5,
+                "the worker to take one",
             )
-        assert st["in_flight"] == 3 and st["pending"] == 0
-        assert st["workers"][0]["in_flight"] == 3
+        assert st["in_flight"] == 3 and st["dispatched"] == 1
+        assert st["workers"][0]["in_flight"] == 1
         s.close()
 
 

@@ -10,14 +10,18 @@ import pytest
 
 from shmfetch import Client
 
-from .helpers import page_text, running_daemon
+from .helpers import page_text, running_daemon, wait_workers_ready
 
 
 @pytest.mark.slow
 def test_split_is_exactly_even_while_every_worker_has_credit(tmp_path, origin):
+    """While every worker has a free fetch thread (4 threads each, 6 requests in flight), the i-th request
+    goes to worker i mod 3. Measured once every worker is ready: one still booting takes nothing, so its
+    threads count as busy and it is skipped."""
     workers, per_worker = 3, 12
     urls = [origin.url(f"/page/{i}") for i in range(workers * per_worker)]
     with running_daemon(tmp_path, daemon={"workers": workers}) as d:
+        wait_workers_ready(d.socket)
         with Client(d.socket, timeout=60) as c:
             results = list(c.fetch_many(urls, concurrency=6))
         d.stop()

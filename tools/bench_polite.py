@@ -9,7 +9,7 @@ Three measurements, each with its peer measured in the same run (numbers go to d
    miss and are fetched) against pages/s of the same run on a daemon without the cache.
 3. politeness bookkeeping at ``--hosts`` hosts: the master's per-request work in frontier.py and
    politeness.py (``admit`` -> ``pop_ready`` -> ``finished``), in-process, against the same loop with
-   the plain queue that dispatch.py uses without a frontier.
+   a plain queue. The frontier runs with its two callbacks (``fail``, ``pump``) and no dispatcher.
 
     python tools/bench_polite.py -n 2000 -c 64 --hosts 1000 --json /tmp/polite.json
 """
@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from loadgen import PrivateDaemon, _drive, cpu_snapshot, cpu_split, daemon_pids  # noqa: E402
+from loadgen import PrivateDaemon, cpu_snapshot, cpu_split, daemon_pids, drive  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
 from shmfetch.config import Config, PolitenessConfig  # noqa: E402
-from shmfetch.dispatch.dispatcher import Job  # noqa: E402
 from shmfetch.frontier.admission import Frontier  # noqa: E402
+from shmfetch.job import Job  # noqa: E402
 from shmfetch.testing.origin import OriginProcess  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def measured(socket_path: str, urls: list[str], n: int, conc: int) -> dict[str, 
     """One driven run with the daemon's CPU split, as loadgen reports it."""
     pids = daemon_pids(socket_path)
     before = cpu_snapshot(pids)
-    out = asyncio.run(_drive(socket_path, urls, n, conc, 2, None, False))
+    out = asyncio.run(drive(socket_path, urls, n, conc, 2, None, False))
     out["cpu"] = cpu_split(pids, before, cpu_snapshot(pids), n)
     return out
 
@@ -63,14 +63,14 @@ def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
         report: dict[str, Any] = {}
         plain = PrivateDaemon(args.workers, args.threads)
         try:
-            asyncio.run(_drive(plain.socket, pages, len(pages), args.c, 2, None, False))  # warm-up
+            asyncio.run(drive(plain.socket, pages, len(pages), args.c, 2, None, False))  # warm-up
             report["uncached_all"] = measured(plain.socket, pages, args.n, args.c)
             report["uncached_mixed"] = measured(plain.socket, mixed, args.n, args.c)
         finally:
             plain.close()
         cached = PrivateDaemon(args.workers, args.threads, {"cache": {"path": f"{tmp}/cache.db"}})
         try:
-            asyncio.run(_drive(cached.socket, pages, len(pages), args.c, 2, None, False))  # fills the cache
+            asyncio.run(drive(cached.socket, pages, len(pages), args.c, 2, None, False))  # fills the cache
             s0 = served(cached.socket)
             report["hits"] = measured(cached.socket, pages, args.n, args.c)
             report["hits"]["worker_results_during_run"] = served(cached.socket) - s0
@@ -92,18 +92,21 @@ def bench_cache(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-class _Dispatcher:
-    """What Frontier calls back in the bookkeeping loop: nothing (the loop itself is the dispatcher)."""
-
-    def pump(self) -> None:
-        pass
-
-    def fail(self, job: Job, code: str, message: str | None = None) -> None:
-        raise AssertionError(code)
+def no_pump() -> None:
+    """The bookkeeping loop takes ready jobs itself: a pump request needs nothing."""
 
 
-class _Sink:
+def no_fail(job: Job, code: str, message: str | None = None) -> None:
+    raise AssertionError(f"{job.url}: {code}")  # nothing in this loop is refused
+
+
+class Discard:
+    """A sink for jobs that are never answered."""
+
     closed = False
+
+    def send(self, frame: dict[str, Any]) -> None:
+        pass
 
 
 def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
@@ -112,14 +115,14 @@ def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
     urls = [f"http://h{i % hosts}.example:80/p/{i}" for i in range(n)]
     frame = {"status": 200, "retry_after": None, "answered_at": None, "final_url": None, "ok": True}
     frame.update(body_bytes=0, retries=0)
-    sink = _Sink()
+    sink = Discard()
 
     def frontier_loop() -> float:
-        fr = Frontier(cfg, _Dispatcher(), asyncio.new_event_loop())  # type: ignore[arg-type]
+        fr = Frontier(cfg, asyncio.new_event_loop(), no_fail, no_pump)
         inflight: collections.deque[Job] = collections.deque()
         t0 = time.process_time()
         for i, url in enumerate(urls):
-            fr.admit(Job(sink, i, url))  # type: ignore[arg-type]
+            fr.admit(Job(sink, i, url))
             while (job := fr.pop_ready()) is not None:
                 inflight.append(job)
             if len(inflight) > hosts:  # results come back in dispatch order
@@ -135,7 +138,7 @@ def bench_gate(hosts: int, n: int, per_host: int) -> dict[str, Any]:
         inflight: collections.deque[Job] = collections.deque()
         t0 = time.process_time()
         for i, url in enumerate(urls):
-            pending.append(Job(sink, i, url))  # type: ignore[arg-type]
+            pending.append(Job(sink, i, url))
             while pending:
                 inflight.append(pending.popleft())
             if len(inflight) > hosts:

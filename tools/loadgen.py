@@ -211,7 +211,7 @@ class HttpFront:
         await self.session.close()
 
 
-async def _drive(
+async def drive(
     socket_path: str,
     urls: list[str],
     n: int,
@@ -269,7 +269,7 @@ def run_daemon(args: argparse.Namespace, socket_path: str, urls: list[str], n: i
     before = cpu_snapshot(pids)
     mine0 = time.process_time()
     res = asyncio.run(
-        _drive(socket_path, urls, n, args.c, args.connections, args.duration, not args.no_progress, args.http)
+        drive(socket_path, urls, n, args.c, args.connections, args.duration, not args.no_progress, args.http)
     )
     if args.http:
         res["name"] = f"daemon via HTTP API ({args.http})"
@@ -644,7 +644,7 @@ def one_round(args: argparse.Namespace, socket_path: str, urls: list[str], worke
     rnd: dict[str, Any] = {}
     # Warm-up: every worker thread opens its keep-alive connection before the clock starts.
     warm = min(args.n, max(200, 4 * args.c))
-    asyncio.run(_drive(socket_path, urls, warm, args.c, args.connections, None, False, args.http))
+    asyncio.run(drive(socket_path, urls, warm, args.c, args.connections, None, False, args.http))
     rnd["daemon"] = run_daemon(args, socket_path, urls, args.n)
     if args.front_compare:
         # The same daemon through the other front, right after: the HTTP API against the Unix socket.
@@ -769,7 +769,7 @@ def sweep(args: argparse.Namespace, report: dict[str, Any]) -> None:
                     try:
                         a = argparse.Namespace(**{**vars(args), "c": conc})
                         asyncio.run(
-                            _drive(
+                            drive(
                                 daemon.socket,
                                 origin.urls,
                                 max(200, 2 * conc),

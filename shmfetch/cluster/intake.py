@@ -1,11 +1,12 @@
-"""The master's Redis intake: jobs from a consumer group into the dispatcher, results back as one script.
+"""The master's Redis intake: jobs from a consumer group through the intake path, results back as one script.
 
 It runs on the master's event loop with ``redis.asyncio``, in three tasks, none of which blocks the loop:
 
 - ``_read_loop``: ``XREADGROUP GROUP g host:pid COUNT <free capacity> BLOCK`` → one ``Job`` per entry,
-  submitted to the dispatcher like a local request. Free capacity is the workers' unused credit minus the
-  jobs already queued in the master, so a daemon holds no more jobs than it can work on and the rest
-  stays in the stream for the other daemons. When there is none it waits for a result to free some.
+  taken by the one intake path (shmfetch/intake.py) like a local request. Free capacity is the workers'
+  free fetch threads (``Dispatcher.free_capacity``) minus the jobs already queued in the master, so a
+  daemon holds no more jobs than it can work on and the rest stays in the stream for the other daemons.
+  When there is none it waits for a result to free some.
 - ``_commit_loop``: results wait in ``backlog`` and are committed in pipelined batches of the ``COMMIT``
   script (streams.py): store the result, XACK, INCR the cluster total, all or nothing, and only while the
   entry is still pending under this consumer. A batch that meets a dead connection stays in the backlog
@@ -39,8 +40,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..dispatch.dispatcher import Dispatcher, Job
-from ..options import OptionError, check, url_problem
+from ..dispatch.dispatcher import Dispatcher
+from ..intake import Intake, Refused
+from ..job import answer
 from ..protocol import error_frame
 from . import streams
 
@@ -51,13 +53,13 @@ FORGET_AFTER = 5  # × claim_idle: a consumer idle this long with nothing pendin
 COMMIT_BATCH = 256
 FIGURES_PERIOD = 1.0  # s between reads of the group's figures: stats shows none older, or says how old
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
-CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free credit
+CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free capacity
 RELEASE_CODES = ("shutting_down", "overloaded")  # answers that leave the job to another daemon
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class StreamSink:
-    """The sink of one job read from the stream (dispatch.Sink): its answer goes to ``ClusterIntake``.
+    """The sink of one job read from the stream (job.Sink): its answer goes to ``ClusterIntake``.
 
     ``closed`` turns true once the entry is known to belong to another consumer: the dispatcher then skips
     the job if it is still queued, and a result that arrives anyway is dropped.
@@ -78,10 +80,10 @@ class StreamSink:
 
 
 class ClusterIntake:
-    def __init__(self, cfg: Any, dispatcher: Dispatcher, claim_idle: float, fetch_cfg: Any):
+    def __init__(self, cfg: Any, intake: Intake, dispatcher: Dispatcher, claim_idle: float):
         self.cfg = cfg  # config.ClusterConfig
-        self.fetch_cfg = fetch_cfg  # config.FetchConfig: the bounds of per-request options
-        self.dispatcher = dispatcher
+        self.intake = intake
+        self.dispatcher = dispatcher  # read for its free capacity
         self.claim_idle = claim_idle
         self.consumer = streams.consumer_name()
         # One immediate retry (a pooled connection may be stale after a Redis restart); past that the
@@ -190,29 +192,19 @@ class ClusterIntake:
 
     # -- intake -----------------------------------------------------------------------------------------
 
-    def free_capacity(self) -> int:
-        """Jobs the workers can take now: their unused credit, less what already waits in the master
-        (``Dispatcher.queued``: for robots.txt, for its host, or for credit, which is what ``submit``
-        bounds by ``max_pending``)."""
-        d = self.dispatcher
-        credit = sum(
-            max(0, d.max_inflight - len(w.outstanding)) for w in d.workers if w is not None and w.alive
-        )
-        return min(credit, d.max_pending) - d.queued()
-
     def _read_min(self) -> int:
-        """Read when at least a quarter of a worker's credit is free (up to 16 jobs), not for every single
-        result: fewer, fuller XREADGROUP round trips, and the workers still have three quarters queued."""
+        """Read when at least a quarter of a worker's capacity is free (up to 16 jobs), not for every single
+        result: fewer, fuller XREADGROUP round trips, while three quarters of the threads still work."""
         d = self.dispatcher
-        return max(1, min(16, d.max_inflight // 4, d.max_pending // 4))
+        return max(1, min(16, d.per_worker // 4, d.max_pending // 4))
 
     async def _read_loop(self) -> None:
         group_ready = False
         while self.accepting:
-            free = self.free_capacity()
+            free = self.dispatcher.free_capacity()
             if free < self._read_min():
                 self._capacity.clear()
-                # Results of our own jobs set the event; local clients' results free credit too, unseen.
+                # Results of our own jobs set the event; local clients' results free threads too, unseen.
                 try:
                     await asyncio.wait_for(self._capacity.wait(), 0.5)
                 except TimeoutError:
@@ -245,18 +237,24 @@ class ClusterIntake:
             return
         try:
             url, job_id, reply_to, raw_options = streams.parse_job(fields)
-            options = check(raw_options, self.fetch_cfg)
-        except (streams.MalformedJob, OptionError) as e:
-            self.counts["malformed"] += 1
-            log.warning("cluster: malformed job %s: %s", entry, e)
-            sink = self._hold(entry, None, streams.reply_key(fields))
-            sink.send(error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
+        except streams.MalformedJob as e:
+            self._malformed(entry, streams.reply_key(fields), e)
             return
         sink = self._hold(entry, job_id, reply_to)
-        if problem := url_problem(url):
-            sink.send(error_frame(None, "invalid_url", problem, url=url))
-            return
-        self.dispatcher.submit(Job(sink, job_id, url, options))
+        try:
+            self.intake.take(sink, job_id, url, raw_options)
+        except Refused as e:
+            if e.code != "invalid_url":  # the options: the entry is malformed, as a field it cannot have
+                self.held.pop(entry, None)
+                self._malformed(entry, reply_to, e)
+                return
+            answer(sink, error_frame(None, "invalid_url", str(e), url=url))
+
+    def _malformed(self, entry: str, reply_to: str | None, e: Exception) -> None:
+        self.counts["malformed"] += 1
+        log.warning("cluster: malformed job %s: %s", entry, e)
+        sink = self._hold(entry, None, reply_to)
+        answer(sink, error_frame(None, "bad_request", f"malformed job entry: {e}", url=""))
 
     def _hold(self, entry: str, job_id: str | None, reply_to: str | None) -> StreamSink:
         sink = StreamSink(self, entry, job_id, reply_to)
@@ -378,9 +376,9 @@ class ClusterIntake:
         cursor: Any = "0-0"
         for _ in range(CLAIM_ROUNDS):
             # Reclaimed jobs go before new ones: they may take room in the master's queue, not only free
-            # credit (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
+            # threads (a busy cluster would otherwise leave a dead daemon's jobs waiting behind the stream).
             d = self.dispatcher
-            free = max(self.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
+            free = max(d.free_capacity(), min(CLAIM_COUNT, d.max_pending - d.queued()))
             if free <= 0:
                 return
             reply = await self.redis.execute_command(
@@ -428,7 +426,7 @@ class ClusterIntake:
             url=url,
         )
         frame["dead_letter"] = True
-        sink.send(frame)
+        answer(sink, frame)
 
     async def _figures_loop(self) -> None:
         while True:

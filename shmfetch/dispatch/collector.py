@@ -12,14 +12,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from ..ipc.ring import RingClosed
-
-if TYPE_CHECKING:
-    from .dispatcher import WorkerHandle
+from .handle import WorkerHandle
 
 log = logging.getLogger("shmfetch.master")
 
@@ -27,7 +25,7 @@ COLLECT_BATCH = 64
 
 
 def _unpack_raw(buf: Any) -> Any:
-    # Strings stay UTF-8 bytes: the master only forwards a result's text (replies.py). Malformed msgpack
+    # Strings stay UTF-8 bytes: the master only forwards a result's text (job.answer). Malformed msgpack
     # still raises here, in the collector, which has the worker killed.
     return msgpack.unpackb(buf, raw=True)
 

@@ -1,14 +1,19 @@
-"""Jobs, the queue, and round-robin dispatch with credit; the accounting of results as they come back.
+"""The queue, and round-robin dispatch to workers with a free fetch thread; the accounting of results.
 
 Runs on the master's event loop thread. The collectors (collector.py, one thread per result ring) hand
-batches of result records to ``on_batch``; the answers go out as client frames (replies.py).
+batches of result records to ``on_batch``; the answers go out through ``job.answer``.
 
-A job is one client request. It waits in ``pending`` (bounded by ``max_pending``) until a live worker has
-credit for it: a worker's credit is spent by the ring slots of its unanswered requests, which may not
-exceed its request ring or ``max_inflight_per_worker``. So a put into a request ring never blocks the loop
-and nothing is dropped. Among the workers with credit the order is round robin: a full worker is skipped
-and gets its turn back in the next round, so one slow worker never holds up the queue, and while every
-worker has credit the split is exactly even.
+A job (shmfetch/job.py) enters through ``submit`` (called by the one intake path, shmfetch/intake.py),
+passes the frontier (cache, robots.txt, per-host politeness: frontier/admission.py, which the dispatcher
+builds and which calls back ``fail`` and ``pump``), and then waits in ``pending`` (bounded by
+``max_pending``) until a live worker has a free fetch thread for it: fewer unanswered requests than its
+``threads``. A request put into a worker whose threads are all busy would wait in its ring behind them,
+however slow they are, while another worker sits idle; so it waits here instead, and goes to whichever
+worker frees a thread first. Among the workers with a free thread the order is round robin: a busy worker
+is skipped and gets its turn back in the next round, and while every worker has a free thread the split is
+exactly even. Credit stays the ring's safety bound: the ring slots of a worker's unanswered requests may not
+exceed its request ring or ``max_inflight_per_worker``, so a put into a request ring never blocks the loop
+and nothing is dropped.
 
 Each dispatch records the request's end position in the worker's request ring (``Ring.put``). When a
 worker dies, its consumer position (the published ``tail``) says which of its requests it had taken: the
@@ -23,95 +28,80 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..ipc.ring import Ring
+from ..frontier.admission import Fail, Frontier, Pump
+from ..job import Job, answer, text
 from ..protocol import error_frame, pack_request, result_frame
-from ..replies import Sink, send_result, text
 from .collector import start_collector
-
-if TYPE_CHECKING:
-    from ..frontier.admission import Frontier
-    from ..frontier.cache import Entry
+from .figures import FetchFigures
+from .handle import WorkerHandle
 
 log = logging.getLogger("shmfetch.master")
 
 
-class Job:
-    __slots__ = (
-        "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload", "end",
-        # the admission path (frontier.py): per-request options, host gate, cache, timing
-        "options", "ring_options", "arrived", "host", "holds_host", "polite_retries", "cache_key", "stale",
-        "sent",
-    )  # fmt: skip
-
-    def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
-        self.sink = sink
-        self.req_id = req_id
-        self.url = url
-        self.attempts = 0  # crashes of a worker that had taken it
-        self.t0 = time.perf_counter()
-        self.ticket = 0
-        self.slots = 0
-        self.payload = b""
-        self.end = 0  # end position of its record in the request ring it was put in
-        self.options = options  # the client's per-request options, checked by options.check
-        # what goes to the worker with the URL: those, plus the frontier's own (options.INTERNAL)
-        self.ring_options: dict[str, Any] | None = options
-        self.arrived = time.monotonic()
-        self.host = ""
-        self.holds_host = False  # counts against its host's per_host limit
-        self.polite_retries = 0
-        self.cache_key = ""
-        self.stale: Entry | None = None  # a stale cache entry this fetch revalidates
-        self.sent = 0.0  # perf_counter at dispatch to a worker
-
-
-class WorkerHandle:
-    """The master's view of one worker process and its two rings (one generation)."""
-
-    def __init__(self, index: int, generation: int, req: Ring, res: Ring):
-        self.index = index
-        self.generation = generation
-        self.req = req
-        self.res = res
-        self.pid = 0
-        self.alive = False
-        self.outstanding: dict[int, Job] = {}
-        self.credit_used = 0
-        self.ok_received = 0
-        self.served = 0
-        self.started = time.monotonic()
-        self.last_progress = self.started
-        self.collector = None
-        self.drained = asyncio.Event()
-
-    def has_credit(self, job: Job, max_inflight: int) -> bool:
-        return len(self.outstanding) < max_inflight and self.credit_used + job.slots <= self.req.nslots
-
-
 class Dispatcher:
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int, max_inflight: int):
+    """Jobs from intake to the workers and results back; see the module docstring.
+
+    The master uses ``attach`` (a spawned worker takes its slot), ``detach`` (a dead one leaves it, with
+    its unanswered jobs), ``handles`` (a read-only view of the slots), ``redispatch``, ``fail`` and
+    ``fail_all``; ``on_idle`` (everything answered), ``on_busy`` (a worker got work) and ``on_corrupt``
+    (a worker's result ring is unreadable) call it back.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        slots: int,
+        max_pending: int,
+        max_inflight: int,
+        threads: int,
+        make_frontier: Callable[[Fail, Pump], Frontier],
+        on_idle: Callable[[], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+        on_corrupt: Callable[[WorkerHandle], None] | None = None,
+    ):
         self.loop = loop
         self.max_pending = max_pending
         self.max_inflight = max_inflight
-        self.workers: list[WorkerHandle | None] = []
+        self.threads = threads  # fetch threads per worker: a worker with fewer open jobs has one free
+        self.workers: list[WorkerHandle | None] = [None] * slots
         self.pending: deque[Job] = deque()
         self.rr = 0  # the worker whose turn is next
         self.accepting = True
         self._tickets = itertools.count(1)
-        self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
-        self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
-        self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
-        # Cache, robots.txt, per-host gate: every job passes it. Set by the master right after this
-        # constructor, because the frontier is built on this dispatcher.
-        self.frontier: Frontier
+        self.on_idle = on_idle
+        self.on_busy = on_busy
+        self.on_corrupt = on_corrupt
+        # Cache, robots.txt, per-host gate: every job passes it. It answers through our fail and asks for
+        # a pump when jobs become ready; it knows nothing else of us.
+        self.frontier = make_frontier(self.fail, self.pump)
         # figures for `stats`
         self.ok_total = 0
         self.failures: Counter[str] = Counter()
         self.completions: deque[tuple[float, int]] = deque()  # (monotonic second, pages) for the rates
         self.started = time.monotonic()  # the rates' windows are no longer than the time since
         self.redispatched = 0
+        self.fetches = FetchFigures()
+
+    # -- workers --------------------------------------------------------------------------------------
+
+    def attach(self, w: WorkerHandle) -> None:
+        """A (re)spawned worker takes its slot; queued jobs may go to it at once."""
+        self.workers[w.index] = w
+        self.pump()
+
+    def detach(self, w: WorkerHandle) -> list[Job]:
+        """A dead, drained worker leaves its slot (if it still holds it); returns its unanswered jobs."""
+        orphans = self.orphans(w)
+        if self.workers[w.index] is w:
+            self.workers[w.index] = None
+        return orphans
+
+    def handles(self) -> list[WorkerHandle | None]:
+        """The worker slots, in index order (None: no live generation); a copy, so the master can read it
+        but changes the slots only through ``attach`` and ``detach``."""
+        return list(self.workers)
 
     # -- intake ---------------------------------------------------------------------------------------
 
@@ -125,7 +115,7 @@ class Dispatcher:
             self.frontier.admit(job)
 
     def queued(self) -> int:
-        """Requests waiting in the master: for robots.txt, for their host, or for a worker's credit."""
+        """Requests waiting in the master: for robots.txt, for their host, or for a free fetch thread."""
         return len(self.pending) + self.frontier.waiting
 
     def dispatched(self) -> int:
@@ -134,10 +124,23 @@ class Dispatcher:
     def inflight(self) -> int:
         return self.queued() + self.dispatched()
 
+    @property
+    def per_worker(self) -> int:
+        """Open jobs a worker is given at most: one per fetch thread, within its credit."""
+        return min(self.threads, self.max_inflight)
+
+    def free_capacity(self) -> int:
+        """Jobs the workers can start now (their free fetch threads), less what already waits in the
+        master (bounded by ``max_pending``, as ``submit`` bounds the queue)."""
+        per = self.per_worker
+        free = sum(max(0, per - len(w.outstanding)) for w in self.workers if w is not None and w.alive)
+        return min(free, self.max_pending) - self.queued()
+
     # -- dispatch -------------------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Hand queued jobs, in order, to the workers with credit, round robin; stop when none has any."""
+        """Hand queued jobs, in order, to the workers with a free fetch thread, round robin; stop when
+        none has one."""
         pending = self.pending
         frontier = self.frontier
         while pending or self._take_ready(frontier):
@@ -146,9 +149,9 @@ class Dispatcher:
                 pending.popleft()
                 frontier.release(job)
                 continue
-            w = self._next_with_credit(job)
+            w = self._next_free(job)
             if w is None:
-                break  # every live worker is full (a result will pump again) or none is alive (respawn will)
+                break  # every live worker is busy (a result will pump again) or none is alive (respawn will)
             pending.popleft()
             self._send(w, job)
         frontier.schedule()
@@ -165,15 +168,16 @@ class Dispatcher:
         self.pending.append(job)
         return True
 
-    def _next_with_credit(self, job: Job) -> WorkerHandle | None:
-        """The first live worker with credit for ``job``, from the one whose turn it is; the turn then
-        passes to the worker after it. A full worker is skipped, not waited for."""
+    def _next_free(self, job: Job) -> WorkerHandle | None:
+        """The first live worker with a free fetch thread and credit for ``job``, from the one whose turn
+        it is; the turn then passes to the worker after it. A busy worker is skipped, not waited for."""
         workers = self.workers
         n = len(workers)
+        threads = self.threads
         for step in range(n):
             i = (self.rr + step) % n
             w = workers[i]
-            if w is None or not w.alive:
+            if w is None or not w.alive or len(w.outstanding) >= threads:
                 continue
             if not job.payload:
                 job.ticket = next(self._tickets)
@@ -205,32 +209,40 @@ class Dispatcher:
         w.last_progress = now
         done = 0
         debug = log.isEnabledFor(logging.DEBUG)  # per-request lines cost one check per batch when off
-        frontier = self.frontier
         for record in batch:
             job = w.outstanding.pop(record[0], None)
             w.served += 1
             if job is None:
                 continue
             w.credit_used -= job.slots
-            elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
-            frame = result_frame(job.req_id, job.url, w.index, elapsed_ms, record)
-            if frontier.finished(job, frame):
-                continue  # retried after a 429/503 pause, or a 304 answered from the cache
-            if frame["ok"]:
-                w.ok_received += 1
-                self.ok_total += 1
-                done += 1
-            else:
-                frame["error"] = text(frame["error"])
-                self.failures[frame["error"] or "unknown"] += 1
-            send_result(job.sink, frame)
+            frame = self._deliver(w, job, record)
+            if frame is None:
+                continue
+            done += frame["ok"]
             if debug:
                 outcome = "ok" if frame["ok"] else frame["error"]
-                log.debug("%s: worker %d %s in %.1f ms", job.url, w.index, outcome, elapsed_ms)
+                log.debug("%s: worker %d %s in %.1f ms", job.url, w.index, outcome, frame["elapsed_ms"])
         self._note_completions(now, done)
         self.pump()
         if self.on_idle is not None and not self.inflight():
             self.on_idle()
+
+    def _deliver(self, w: WorkerHandle, job: Job, record: list[Any]) -> dict[str, Any] | None:
+        """Count ``job``'s result and answer it; None if the frontier kept it (a retry after a 429/503
+        pause, or a 304 it answered from the cache)."""
+        elapsed_ms = round((time.perf_counter() - job.t0) * 1000.0, 3)
+        frame = result_frame(job.req_id, job.url, w.index, elapsed_ms, record)
+        self.fetches.observe(time.perf_counter() - job.sent if job.sent else None, frame)
+        if self.frontier.finished(job, frame):
+            return None
+        if frame["ok"]:
+            w.ok_received += 1
+            self.ok_total += 1
+        else:
+            frame["error"] = text(frame["error"])
+            self.failures[frame["error"] or "unknown"] += 1
+        answer(job.sink, frame)
+        return frame
 
     def _note_completions(self, now: float, n: int) -> None:
         sec = int(now)
@@ -249,12 +261,25 @@ class Dispatcher:
         window = min(seconds, max(1.0, now - self.started))
         return sum(n for s, n in self.completions if s > int(now) - seconds) / window
 
+    def retries(self) -> int:
+        """Retries of every kind: in the workers, after a 429/503 pause, after a crash."""
+        return self.fetches.retries + self.frontier.retries + self.redispatched
+
+    def frontier_stats(self) -> dict[str, Any]:
+        """The frontier's figures with the fetch figures beside them (``stats()["frontier"]``)."""
+        return {
+            **self.frontier.stats(),
+            "retries": self.fetches.retries + self.frontier.retries,
+            **self.fetches.snapshot(),
+        }
+
     # -- failure paths --------------------------------------------------------------------------------
 
     def fail(self, job: Job, code: str, message: str | None = None) -> None:
-        self.frontier.release(job)  # a job answered while it held its host's slot gives it back
+        """Answer ``job`` with error ``code`` (counted), giving back the host slot it may hold."""
+        self.frontier.release(job)
         self.failures[code] += 1
-        job.sink.send(error_frame(job.req_id, code, message, url=job.url))
+        answer(job.sink, error_frame(job.req_id, code, message, url=job.url))
 
     def orphans(self, w: WorkerHandle) -> list[Job]:
         """Take back the unanswered jobs of a dead, drained worker, in dispatch order. A job whose record

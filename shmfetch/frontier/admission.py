@@ -9,10 +9,13 @@ A request the Dispatcher accepts goes through, in this order:
   3. the per-host gate (politeness.py): the request waits until its host may start a fetch, or past its
      deadline (``[politeness] max_wait`` after it arrived) is answered ``timeout``.
 
-The Dispatcher calls ``admit`` on intake, ``pop_ready`` when a worker has credit, ``finished`` for each
+The Dispatcher calls ``admit`` on intake, ``pop_ready`` when a worker can take a job, ``finished`` for each
 result (which may keep the job for a retry after a 429/503 pause, or answer a 304 from the cache), and
-``drain`` at shutdown. Everything runs on the master's event loop thread, except robots.txt fetches,
-which run in robots.py's own threads and come back through the loop.
+``drain`` at shutdown. The frontier calls back through two callables it is built with: ``fail`` (answer a
+job with an error code: ``robots_denied``, a ``timeout`` waiting for its host) and ``pump`` (jobs may have
+become ready: dispatch what can go). It knows nothing of workers. Everything runs on the master's event
+loop thread, except robots.txt fetches, which run in robots.py's own threads and come back through the
+loop.
 
 Counting: a cache hit (or a 304 answered from the cache) is a download for the SIGUSR1 count only with
 ``[cache] count_hits = true``; ``counted_hits`` holds how many were counted that way.
@@ -24,18 +27,15 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Config
-from ..fronts.metrics import Histogram
+from ..job import Job, answer, text
 from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
-from ..replies import send_result, text
 from .cache import HEADER_FIELDS, Entry, HttpCache, cache_key, open_cache
 from .politeness import PAUSE_CODES, Politeness, host_of
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
-
-if TYPE_CHECKING:
-    from ..dispatch.dispatcher import Dispatcher, Job
 
 log = logging.getLogger("shmfetch.master")
 
@@ -44,13 +44,17 @@ UNCACHED_OPTIONS = frozenset(("accept_language", "max_bytes"))
 # Result fields (protocol.Outcome) the cache stores, and takes freshness and validators from.
 CACHE_HEADERS = HEADER_FIELDS
 
+Fail = Callable[..., None]  # fail(job, code, message=None): answer the job with an error code
+Pump = Callable[[], None]  # dispatch whatever can go now
+
 
 class Frontier:
-    """Cache, robots and politeness for one Dispatcher. See the module docstring."""
+    """Cache, robots and politeness in front of the dispatch. See the module docstring."""
 
-    def __init__(self, cfg: Config, dispatcher: Dispatcher, loop: asyncio.AbstractEventLoop):
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop, fail: Fail, pump: Pump):
         p = cfg.politeness
-        self.d = dispatcher
+        self.fail = fail
+        self.pump = pump
         self.loop = loop
         self.max_wait = p.max_wait
         self.max_retries = cfg.fetch.retries
@@ -67,13 +71,11 @@ class Frontier:
         self.robots_waiting = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        # figures for stats and /metrics (metrics.py)
+        # figures for stats and /metrics (fronts/metrics.py); the fetch figures are the dispatcher's
         self.cache_lookups: Counter[str] = Counter()
         self.cached_answers = 0
         self.counted_hits = 0
-        self.retries = 0
-        self.response_bytes = 0
-        self.fetch_seconds = Histogram()
+        self.retries = 0  # after a 429/503 pause
 
     # -- intake ---------------------------------------------------------------------------------------
 
@@ -89,7 +91,7 @@ class Frontier:
         if self.robots is not None:
             verdict = self.robots.check(job.url)
             if verdict == DENY:
-                self.d.fail(job, "robots_denied")
+                self.fail(job, "robots_denied")
                 return
             if verdict != ALLOW:
                 self._robots_wait[origin_of(job.url) or ""].append(job)
@@ -133,7 +135,7 @@ class Frontier:
             content_type=entry.content_type, text=entry.text, elapsed_ms=elapsed_ms, cached=True,
             **entry.fields, **entry.headers,
         )  # fmt: skip
-        send_result(job.sink, frame)
+        answer(job.sink, frame)
 
     def _robots_ready(self, origin: str, rules: Rules) -> None:
         if rules.crawl_delay and (host := host_of(origin)):
@@ -142,16 +144,16 @@ class Frontier:
         self.robots_waiting -= len(jobs)
         for job in jobs:
             if self.robots.check(job.url) == DENY:
-                self.d.fail(job, "robots_denied")
+                self.fail(job, "robots_denied")
             else:
                 self._to_gate(job, pump=False)
-        self.d.pump()
+        self.pump()
 
     def _to_gate(self, job: Job, pump: bool = True) -> None:
         job.host = host_of(job.url)
         self.gate.add(job, job.host, job.arrived + self.max_wait)
         if pump:
-            self.d.pump()
+            self.pump()
 
     # -- dispatch -------------------------------------------------------------------------------------
 
@@ -183,10 +185,10 @@ class Frontier:
     def _on_timer(self) -> None:
         self._timer = None
         for job in self.gate.expired(time.monotonic()):
-            self.d.fail(
+            self.fail(
                 job, "timeout", f"waited longer than [politeness] max_wait={self.max_wait}s for its host"
             )
-        self.d.pump()
+        self.pump()
 
     # -- results --------------------------------------------------------------------------------------
 
@@ -213,10 +215,6 @@ class Frontier:
     def finished(self, job: Job, frame: dict[str, Any]) -> bool:
         """A worker's result for ``job`` (its client frame, strings as UTF-8 bytes). True if handled here:
         retried after a 429/503 pause, or a 304 answered from the cache."""
-        if job.sent:
-            self.fetch_seconds.observe(time.perf_counter() - job.sent)
-        self.response_bytes += frame["body_bytes"] or 0
-        self.retries += frame["retries"] or 0
         self.release(job, frame)
         status = frame["status"]
         if status in PAUSE_CODES and self._retry_later(job):
@@ -278,6 +276,4 @@ class Frontier:
                 "counted_as_downloads": self.counted_hits,
             },
             "retries": self.retries,
-            "response_bytes": self.response_bytes,
-            "fetch_seconds": self.fetch_seconds.snapshot(),
         }

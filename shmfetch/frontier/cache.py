@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 
 from ..fetch.content import http_date
-from ..replies import text as as_str  # result fields arrive as UTF-8 bytes
+from ..job import text as as_str  # result fields arrive as UTF-8 bytes
 
 log = logging.getLogger("shmfetch.cache")
 

@@ -18,11 +18,11 @@ Refusals are counted by reason (``shmfetch_http_rejected_total`` in /metrics), n
 ``[http] header_timeout`` bounds the time a connection may take to send a request's headers (and sit idle
 between requests): a half-sent request cannot hold a connection slot.
 
-Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request
-becomes a Job submitted straight to the Dispatcher, whose Sink is a future the request handler awaits,
-so an HTTP request costs the same queueing, credit and counting as one from the Unix socket. aiohttp was
-measured against h11 on an asyncio Protocol (docs/OPERATIONS.md, "HTTP API", and
-contrib/bench_http.py): its C parser adds less master CPU per request.
+Off unless ``[http] listen = HOST:PORT``. Served by ``aiohttp.web`` on the master's loop: a request goes
+through the one intake path (shmfetch/intake.py) with a Sink that is a future the request handler awaits,
+so an HTTP request costs the same checks, queueing, credit and counting as one from the Unix socket.
+aiohttp was measured against h11 on an asyncio Protocol (docs/OPERATIONS.md, "HTTP API"): its C parser
+adds less master CPU per request.
 
 We own the listening socket (``loop.create_server`` with aiohttp's protocol factory) rather than use
 aiohttp's sites, so that the master can stop accepting synchronously, like the Unix listener.
@@ -47,10 +47,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
-from ..config import ConfigError, FetchConfig, HttpConfig, http_token, is_loopback_host
-from ..dispatch.dispatcher import Dispatcher, Job
-from ..options import OptionError, check, url_problem
+from .._version import __version__
+from ..config import ConfigError, HttpConfig, http_token, is_loopback_host
+from ..intake import Intake
+from ..job import answer
+from ..options import OptionError
 from ..protocol import ERRORS, RESULT_FIELDS
 from . import metrics
 
@@ -179,16 +180,14 @@ class HttpApi:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        intake: Intake,
         stats: Callable[[], dict[str, Any]],
         max_connections: int,
-        fetch_cfg: FetchConfig | None = None,
         http_cfg: HttpConfig | None = None,
     ):
-        self.dispatcher = dispatcher
+        self.intake = intake
         self.stats = stats
         self.max_connections = max_connections
-        self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
         self.http_cfg = http_cfg or HttpConfig()
         self.ids = itertools.count(1)
         self.runner: web.AppRunner | None = None
@@ -292,51 +291,42 @@ class HttpApi:
     async def _fetch(self, request: web.Request) -> web.Response:
         form = negotiate(request.headers.get("Accept"), markdown_offered=_mode_param(request) is None)
         want_json = form == "json"
+        sink = _Waiter(asyncio.get_running_loop().create_future())
+        job = None
         try:
             url = _url_param(request)
         except (UnicodeDecodeError, OptionError) as e:
             message = str(e) if isinstance(e, OptionError) else "query parameter 'url' is not UTF-8"
-            return frame_response({"url": None, "ok": False, "error": "bad_request", "message": message}, want_json)
-        if not url:
-            frame = {
-                "url": url,
-                "ok": False,
-                "error": "bad_request",
-                "message": "missing query parameter 'url'",
-            }
-            return frame_response(frame, want_json)
-        if problem := url_problem(url):
-            return frame_response(
-                {"url": url, "ok": False, "error": "invalid_url", "message": problem}, want_json
-            )
-        try:
-            options = self._options(request, form)
-        except OptionError as e:
-            return frame_response(
-                {"url": url, "ok": False, "error": "bad_request", "message": str(e)}, want_json
-            )
-        sink = _Waiter(asyncio.get_running_loop().create_future())
-        job = Job(sink, next(self.ids), url, options)
-        self.dispatcher.submit(job)  # a refusal resolves the future at once
+            answer(sink, {"url": None, "ok": False, "error": "bad_request", "message": message})
+        else:
+            if not url:
+                missing = "missing query parameter 'url'"
+                answer(sink, {"url": url, "ok": False, "error": "bad_request", "message": missing})
+            else:
+                # a refusal (invalid_url, bad_request) or the dispatcher's shutting_down/overloaded
+                # resolves the future at once
+                job = self.intake.request(sink, next(self.ids), url, self._raw_options(request, form))
         try:
             frame = await sink.fut
         finally:
             sink.closed = True
-        mode = (options or {}).get("mode", self.fetch_cfg.mode)
+        mode = ((job.options if job else None) or {}).get("mode", self.intake.fetch_cfg.mode)
         return frame_response(frame, want_json, markdown=mode == "markdown")
 
-    def _options(self, request: web.Request, form: str) -> dict[str, Any] | None:
-        """The query parameters other than ``url``, checked as request options; Accept may pick Markdown."""
+    @staticmethod
+    def _raw_options(request: web.Request, form: str) -> dict[str, Any] | OptionError | None:
+        """The query parameters other than ``url``, as request options (the intake checks them); Accept
+        may pick Markdown. A parameter given twice is an OptionError, reported after the URL's check."""
         raw: dict[str, Any] = {}
         for key, value in request.query.items():
             if key == "url":
                 continue
             if key in raw:
-                raise OptionError(f"option {key!r} is given twice")
+                return OptionError(f"option {key!r} is given twice")
             raw[key] = value
         if "mode" not in raw and form == "markdown":
             raw["mode"] = "markdown"
-        return check(raw or None, self.fetch_cfg)
+        return raw or None
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.stats()), content_type="application/json")

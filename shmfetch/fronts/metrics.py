@@ -24,41 +24,18 @@ Names follow prometheus.io/docs/practices/naming; no label carries a URL or a ho
 
 from __future__ import annotations
 
-import bisect
 import platform
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# prometheus_client is imported at the first scrape, not here: the frontier imports Histogram on every
-# master start, and prometheus_client (~46 ms of imports) is needed only by /metrics.
+from ..dispatch.figures import Histogram
 
-# prometheus_client's default buckets, in seconds
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# prometheus_client is imported at the first scrape, not here: it (~46 ms of imports) is needed only by
+# /metrics.
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Why the HTTP API refused a request before any handler (fronts/http.py); always exported, 0 or not.
 REJECT_REASONS = ("missing_token", "wrong_token", "foreign_host", "foreign_origin")
-
-
-class Histogram:
-    """Bucket counts and a sum, fed by the master per result (a bisect and two adds)."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def snapshot(self) -> dict[str, Any]:
-        """``{"buckets": [[le, cumulative count], ...], "count": n, "sum": s}`` (JSON-friendly)."""
-        cum, out = 0, []
-        for le, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
-            cum += n
-            out.append(["+Inf" if le == float("inf") else le, cum])
-        return {"buckets": out, "count": cum, "sum": round(self.sum, 6)}
 
 
 class StatsCollector:

@@ -1,4 +1,4 @@
-"""Client connections on the Unix socket: frames in, jobs to the dispatcher, results out.
+"""Client connections on the Unix socket: frames in, requests to the intake (shmfetch/intake.py), results out.
 
 Each connection is an asyncio Protocol (no per-connection task or stream objects: a connection costs a
 few hundred bytes plus its buffers). A client that breaks the framing gets an error frame and is closed;
@@ -19,10 +19,9 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..config import FetchConfig
-from ..dispatch.dispatcher import Dispatcher, Job
-from ..options import OptionError, check, url_problem
-from ..protocol import FrameDecoder, FrameError, encode_frame, error_frame
+from ..intake import Intake
+from ..job import answer
+from ..protocol import FrameDecoder, FrameError, error_frame
 
 log = logging.getLogger("shmfetch.master")
 
@@ -58,11 +57,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _handle(self, frame: Any) -> None:
         if not isinstance(frame, dict):
-            self.send(error_frame(None, "bad_request", "a request frame must be a msgpack map"))
+            answer(self, error_frame(None, "bad_request", "a request frame must be a msgpack map"))
             return
         req_id = frame.get("id")
         if not isinstance(req_id, int | str) or isinstance(req_id, bool):
-            self.send(error_frame(None, "bad_request", "missing or invalid 'id' (int or str)"))
+            answer(self, error_frame(None, "bad_request", "missing or invalid 'id' (int or str)"))
             return
         op = frame.get("op", "fetch")
         if op == "stats":
@@ -72,28 +71,21 @@ class ClientConnection(asyncio.Protocol):
             self.server.exit_waiters.append((self, req_id))
             return
         if op != "fetch":
-            self.send(error_frame(req_id, "bad_request", f"unknown op {op!r}"))
+            answer(self, error_frame(req_id, "bad_request", f"unknown op {op!r}"))
             return
         url = frame.get("url")
         if not isinstance(url, str):
-            self.send(error_frame(req_id, "bad_request", "missing or invalid 'url' (str)"))
+            answer(self, error_frame(req_id, "bad_request", "missing or invalid 'url' (str)"))
             return
-        if problem := url_problem(url):
-            self.send(error_frame(req_id, "invalid_url", problem, url=url))
-            return
-        try:
-            options = check(frame.get("options"), self.server.fetch_cfg)
-        except OptionError as e:
-            self.send(error_frame(req_id, "bad_request", str(e), url=url))
-            return
-        self.server.dispatcher.submit(Job(self, req_id, url, options))
+        self.server.intake.request(self, req_id, url, frame.get("options"))
 
     def send(self, frame: dict[str, Any]) -> None:
-        if not self.closed:
-            self.send_encoded(encode_frame(frame))
+        """Send ``frame`` (the ``stats`` answer, the final count of ``await_exit``): through ``job.answer``,
+        like every answer, which packs it for ``send_encoded``."""
+        answer(self, frame)
 
     def send_encoded(self, data: bytes) -> None:
-        """Send one frame already encoded, length prefix included (the dispatcher packs results itself)."""
+        """Send one frame already encoded, length prefix included (job.answer packs every answer)."""
         if self.closed or self.transport is None:
             return
         self.transport.write(data)
@@ -104,7 +96,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _fatal(self, code: str, message: str) -> None:
         log.info("closing client connection: %s", message)
-        self.send(error_frame(None, code, message))
+        answer(self, error_frame(None, code, message))
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -118,19 +110,17 @@ class Listener:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        intake: Intake,
         stats: Callable[[], dict[str, Any]],
         max_frame_bytes: int,
         max_connections: int,
         client_buffer_bytes: int,
-        fetch_cfg: FetchConfig | None = None,
     ):
-        self.dispatcher = dispatcher
+        self.intake = intake
         self.stats = stats
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
         self.client_buffer_bytes = client_buffer_bytes
-        self.fetch_cfg = fetch_cfg or FetchConfig()  # the bounds of per-request options
         self.connections: set[ClientConnection] = set()
         self.exit_waiters: list[tuple[ClientConnection, Any]] = []
         self.server: asyncio.AbstractServer | None = None

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..config import Config
-from ..dispatch.dispatcher import Dispatcher, WorkerHandle
+from ..dispatch.dispatcher import Dispatcher
+from ..dispatch.handle import WorkerHandle
 from ..frontier.admission import Frontier
 from ..fronts.unix import Listener, SocketInUse, bind_exclusive
+from ..intake import Intake
 from ..ipc import names
 from ..ipc.control import S_BUSY, S_PID, S_READY, Control
 from ..ipc.ring import Ring
@@ -148,17 +150,7 @@ class Master:
             self.ctl = Control.create(names.control_name(self.pid), d.workers)
         except SharedMemoryFull as e:
             raise StartupError(str(e)) from None
-        dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
-        dispatcher.workers = [None] * d.workers
-        dispatcher.on_idle = self.wake.set
-        dispatcher.on_busy = self._arm_watchdog
-        dispatcher.on_corrupt = lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None
-        dispatcher.frontier = Frontier(self.cfg, dispatcher, loop)
-        self.dispatcher = dispatcher  # only with its frontier: _teardown relies on it
-        self.listener = Listener(
-            self.dispatcher, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes,
-            fetch_cfg=self.cfg.fetch,
-        )  # fmt: skip
+        self._compose(loop)
         # From here on a failure is cleaned up by _teardown (workers already up) and _release_control.
         try:
             for i in range(d.workers):
@@ -172,6 +164,22 @@ class Master:
             self._start_cluster()
         log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
 
+    def _compose(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Build the request path: the dispatcher (with the frontier it owns), the one intake path, the
+        Unix listener. The HTTP and Redis fronts, when configured, take the same intake."""
+        d = self.cfg.daemon
+        self.dispatcher = Dispatcher(
+            loop, d.workers, d.max_pending, d.max_inflight_per_worker, d.threads,
+            make_frontier=lambda fail, pump: Frontier(self.cfg, loop, fail, pump),
+            on_idle=self.wake.set,
+            on_busy=self._arm_watchdog,
+            on_corrupt=lambda w: _kill(w.pid, signal.SIGKILL) if w.alive else None,
+        )  # fmt: skip
+        self.intake = Intake(self.dispatcher.submit, self.cfg.fetch)
+        self.listener = Listener(
+            self.intake, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
+        )
+
     async def _start_http(self) -> None:
         d, listen = self.cfg.daemon, self.cfg.http.listen
         try:
@@ -179,9 +187,7 @@ class Master:
                 HttpApi,  # imported only when configured: aiohttp is not loaded otherwise
             )
 
-            self.http = HttpApi(
-                self.dispatcher, self.stats, d.max_connections, fetch_cfg=self.cfg.fetch, http_cfg=self.cfg.http
-            )
+            self.http = HttpApi(self.intake, self.stats, d.max_connections, http_cfg=self.cfg.http)
             await self.http.start(listen)
         except (ImportError, OSError) as e:
             # Stop through the normal path (teardown reaps the workers and unlinks every object).
@@ -196,7 +202,7 @@ class Master:
         from ..cluster.intake import ClusterIntake  # imported only when configured
         from ..cluster.streams import claim_idle
 
-        self.cluster = ClusterIntake(self.cfg.cluster, self.dispatcher, claim_idle(self.cfg), self.cfg.fetch)
+        self.cluster = ClusterIntake(self.cfg.cluster, self.intake, self.dispatcher, claim_idle(self.cfg))
         self.cluster.start()
 
     def _stop_accepting(self) -> None:
@@ -598,7 +604,7 @@ class Master:
             "in_flight": d.inflight(),
             "pending": d.queued(),
             "dispatched": d.dispatched(),
-            "retries": d.redispatched + d.frontier.retries,
+            "retries": d.retries(),
             "pages_per_s_10s": round(d.rate(10), 3),
             "pages_per_s_60s": round(d.rate(60), 3),
             "connections": len(self.listener.connections),
@@ -606,7 +612,7 @@ class Master:
             "stopping": self.stopping,
             "log_dropped": self.log_queue.dropped if self.log_queue is not None else 0,
             "workers": workers,
-            "frontier": d.frontier.stats(),
+            "frontier": d.frontier_stats(),
             "cluster": self.cluster.stats() if self.cluster is not None else None,
         }
 
