@@ -357,21 +357,21 @@ def test_main_mode_has_its_own_extraction_slots(origin):
     """Two main-content pages in extraction (both main slots taken) hold up neither a full-text page nor
     anything but the next main-content page."""
     from shmfetch.config import SecurityConfig
-    from shmfetch.fetch import fetcher as fetch_mod
-    from shmfetch.fetch.fetcher import Fetcher
+    from shmfetch.extract import page as page_mod
+    from shmfetch.extract.page import page_fetcher
     from shmfetch.options import effective
 
     cfg = FetchConfig(timeout=5.0)
     sec = SecurityConfig(allow_networks=("127.0.0.1/32",))
     url = origin.url(f"/pages/{ARTICLE}")
-    text_fetcher, main_fetcher = Fetcher(cfg, sec), Fetcher(cfg, sec)
+    text_fetcher, main_fetcher = page_fetcher(cfg, sec), page_fetcher(cfg, sec)
     held = 0
     got: list = []
     waiter = threading.Thread(
         target=lambda: got.append(main_fetcher.fetch(url, effective({"mode": "main"}, cfg)))
     )
     try:
-        while held < 2 and fetch_mod.MAIN_EXTRACT_GATE.acquire(5):
+        while held < 2 and page_mod.MAIN_EXTRACT_GATE.acquire(5):
             held += 1
         assert held == 2
         out = text_fetcher.fetch(url)
@@ -381,7 +381,7 @@ def test_main_mode_has_its_own_extraction_slots(origin):
         assert waiter.is_alive() and not got  # the main page waits for a main slot
     finally:
         for _ in range(held):
-            fetch_mod.MAIN_EXTRACT_GATE.release()
+            page_mod.MAIN_EXTRACT_GATE.release()
     waiter.join(10)
     assert got and got[0].ok and "Subscribe" not in got[0].text
     text_fetcher.close()

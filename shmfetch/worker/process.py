@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from ..config import Config
+from ..extract.page import page_fetcher
 from ..fetch.fetcher import Fetcher
 from ..ipc import faults
 from ..ipc.control import S_BUSY, S_READY, Control
@@ -99,7 +100,8 @@ class Worker:
         return msg
 
     def _thread_main(self) -> None:
-        fetcher = Fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)  # the master pauses hosts
+        # answer_pauses: the master pauses hosts
+        fetcher = page_fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)
         wake = threading.Lock()
         wake.acquire()  # held: _take blocks on it until another thread hands the ring over
         try:
