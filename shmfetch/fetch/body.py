@@ -49,13 +49,13 @@ class Body:
         head = self._first
         if self._codings:
             head = bytearray()
-            Decoder(self._codings, SNIFF_BYTES, truncate=True).feed_into(self._first, head)
+            Decoder(self._codings, SNIFF_BYTES, truncate=True, deadline=self.deadline).feed_into(self._first, head)
         return sniff(bytes(head[:SNIFF_BYTES]))
 
     def read(self) -> bytearray:
         """The decoded body, within the deadline and the byte caps."""
         max_decoded = self.cfg.max_decoded_bytes
-        decoder = Decoder(self._codings, max_decoded) if self._codings else None
+        decoder = Decoder(self._codings, max_decoded, deadline=self.deadline) if self._codings else None
         out = bytearray()
         chunk, self._first = self._first, b""
         while True:
@@ -83,7 +83,7 @@ class Body:
         page is, so a compressed bomb costs ``limit`` bytes here too, and a body that stops short of
         ``limit`` within ``max_bytes`` received is read to its end."""
         codings = self._codings
-        decoder = Decoder(codings, limit, truncate=True) if codings else None
+        decoder = Decoder(codings, limit, truncate=True, deadline=self.deadline) if codings else None
         out = bytearray()
         while len(out) < limit and self.received <= self.max_bytes:
             chunk = self.next_chunk()
@@ -92,6 +92,8 @@ class Body:
             self.received += len(chunk)
             if decoder is not None:
                 decoder.feed_into(chunk, out)
+                if decoder.full:  # a stage was fed ``limit`` bytes: more of the body changes nothing
+                    break
             else:
                 out += chunk
         if decoder is not None and len(out) < limit:
