@@ -18,7 +18,7 @@ from ..config import FetchConfig, SecurityConfig
 from ..fetch import charset
 from ..fetch.body import SNIFF_BYTES, Body
 from ..fetch.content import kind_of, looks_binary
-from ..fetch.errors import FetchError
+from ..fetch.errors import Timeout
 from ..fetch.fetcher import Fetcher
 from ..options import Options
 from ..protocol import Outcome
@@ -84,7 +84,7 @@ class PageStep:
         del data
         if fail:
             return Outcome(False, status, url, ctype, "", *(status_err or fail))
-        body.remaining()
+        body.remaining("extract")
         too_large = self._text_too_large(text)
         if too_large:
             return Outcome(False, status, url, ctype, "", "too_large", too_large)
@@ -97,10 +97,10 @@ class PageStep:
     ) -> tuple[str, tuple[str, str] | None, dict[str, Any]]:
         """``_extract`` while holding a slot of the gate for the page's mode, waited for until the deadline."""
         gate = EXTRACT_GATE if opts.mode == "text" or kind != "html" else MAIN_EXTRACT_GATE
-        if not gate.acquire(body.remaining()):
-            raise FetchError("timeout", "no extraction slot within the timeout", r.status_code, url)
+        if not gate.acquire(body.remaining("extract_wait")):
+            raise Timeout("extract_wait", r.status_code, url)
         try:
-            body.remaining()  # the wait may have used the rest of it: do not start a pass
+            body.remaining("extract_wait")  # the wait may have used the rest of it: do not start a pass
             return self._extract(data, _http_charset(r.headers.get("Content-Type", "")), kind, url, opts)
         finally:
             gate.release()

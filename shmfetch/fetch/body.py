@@ -15,7 +15,7 @@ import requests
 
 from ..config import FetchConfig
 from .content import Decoder, content_codings, sniff
-from .errors import FetchError, remaining
+from .errors import FetchError, Timeout, remaining
 
 CHUNK = 64 * 1024
 SNIFF_BYTES = 1024
@@ -34,9 +34,9 @@ class Body:
         self._first = b""  # a chunk read for sniffing, not yet consumed by read()
         self._codings = content_codings(r.headers.get("Content-Encoding", ""))
 
-    def remaining(self) -> float:
-        """Seconds left before the deadline; ``timeout`` if none are left."""
-        return remaining(self.deadline)
+    def remaining(self, phase: str = "body") -> float:
+        """Seconds left before the deadline; ``Timeout(phase)`` if none are left."""
+        return remaining(self.deadline, phase)
 
     def media_type(self) -> str:
         """The bare media type of the body: its Content-Type, else sniffed from its decoded head."""
@@ -110,5 +110,5 @@ class Body:
             sock.settimeout(self.remaining())
         chunk = r.raw.read1(CHUNK, decode_content=False)
         if not chunk and time.monotonic() >= self.deadline:
-            raise FetchError("timeout", "the body did not arrive within the timeout", r.status_code)
+            raise Timeout("body", r.status_code)
         return chunk

@@ -12,6 +12,7 @@ Failures are ``ContentError`` with a protocol error code (``too_large`` or ``dec
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -114,6 +115,13 @@ def content_codings(header: str) -> list[str]:
     """The codings a Content-Encoding header lists, in the order they were applied (``identity`` dropped)."""
     codings = (c.strip().lower() for c in header.split(","))
     return [c for c in codings if c and c != "identity"]
+
+
+def _corrupt_reason(e: Exception) -> str:
+    """``invalid code lengths set`` out of zlib's ``Error -3 while decompressing data: ...``."""
+    if isinstance(e, brotli.error):
+        return "not a valid brotli stream"
+    return re.sub(r"^Error -?\d+ while [a-z ]+: ", "", str(e))
 
 
 class _Stage:
@@ -255,4 +263,4 @@ class Decoder:
                 out += piece
                 self.total += len(piece)
         except (zlib.error, brotli.error) as e:
-            raise ContentError("decode_error", f"corrupt compressed body: {e}") from None
+            raise ContentError("decode_error", f"corrupt compressed body: {_corrupt_reason(e)}") from None

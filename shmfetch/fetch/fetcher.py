@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -34,9 +35,9 @@ from ..options import Options, effective
 from ..protocol import PAUSE_CODES, Outcome
 from .body import Body
 from .content import ContentError, http_date
-from .errors import FetchError, remaining
-from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
-from .transport import Ctx, PinnedAdapter, arm_watchdog, new_connection_reason, pin_host
+from .errors import FetchError, Timeout, classify, remaining, timeout_message
+from .netpolicy import NetPolicy, resolve, vet
+from .transport import Ctx, PinnedAdapter, arm_watchdog, pin_host
 
 log = logging.getLogger("shmfetch.fetch")
 
@@ -79,12 +80,18 @@ def check_url(url: str) -> urllib.parse.SplitResult:
     if any(c in u.hostname for c in ' <>"{}|\\^`'):
         raise FetchError("invalid_url", f"bad character in host {u.hostname!r}")
     if port == 0:
-        raise FetchError("invalid_url", "port 0")
+        raise FetchError("invalid_url", "URL has port 0")
     try:
         u.hostname.encode("idna")
     except UnicodeError as e:
-        raise FetchError("invalid_url", f"bad host name: {e}") from None
+        raise FetchError("invalid_url", f"bad host name {u.hostname!r}: {_idna_reason(e)}") from None
     return u
+
+
+def _idna_reason(e: UnicodeError) -> str:
+    """``label too long`` out of ``encoding with 'idna' codec failed (UnicodeError: label too long)``."""
+    m = re.search(r"\((?:\w+: )?(.*)\)$", str(e))
+    return m.group(1) if m else str(e)
 
 
 def _conditional_headers(opts: Options) -> dict[str, str] | None:
@@ -200,48 +207,40 @@ class Fetcher:
         """One fetch under its deadline and watchdog, ``finish`` reading the final response."""
         deadline = time.monotonic() + opts.timeout
         arm_watchdog(self._ctx, deadline)
-        state: dict[str, Any] = {"url": url if isinstance(url, str) else None, "status": None, "retries": 0}
+        state: dict[str, Any] = {
+            "url": url if isinstance(url, str) else None, "status": None, "retries": 0, "phase": "fetch"
+        }  # fmt: skip
         try:
             out = self._fetch(url, deadline, state, opts, finish)
             out.retries = state["retries"]
-        except FetchError as e:
-            out = Outcome(False, e.status or state["status"], e.url or state["url"], None, "", e.code, str(e))
-        except ContentError as e:
-            out = Outcome(False, state["status"], state["url"], None, "", e.code, str(e))
         except Exception as e:
-            code, msg = self._classify(e, deadline)
-            if code == "internal_error":
-                log.exception("unexpected error fetching %s", url)
-            out = Outcome(False, state["status"], state["url"], None, "", code, msg)
+            out = self._failure(e, state, opts.timeout, deadline)
         finally:
             self._ctx.done()
         out.answered_at = state.get("answered_at")
         return out
 
     @staticmethod
-    def _classify(e: Exception, deadline: float) -> tuple[str, str]:
-        msg = f"{type(e).__name__}: {e}"
-        if isinstance(e, BlockedAddress):
-            return "blocked_address", str(e)
-        if isinstance(e, DnsError):
-            return "dns_error", str(e)
-        if time.monotonic() >= deadline or isinstance(e, (requests.Timeout, TimeoutError)):
-            return "timeout", "the fetch did not finish within the timeout: " + msg
-        if isinstance(e, requests.exceptions.SSLError):
-            return "tls_error", msg
-        if isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
-            return "invalid_url", msg
-        if isinstance(e, requests.exceptions.InvalidSchema):
-            return "unsupported_scheme", msg
-        if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            short = new_connection_reason(e)
-            if short is None:
-                return "connect_error", msg
-            log.debug("connect_error detail: %s", msg)  # requests' chain of wrappers, for the log only
-            return "connect_error", short
-        if isinstance(e, (urllib3.exceptions.ProtocolError, urllib3.exceptions.HTTPError, ConnectionError)):
-            return "connect_error", msg
-        return "internal_error", msg
+    def _failure(e: Exception, state: dict[str, Any], timeout: float, deadline: float) -> Outcome:
+        """The Outcome of a fetch that raised ``e`` while in ``state``; a timeout is worded for its phase,
+        with the host and the request's timeout."""
+        status, url, phase = state["status"], state["url"], state["phase"]
+        if isinstance(e, FetchError):
+            code, msg = e.code, str(e)
+            status, url, phase = e.status or status, e.url or url, getattr(e, "phase", phase)
+        elif isinstance(e, ContentError):
+            code, msg, phase = e.code, str(e), "decode"
+        else:
+            code, msg = classify(e, url, time.monotonic() >= deadline)
+            if isinstance(e, requests.exceptions.ConnectTimeout):
+                phase = "connect"
+            if code == "internal_error":
+                log.exception("unexpected error fetching %s", url)
+        if code == "timeout":
+            if phase == "body" and state.get("answered_at", 0.0) >= deadline:
+                phase = "response"  # the watchdog cut a header drip: what "arrived" was cut short
+            msg = timeout_message(phase, url, timeout)
+        return Outcome(False, status, url, None, "", code, msg)
 
     def _pin(self, u: urllib.parse.SplitResult, deadline: float) -> None:
         """Resolve and vet the host of ``u``; the connection classes connect only to what we pin here."""
@@ -251,9 +250,9 @@ class Fetcher:
         if key in self._ctx.pins:
             return
         try:
-            addrs = resolve(host, port, remaining(deadline))
+            addrs = resolve(host, port, remaining(deadline, "dns"))
         except TimeoutError:
-            raise FetchError("timeout", f"DNS lookup of {host!r} did not finish within the timeout") from None
+            raise Timeout("dns") from None
         vet(self.policy, addrs)
         self._ctx.pins[key] = addrs
 
@@ -265,6 +264,7 @@ class Fetcher:
         while True:
             state["url"] = hops.url
             state["retries"] = hops.attempt
+            state["phase"] = "response"
             try:
                 r = self._send(hops, conditional, opts, deadline)
                 state["answered_at"] = time.monotonic()
@@ -275,6 +275,7 @@ class Fetcher:
                 continue
             try:
                 state["status"] = r.status_code
+                state["phase"] = "body"
                 out = self._answer(r, hops, deadline, finish)
             finally:
                 r.close()
@@ -292,7 +293,7 @@ class Fetcher:
         prep = self.session.prepare_request(requests.Request("GET", hops.url, headers=headers))
         # Pin the host exactly as urllib3 will see it (IDNA-encoded by requests, trailing dot dropped).
         self._pin(urllib.parse.urlsplit(prep.url), deadline)
-        left = remaining(deadline)
+        left = remaining(deadline, "response")
         return self.session.send(prep, timeout=(left, left), stream=True, allow_redirects=False)
 
     def _answer(self, r: requests.Response, hops: _Hops, deadline: float, finish: _Finish) -> Outcome | None:
@@ -356,7 +357,7 @@ class Fetcher:
         if time.monotonic() + delay >= deadline:
             if err is not None:
                 raise err
-            raise FetchError("timeout", "no time left to retry within the timeout")
+            raise Timeout("retry")
         time.sleep(delay)
 
     @staticmethod

@@ -23,6 +23,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as u3conn
 
+from .errors import host_port
+
 WATCHDOG_GRACE = 0.05  # our own clock checks should win; the watchdog is the backstop
 
 
@@ -109,25 +111,10 @@ def pin_host(host: str) -> str:
     return host.lower().strip("[]").rstrip(".")
 
 
-def host_port(addr: str, port: int) -> str:
-    """``127.0.0.1:80``, ``[::1]:80``: an address and port as people write them."""
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
 def _connect_failure(e: OSError, addr: str, port: int) -> str:
     """``connection refused: 127.0.0.1:1``: what failed and where, without urllib3's wrappers."""
     reason = "connection refused" if e.errno == errno.ECONNREFUSED else (e.strerror or str(e)).lower()
     return f"{reason}: {host_port(addr, port)}"
-
-
-def new_connection_reason(e: BaseException) -> str | None:
-    """The message of the NewConnectionError inside requests' ConnectionError(MaxRetryError(...)), if any."""
-    cur: object = e
-    for _ in range(4):
-        if isinstance(cur, NewConnectionError):
-            return cur._message
-        cur = getattr(cur, "reason", None) or (cur.args[0] if getattr(cur, "args", None) else None)
-    return None
 
 
 class _PinMixin:
