@@ -176,13 +176,18 @@ def html_text(
     noscript: str = "drop",
     encoding: str = "utf-8",
     skip: int = 0,
+    tree: bool = True,
 ) -> tuple[str, Any]:
     """A page's text in ``mode``, parsed once: ``(text, root)``. ``html`` is markup in ``encoding`` after
     ``skip`` bytes of BOM (as shmfetch.charset.choose names them), or a str. The worker goes on to read
     metadata and links from ``root``; it is None for an empty page, and for one nested too deep for
-    libxml2, whose full text then comes from extract's streaming parser, in every mode."""
+    libxml2, whose full text then comes from extract's streaming parser, in every mode. So does a page
+    given ``tree=False`` (over ``[fetch] max_tree_tags`` tags: shmfetch.extract.page): its tree would cost
+    ~280 bytes a tag, the stream a small multiple of the page."""
     if isinstance(html, str):
         html, encoding, skip = html.encode("utf-8", "replace"), "utf-8", 0
+    if not tree:
+        return text_without_tree(html, encoding, skip, noscript), None
     try:
         root = parse_html(html, encoding, skip)
         if mode == "text":

@@ -125,8 +125,13 @@ class PageStep:
             if kind == "html":
                 # The bytes go to the parser as they are (no str copy, no re-encoding) when they are UTF-8.
                 enc, skip = charset.choose(body, http_charset)
-                text, root = html_text(body, opts.mode, url, self.cfg.noscript, encoding=enc, skip=skip)
+                # A tree costs ~280 bytes a tag: over the budget the text comes from the streaming parser,
+                # and the page's links, which could not be read, are reported truncated.
+                tree = body.count(b"<") <= self.cfg.max_tree_tags
+                text, root = html_text(body, opts.mode, url, self.cfg.noscript, enc, skip, tree)
                 page = page_fields(root, url, opts.metadata, opts.links, self.cfg.max_links)
+                if not tree and opts.links:
+                    page["links_truncated"] = True
             else:
                 text, _enc = charset.decode(body, http_charset, markup=kind != "text")
                 if kind == "xml":
