@@ -14,7 +14,8 @@
 What a page becomes is not decided here: ``Fetcher.fetch`` hands the final response to the ``page`` step it
 was built with (shmfetch.extract.page builds the worker's: ``page_fetcher``). ``fetch_raw`` reads a body
 prefix without extraction (robots.txt). Neither raises: every failure is an ``Outcome`` with one of the
-codes in protocol.ERRORS.
+codes in protocol.ERRORS (only ``fetch`` on a Fetcher built without a page step is refused, TypeError: a
+programming error, not a failure of the fetch).
 """
 
 from __future__ import annotations
