@@ -17,10 +17,10 @@ import redis
 
 from shmfetch.cluster import streams
 from shmfetch.cluster.client import RedisClient
+from shmfetch.testing.net import free_port
 
 from .helpers import REPO, Daemon, daemon_stats, run_cli, started_pids, wait_for, write_config
-from .redis_server import free_port
-from .test_cluster import cluster_daemon, stop_all
+from .test_cluster_streams import cluster_daemon, stop_all
 
 JOBS, RESULTS, GROUP = streams.DEFAULT_JOBS, streams.DEFAULT_RESULTS, streams.DEFAULT_GROUP
 TOTAL, DEAD = streams.total_key(JOBS), streams.dead_key(JOBS)

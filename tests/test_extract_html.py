@@ -16,7 +16,7 @@ from shmfetch.extract.html import (
     tree_to_text,
     xml_to_text,
 )
-from shmfetch.fetch.fetcher import Fetcher
+from shmfetch.extract.page import page_fetcher
 from shmfetch.testing.origin import EXTRACT_CASES, NOSCRIPT_KEEP_TEXT, page_html, page_text
 
 from .helpers import origin_fixture  # noqa: F401 (origin is a fixture)
@@ -35,7 +35,7 @@ def test_streaming_fallback_applies_the_same_rules(name):
 
 
 def test_rules_over_http(origin):
-    fetcher = Fetcher(FetchConfig(timeout=5.0), SecurityConfig(allow_networks=("127.0.0.1/32",)))
+    fetcher = page_fetcher(FetchConfig(timeout=5.0), SecurityConfig(allow_networks=("127.0.0.1/32",)))
     for name, (_html, expected) in EXTRACT_CASES.items():
         out = fetcher.fetch(origin.url(f"/extract/{name}"))
         assert (name, out.ok, out.text) == (name, True, expected)
@@ -49,7 +49,7 @@ def test_noscript_keep():
 
 
 def test_noscript_keep_via_config(origin):
-    fetcher = Fetcher(FetchConfig(noscript="keep"), SecurityConfig(allow_networks=("127.0.0.1/32",)))
+    fetcher = page_fetcher(FetchConfig(noscript="keep"), SecurityConfig(allow_networks=("127.0.0.1/32",)))
     assert fetcher.fetch(origin.url("/extract/noscript")).text == NOSCRIPT_KEEP_TEXT
 
 

@@ -45,7 +45,7 @@ def _expected(name: str) -> str:
 def test_main_mode_reaches_the_quality_target_where_full_text_does_not():
     main = summary(evaluate(PAGES, EXPECTED, "main"))
     text = summary(evaluate(PAGES, EXPECTED, "text"))
-    assert main["pages"] == 6
+    assert main["pages"] == 7
     assert main["f1"] >= 0.95, main
     assert text["f1"] < 0.75, text  # the boilerplate the issue is about is really in the pages
     assert min(r[3] for r in evaluate(PAGES, EXPECTED, "main")) >= 0.9
@@ -68,7 +68,7 @@ def test_evaluate_command_prints_scores():
     )
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("mean (main, 6 pages)") and "F1=" in last
+    assert last.startswith("mean (main, 7 pages)") and "F1=" in last
 
 
 def test_trafilatura_leaves_the_workers_tree_unchanged():
@@ -353,21 +353,21 @@ def test_main_mode_has_its_own_extraction_slots(origin):
     """Two main-content pages in extraction (both main slots taken) hold up neither a full-text page nor
     anything but the next main-content page."""
     from shmfetch.config import SecurityConfig
-    from shmfetch.fetch import fetcher as fetch_mod
-    from shmfetch.fetch.fetcher import Fetcher
+    from shmfetch.extract import page as page_mod
+    from shmfetch.extract.page import page_fetcher
     from shmfetch.options import effective
 
     cfg = FetchConfig(timeout=5.0)
     sec = SecurityConfig(allow_networks=("127.0.0.1/32",))
     url = origin.url(f"/pages/{ARTICLE}")
-    text_fetcher, main_fetcher = Fetcher(cfg, sec), Fetcher(cfg, sec)
+    text_fetcher, main_fetcher = page_fetcher(cfg, sec), page_fetcher(cfg, sec)
     held = 0
     got: list = []
     waiter = threading.Thread(
         target=lambda: got.append(main_fetcher.fetch(url, effective({"mode": "main"}, cfg)))
     )
     try:
-        while held < 2 and fetch_mod.MAIN_EXTRACT_GATE.acquire(5):
+        while held < 2 and page_mod.MAIN_EXTRACT_GATE.acquire(5):
             held += 1
         assert held == 2
         out = text_fetcher.fetch(url)
@@ -377,7 +377,7 @@ def test_main_mode_has_its_own_extraction_slots(origin):
         assert waiter.is_alive() and not got  # the main page waits for a main slot
     finally:
         for _ in range(held):
-            fetch_mod.MAIN_EXTRACT_GATE.release()
+            page_mod.MAIN_EXTRACT_GATE.release()
     waiter.join(10)
     assert got and got[0].ok and "Subscribe" not in got[0].text
     text_fetcher.close()

@@ -6,8 +6,8 @@ import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
 from shmfetch.extract.html import html_to_text
+from shmfetch.extract.page import page_fetcher
 from shmfetch.fetch import charset
-from shmfetch.fetch.fetcher import Fetcher
 from shmfetch.testing.origin import SAMPLES, charset_page
 
 from .helpers import origin_fixture  # noqa: F401 (origin is a fixture)
@@ -15,7 +15,7 @@ from .helpers import origin_fixture  # noqa: F401 (origin is a fixture)
 
 @pytest.fixture(scope="module")
 def f():
-    fetcher = Fetcher(FetchConfig(timeout=5.0, retries=0), SecurityConfig(allow_networks=("127.0.0.1/32",)))
+    fetcher = page_fetcher(FetchConfig(timeout=5.0, retries=0), SecurityConfig(allow_networks=("127.0.0.1/32",)))
     yield fetcher
     fetcher.close()
 

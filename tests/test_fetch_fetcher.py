@@ -13,7 +13,9 @@ import time
 import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
-from shmfetch.fetch import fetcher as fetch_mod
+from shmfetch.extract import page as page_mod
+from shmfetch.extract.page import page_fetcher
+from shmfetch.fetch.body import Body
 from shmfetch.fetch.content import http_date
 from shmfetch.fetch.fetcher import Fetcher, Outcome
 from shmfetch.protocol import ERRORS
@@ -27,7 +29,7 @@ LOOPBACK = SecurityConfig(allow_networks=("127.0.0.1/32",))
 def make(**kw: object) -> Fetcher:
     base = {"timeout": 2.0, "max_bytes": 1 << 20, "max_decoded_bytes": 1 << 20, "retries": 2}
     base.update(kw)
-    return Fetcher(FetchConfig(**base), LOOPBACK)  # type: ignore[arg-type]
+    return page_fetcher(FetchConfig(**base), LOOPBACK)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -333,7 +335,7 @@ def test_429_retry_after_beyond_deadline_is_not_waited_for(f, origin):
 
 def test_answer_pauses_answers_429_and_503_at_once_and_still_retries_502_and_504(origin):
     """A daemon worker's Fetcher: its master pauses the host on 429/503 and retries, for every worker."""
-    f = Fetcher(FetchConfig(timeout=4.0, retries=2), LOOPBACK, answer_pauses=True)
+    f = page_fetcher(FetchConfig(timeout=4.0, retries=2), LOOPBACK, answer_pauses=True)
     for code in (429, 503):
         out = f.fetch(origin.url(f"/flaky?key=ap{code}&fails=1&code={code}"))
         assert (out.status, out.error) == (code, "http_status") and origin.hits(f"ap{code}") == 1
@@ -400,7 +402,7 @@ def test_unexpected_exception_is_internal_error(f, origin, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("extractor exploded")
 
-    monkeypatch.setattr(fetch_mod, "html_text", boom)
+    monkeypatch.setattr(page_mod, "html_text", boom)
     out = f.fetch(origin.url("/page?size=1000"))
     assert (out.ok, out.error) == (False, "internal_error")
     assert "extractor exploded" in (out.message or "")
@@ -473,7 +475,7 @@ def test_stacked_encodings_are_capped(f, origin, n, ok):
 def test_deadline_bounds_the_wait_for_an_extraction_slot(origin):
     # Every extraction slot is taken (as by other threads stuck in long extractions): the fetch must give
     # up at its deadline, not wait for a slot and then throw the finished text away.
-    gate = fetch_mod.EXTRACT_GATE
+    gate = page_mod.EXTRACT_GATE
     held = 0
     while gate.try_acquire():
         held += 1
@@ -493,15 +495,15 @@ def test_deadline_is_checked_before_extraction(origin, monkeypatch):
     # The body is complete but the deadline has passed: no extraction is started at all.
     calls = []
     fetcher = make(timeout=0.5)
-    real, extract = fetcher._read_body, fetcher._extract
-    monkeypatch.setattr(fetcher, "_extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    real, extract = Body.read, fetcher.page._extract
+    monkeypatch.setattr(fetcher.page, "_extract", lambda *a, **k: calls.append(1) or extract(*a, **k))
 
     def slow_read(*a, **k):
         body = real(*a, **k)
         time.sleep(0.6)
         return body
 
-    monkeypatch.setattr(fetcher, "_read_body", slow_read)
+    monkeypatch.setattr(Body, "read", slow_read)
     out = fetcher.fetch(origin.url("/page?size=2000"))
     fetcher.close()
     assert (out.ok, out.error, calls) == (False, "timeout", [])

@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from shmfetch.config import FetchConfig, SecurityConfig
+from shmfetch.extract.page import page_fetcher
 from shmfetch.fetch.fetcher import Fetcher
 from shmfetch.fetch.netpolicy import NetPolicy, embedded_ipv4
 from shmfetch.testing.origin import make_cert, page_text, start_origin
@@ -123,7 +124,7 @@ def test_allow_loopback_host_only():
 
 
 def fetcher(allow=("127.0.0.1/32",), deny=()) -> Fetcher:
-    return Fetcher(FetchConfig(timeout=2.0, retries=0), SecurityConfig(tuple(allow), tuple(deny)))
+    return page_fetcher(FetchConfig(timeout=2.0, retries=0), SecurityConfig(tuple(allow), tuple(deny)))
 
 
 def test_default_policy_blocks_loopback_without_connecting(origin):
@@ -213,7 +214,7 @@ def test_tls_pinned_ip_keeps_sni_and_certificate_name(tls_origin, fake_dns):
     o, cert = tls_origin
     answers, calls = fake_dns
     answers["pinned.test"] = [["127.0.0.1"]]
-    f = Fetcher(FetchConfig(timeout=5.0, retries=0, ca_bundle=cert), SecurityConfig(("127.0.0.1/32",)))
+    f = page_fetcher(FetchConfig(timeout=5.0, retries=0, ca_bundle=cert), SecurityConfig(("127.0.0.1/32",)))
     out = f.fetch(f"https://pinned.test:{o.port}/page?size=2000")
     assert (out.ok, out.text) == (True, page_text(2000)), out
     assert calls == ["pinned.test"]
@@ -227,7 +228,7 @@ def test_tls_untrusted_certificate(tls_origin, fake_dns):
     o, _cert = tls_origin
     answers, _ = fake_dns
     answers["pinned.test"] = [["127.0.0.1"]]
-    f = Fetcher(FetchConfig(timeout=5.0, retries=0), SecurityConfig(("127.0.0.1/32",)))
+    f = page_fetcher(FetchConfig(timeout=5.0, retries=0), SecurityConfig(("127.0.0.1/32",)))
     assert f.fetch(f"https://pinned.test:{o.port}/page").error == "tls_error"
 
 

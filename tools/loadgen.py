@@ -443,10 +443,10 @@ def fetcher_loop(urls: list[str], n: int, progress: bool) -> dict[str, Any]:
     """One process running the daemon's own fetch path (shmfetch.fetch.Fetcher: SSRF pinning, deadline,
     caps, charset, extraction) in a loop: the CPU per page the engine (IPC, master, threads) adds to."""
     from shmfetch.config import Config
-    from shmfetch.fetch.fetcher import Fetcher
+    from shmfetch.extract.page import page_fetcher
 
     cfg = Config.from_dict({"security": {"allow_networks": ["127.0.0.0/8", "::1/128"]}})
-    f = Fetcher(cfg.fetch, cfg.security)
+    f = page_fetcher(cfg.fetch, cfg.security)
 
     def one(url: str) -> tuple[float, bool, int]:
         t0 = time.perf_counter()
@@ -539,10 +539,10 @@ def overhead(socket_path: str, url: str, n: int) -> dict[str, Any]:
         get_extract.append(t2 - t0)
     # The daemon's own fetch path (SSRF pinning, deadline watchdog, charset, caps) in this process: the
     # difference to this one is what the IPC and the master cost.
-    from shmfetch.fetch.fetcher import Fetcher
+    from shmfetch.extract.page import page_fetcher
 
     cfg = Config.from_dict({"security": {"allow_networks": ["127.0.0.0/8", "::1/128"]}})
-    f = Fetcher(cfg.fetch, cfg.security)
+    f = page_fetcher(cfg.fetch, cfg.security)
     for _ in range(50):
         f.fetch(url)
     own = []

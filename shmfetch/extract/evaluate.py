@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import MODES
-from .maintext import EXTRACT_OPTIONS, html_text
+from .maintext import EXTRACT_OPTIONS, html_text, strip_markdown
 
 
 def token_scores(got: str, expected: str) -> tuple[float, float, float]:
@@ -52,9 +52,11 @@ def peer_text(html: str, url: str | None = None) -> str:
 
 
 def extract_page(html: str, mode: str) -> str:
+    """The page's text in ``mode``; Markdown with its syntax stripped (``strip_markdown``)."""
     if mode == "trafilatura-fast":
         return peer_text(html)
-    return html_text(html, mode, None)[0]
+    text = html_text(html, mode, None)[0]
+    return strip_markdown(text) if mode == "markdown" else text
 
 
 def evaluate(

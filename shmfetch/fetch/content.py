@@ -12,9 +12,10 @@ Failures are ``ContentError`` with a protocol error code (``too_large`` or ``dec
 from __future__ import annotations
 
 import email.utils
+import re
+import time
 import zlib
 from collections.abc import Iterator
-from typing import Any
 
 import brotli
 
@@ -116,55 +117,68 @@ def content_codings(header: str) -> list[str]:
     return [c for c in codings if c and c != "identity"]
 
 
-class Decoder:
-    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total.
+def _corrupt_reason(e: Exception) -> str:
+    """``invalid code lengths set`` out of zlib's ``Error -3 while decompressing data: ...``."""
+    if isinstance(e, brotli.error):
+        return "not a valid brotli stream"
+    return re.sub(r"^Error -?\d+ while [a-z ]+: ", "", str(e))
 
-    Output comes in pieces of at most DECODE_STEP bytes, and the limit is checked after each piece, so a
-    bomb (1000:1 or more) costs at most ``limit`` + DECODE_STEP bytes before it is refused, not the
-    whole expansion of one network chunk.
-    """
 
-    def __init__(self, encodings: list[str], limit: int, truncate: bool = False):
-        if len(encodings) > MAX_CODINGS:
-            raise ContentError(
-                "decode_error", f"Content-Encoding lists {len(encodings)} codings (at most {MAX_CODINGS})"
-            )
-        self.limit = limit
-        self.truncate = truncate  # for sniffing: return what fits instead of failing
-        self.total = 0
-        # Content-Encoding lists codings in the order applied: undo them last to first.
-        self.stages = [self._stage(e) for e in reversed(encodings)]
+class _Stage:
+    """One coding to undo: its decompressor, and how many bytes it has been fed."""
 
-    @staticmethod
-    def _stage(enc: str) -> Any:
-        if enc in ("gzip", "x-gzip"):
-            return ["zlib", zlib.decompressobj(16 + zlib.MAX_WBITS)]
-        if enc == "deflate":
-            return ["deflate", None]  # zlib-wrapped or raw: decided on the first bytes
-        if enc == "br":
-            return ["br", brotli.Decompressor()]
-        raise ContentError("decode_error", f"unsupported Content-Encoding {enc!r}")
+    def __init__(self, coding: str):
+        self.coding = coding
+        self.fed = 0
+        if coding in ("gzip", "x-gzip"):
+            self.kind, self.obj = "zlib", zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self.kind, self.obj = "deflate", None  # zlib-wrapped or raw: decided on the first bytes
+        elif coding == "br":
+            self.kind, self.obj = "br", brotli.Decompressor()
+        else:
+            raise ContentError("decode_error", f"unsupported Content-Encoding {coding!r}")
 
-    @staticmethod
-    def _run(stage: list, data: bytes) -> Iterator[bytes]:
-        """Undo one coding of ``data``, in pieces of at most DECODE_STEP bytes."""
-        kind, obj = stage
-        if kind == "deflate":
-            if not data:
-                return
-            wbits = zlib.MAX_WBITS if (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
-            stage[:] = ["zlib", zlib.decompressobj(wbits)]
-            kind, obj = stage
-        if kind == "zlib":
-            while data:
-                piece = obj.decompress(data, DECODE_STEP)
-                data = obj.unconsumed_tail
-                if not piece and data:
-                    # Unreachable in practice; better to fail than to loop or drop data.
-                    raise ContentError("decode_error", "decompressor made no progress")
-                if piece:
-                    yield piece
+    def ended(self) -> bool:
+        """The coding's stream is complete: any more data is not part of it."""
+        if self.kind == "zlib":
+            return self.obj.eof
+        return self.kind == "br" and self.obj.is_finished()
+
+    def _trailing(self) -> ContentError:
+        return ContentError("decode_error", f"data after the end of the compressed stream ({self.coding})")
+
+    def run(self, data: bytes) -> Iterator[bytes]:
+        """Undo this coding of ``data``, in pieces of at most DECODE_STEP bytes."""
+        if not data and self.kind != "br":
             return
+        if data and self.ended():
+            raise self._trailing()
+        if self.kind == "deflate":
+            wbits = zlib.MAX_WBITS if (data[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+            self.kind, self.obj = "zlib", zlib.decompressobj(wbits)
+        if self.kind == "zlib":
+            yield from self._run_zlib(data)
+        else:
+            yield from self._run_br(data)
+
+    def _run_zlib(self, data: bytes) -> Iterator[bytes]:
+        obj = self.obj
+        while data:
+            piece = obj.decompress(data, DECODE_STEP)
+            data = obj.unconsumed_tail
+            if obj.unused_data:
+                # Past the stream's end zlib keeps every later byte in unused_data, uncapped, copying it
+                # again on each call: refused at the first such byte instead.
+                raise self._trailing()
+            if not piece and data:
+                # Unreachable in practice; better to fail than to loop or drop data.
+                raise ContentError("decode_error", "decompressor made no progress")
+            if piece:
+                yield piece
+
+    def _run_br(self, data: bytes) -> Iterator[bytes]:
+        obj = self.obj
         if data:
             piece = obj.process(data, output_buffer_limit=DECODE_STEP)
             if piece:
@@ -175,25 +189,78 @@ class Decoder:
                 break
             yield piece
 
+
+class Decoder:
+    """Incremental Content-Encoding decoder that never inflates more than ``limit`` bytes in total.
+
+    Output comes in pieces of at most DECODE_STEP bytes, and the limit is checked after each piece, so a
+    bomb (1000:1 or more) costs at most ``limit`` + DECODE_STEP bytes before it is refused, not the
+    whole expansion of one network chunk. With stacked codings every stage is bounded, not only the last:
+    what an inner stage is fed counts against ``limit`` as the output does, data after the end of any
+    stage's stream is a ``decode_error``, and ``deadline`` (time.monotonic) is checked after every piece
+    of every stage (``timeout``).
+
+    ``truncate`` (sniffing, robots.txt prefixes): instead of failing at the limit, keep what fits and set
+    ``full``; later input is ignored, and the reader stops reading.
+    """
+
+    def __init__(self, encodings: list[str], limit: int, truncate: bool = False, deadline: float | None = None):
+        if len(encodings) > MAX_CODINGS:
+            raise ContentError(
+                "decode_error", f"Content-Encoding lists {len(encodings)} codings (at most {MAX_CODINGS})"
+            )
+        self.limit = limit
+        self.truncate = truncate
+        self.deadline = deadline
+        self.total = 0
+        self.full = False
+        # Content-Encoding lists codings in the order applied: undo them last to first.
+        self.stages = [_Stage(e) for e in reversed(encodings)]
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise ContentError("timeout", "decoding the body did not finish within the timeout")
+
+    def _over_limit(self) -> None:
+        """A stage's input or the output passed the limit: refused unless truncating."""
+        if not self.truncate:
+            raise ContentError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
+
     def _pipe(self, i: int, data: bytes) -> Iterator[bytes]:
         if i == len(self.stages):
             yield data
             return
-        for piece in self._run(self.stages[i], data):
+        stage = self.stages[i]
+        cut = False
+        if i > 0:  # an inner stage: what it is fed counts against the limit (the first stage's is max_bytes)
+            room = self.limit - stage.fed
+            if len(data) > room:
+                self._over_limit()
+                data, cut = data[:room], True
+            stage.fed += len(data)
+        for piece in stage.run(data):
+            self._check_deadline()
             yield from self._pipe(i + 1, piece)
+            if self.full:
+                return
+        if cut:
+            self.full = True
 
     def feed_into(self, data: bytes, out: bytearray) -> None:
         """Decode ``data`` onto the end of ``out``; ``too_large`` as soon as the total passes the limit."""
+        if self.full:
+            return
+        self._check_deadline()
         try:
             for piece in self._pipe(0, data):
                 room = self.limit - self.total
                 if len(piece) > room:
-                    if self.truncate:
-                        out += piece[:room]
-                        self.total = self.limit
-                        return
-                    raise ContentError("too_large", f"decoded body exceeds max_decoded_bytes={self.limit}")
+                    self._over_limit()
+                    out += piece[:room]
+                    self.total = self.limit
+                    self.full = True
+                    return
                 out += piece
                 self.total += len(piece)
         except (zlib.error, brotli.error) as e:
-            raise ContentError("decode_error", f"corrupt compressed body: {e}") from None
+            raise ContentError("decode_error", f"corrupt compressed body: {_corrupt_reason(e)}") from None

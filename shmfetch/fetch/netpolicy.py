@@ -131,6 +131,13 @@ class NetPolicy:
         return self.check(ip) is None
 
 
+def _dns_reason(e: BaseException) -> str:
+    """``name or service not known``: the resolver's words without ``[Errno -2]``."""
+    if isinstance(e, socket.gaierror) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    return "not a valid host name" if isinstance(e, UnicodeError) else str(e)
+
+
 def resolve(host: str, port: int, timeout: float) -> list[str]:
     """All addresses of ``host`` (IPv4 and IPv6), in the resolver's order, within ``timeout`` seconds.
 
@@ -153,11 +160,11 @@ def resolve(host: str, port: int, timeout: float) -> list[str]:
 
     threading.Thread(target=run, name="shmfetch-dns", daemon=True).start()
     if not done.wait(max(timeout, 0.0)):
-        raise TimeoutError(f"DNS lookup of {host!r} did not finish in time")
+        raise TimeoutError(f"DNS lookup of {host} did not finish in time")
     res = box[0]
     if isinstance(res, BaseException):
         if isinstance(res, (socket.gaierror, UnicodeError)):
-            raise DnsError(f"cannot resolve {host!r}: {res}")
+            raise DnsError(f"cannot resolve {host}: {_dns_reason(res)}")
         raise res
     out: list[str] = []
     for _family, _type, _proto, _canon, sockaddr in res:
@@ -165,7 +172,7 @@ def resolve(host: str, port: int, timeout: float) -> list[str]:
         if addr not in out:
             out.append(addr)
     if not out:
-        raise DnsError(f"cannot resolve {host!r}: no addresses")
+        raise DnsError(f"cannot resolve {host}: no addresses")
     return out
 
 

@@ -146,8 +146,8 @@ class Robots:
     def _fetcher(self) -> Fetcher:
         f = getattr(self._local, "fetcher", None)
         if f is None:
-            # Imported here: fetch.py pulls in requests and lxml, which the master otherwise never loads
-            # (a broken lxml must fail the workers' boot, not the master's: tests/test_master_supervision.py).
+            # Imported here: the fetch package pulls in requests, urllib3 and brotli, which a master that
+            # does not obey robots.txt never loads. Fetcher without a page step: fetch_raw, no extraction.
             from ..fetch.fetcher import Fetcher
 
             f = self._local.fetcher = Fetcher(self._fetch_cfg, self._security, answer_pauses=True)

@@ -12,7 +12,8 @@ path), the fault fires only if it can create MARKER exclusively first, so it fir
 every worker and every respawned generation, instead of killing each new worker again.
 
 ACTION is ``kill`` (the default: SIGKILL) or ``stop`` (SIGSTOP: the process stays where it is, holding
-whatever it holds, until a test or the master kills it; for "a live holder that never returns").
+whatever it holds, until a test or the master kills it; for "a live holder that never returns") or
+``raise`` (``InjectedFault``: an unexpected exception at that point, for "a bug there is survived").
 
 Point names are listed in docs/RING.md ("Crash points"); a site names its own point.
 """
@@ -28,8 +29,12 @@ ACTIVE = False
 _point = ""
 _left = 0
 _marker: str | None = None
-_signal = signal.SIGKILL
-_ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+_signal: signal.Signals | None = signal.SIGKILL
+_ACTIONS: dict[str, signal.Signals | None] = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "raise": None}
+
+
+class InjectedFault(RuntimeError):
+    """What ``hit`` raises with ACTION ``raise``: a bug at that point, for the tests of what catches it."""
 
 
 def arm_from_env() -> None:
@@ -60,4 +65,6 @@ def hit(point: str) -> None:
             os.close(os.open(_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
             return  # already fired once in this test (another worker, or an earlier generation)
+    if _signal is None:
+        raise InjectedFault(f"injected fault at {point}")
     os.kill(os.getpid(), _signal)

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from ..config import Config, WatchedLogFileHandler
+from ..extract.page import page_fetcher
 from ..fetch.fetcher import Fetcher
 from ..ipc import faults
 from ..ipc.control import S_BUSY, S_READY, Control
@@ -44,6 +45,11 @@ def _set_process_name(index: int) -> None:
         libc.prctl(PR_SET_NAME, f"shmfetch-w{index}".encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _internal_error(e: BaseException) -> Outcome:
+    """The answer for a request the worker failed on: a bug, said in words (the log has the traceback)."""
+    return Outcome(False, error="internal_error", message=f"the worker failed on this request: {e}")
 
 
 class Worker:
@@ -99,7 +105,8 @@ class Worker:
         return msg
 
     def _thread_main(self) -> None:
-        fetcher = Fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)  # the master pauses hosts
+        # answer_pauses: the master pauses hosts
+        fetcher = page_fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)
         wake = threading.Lock()
         wake.acquire()  # held: _take blocks on it until another thread hands the ring over
         try:
@@ -109,36 +116,57 @@ class Worker:
             fetcher.close()
 
     def _serve(self, fetcher: Fetcher, msg: Any) -> None:
+        """Answer one request taken from the ring. Whatever fails after the take, the request is answered
+        (``internal_error``) and this thread goes on serving: a request nobody answers waits for its
+        client's timeout, and a silently dead thread is invisible to the master's watchdog while the
+        other threads make progress."""
         t0 = time.perf_counter()
+        ticket = msg[0] if isinstance(msg, (list, tuple)) and msg else None
+        if ticket is None:
+            log.error("worker %d: malformed request record %r", self.index, msg)
+            return  # nothing to answer it by
+        self._set_busy(+1)
         try:
-            ticket, url = msg[0], msg[1]
+            url = msg[1] if len(msg) > 1 else None
+            out = self._outcome(fetcher, msg, url)
+            self._commit(ticket, out)
+        finally:
+            self._set_busy(-1)
+        if log.isEnabledFor(logging.DEBUG):
+            out_ms = (time.perf_counter() - t0) * 1000.0
+            log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
+
+    def _outcome(self, fetcher: Fetcher, msg: Any, url: Any) -> Outcome:
+        """The request's Outcome; an exception on the way is an ``internal_error`` Outcome."""
+        try:
             # The master checked the options (options.check); the config fills in the rest. A request
             # without any (nil) uses the Fetcher's defaults, built once.
             given = msg[2] if len(msg) > 2 else None
             opts = effective(given, self.cfg.fetch) if isinstance(given, dict) else None
-        except (TypeError, IndexError, KeyError, AttributeError):
-            log.error("worker %d: malformed request record %r", self.index, msg)
-            return
-        if faults.ACTIVE:
-            faults.hit("worker.after_take")
-        self._set_busy(+1)
-        try:
-            out = fetcher.fetch(url, opts) if isinstance(url, str) else Outcome(False, error="invalid_url")
+            if faults.ACTIVE:
+                faults.hit("worker.after_take")
+            if not isinstance(url, str):
+                return Outcome(False, error="invalid_url", message="the request carries no URL")
+            return fetcher.fetch(url, opts)
         except Exception as e:  # Fetcher.fetch promises not to raise; a bug must still answer the client
-            log.exception("worker %d: fetch of %r raised", self.index, url)
-            out = Outcome(False, error="internal_error", message=f"{type(e).__name__}: {e}")
-        payload = pack_result(ticket, out)
-        out_ms = (time.perf_counter() - t0) * 1000.0
+            log.exception("worker %d: request for %r failed", self.index, url)
+            return _internal_error(e)
+
+    def _commit(self, ticket: Any, out: Outcome) -> None:
+        """Publish the result; from the put on the master owns it. Counted after the commit, never before:
+        see docs/RING.md, "why it stays exact when a worker dies"."""
+        try:
+            payload = pack_result(ticket, out)
+        except Exception as e:  # an Outcome that cannot be packed is still answered
+            log.exception("worker %d: cannot pack the result for ticket %r", self.index, ticket)
+            out = _internal_error(e)
+            payload = pack_result(ticket, out)
         with self._put_lock:
-            self.res.put(payload)  # commit: from here on the master owns the result
+            self.res.put(payload)
         if faults.ACTIVE:
             faults.hit("worker.after_commit")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: fetched %s in %.1f ms", url, "ok" if out.ok else out.error, out_ms)
         if out.ok:
-            # After the commit, never before: see docs/RING.md, "why it stays exact when a worker dies".
             self.ctl.increment(self.index)
-        self._set_busy(-1)
 
     def _set_busy(self, delta: int) -> None:
         with self._put_lock:

@@ -13,7 +13,7 @@ from shmfetch.cluster import streams
 from shmfetch.cluster.client import enqueue
 
 from .helpers import daemon_stats, run_cli, running_daemon, wait_for
-from .test_cluster import cluster_daemon, stop_all
+from .test_cluster_streams import cluster_daemon, stop_all
 
 JOBS, GROUP = streams.DEFAULT_JOBS, streams.DEFAULT_GROUP
 

@@ -15,9 +15,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from shmfetch.config import TOKEN_ENV, Config, ConfigError, HttpConfig, check_http_exposure, http_token
+from shmfetch.testing.net import free_port as closed_port  # nothing listens on a free port
 
 from .helpers import Daemon, run_cli, wait_for, write_config
-from .origin import closed_port
 
 TOKEN = "k3y-0123456789abcdef-XYZ"
 
