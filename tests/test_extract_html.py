@@ -10,9 +10,9 @@ import pytest
 from shmfetch.config import FetchConfig, SecurityConfig
 from shmfetch.extract.html import (
     TooDeep,
-    _stream_to_text,
     html_to_text,
     parse_html,
+    stream_to_text,
     tree_to_text,
     xml_to_text,
 )
@@ -31,7 +31,7 @@ def test_rule(name):
 @pytest.mark.parametrize("name", list(EXTRACT_CASES))
 def test_streaming_fallback_applies_the_same_rules(name):
     html, expected = EXTRACT_CASES[name]
-    assert _stream_to_text(html, "drop", True) == expected
+    assert stream_to_text(html, "drop", True) == expected
 
 
 def test_rules_over_http(origin):
@@ -45,7 +45,7 @@ def test_rules_over_http(origin):
 def test_noscript_keep():
     html = EXTRACT_CASES["noscript"][0]
     assert html_to_text(html, noscript="keep") == NOSCRIPT_KEEP_TEXT
-    assert _stream_to_text(html, "keep", True) == NOSCRIPT_KEEP_TEXT
+    assert stream_to_text(html, "keep", True) == NOSCRIPT_KEEP_TEXT
 
 
 def test_noscript_keep_via_config(origin):

@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import html_text_text, naive_text  # noqa: E402  (the loadgen peers' extractors, as they run)
 
 from shmfetch.extract.html import (
-    _BLOCK_SET,
+    BLOCK_SET,
     CELL,
     DROP_TAGS,
     NL,
-    _finish,
-    _parser,
-    _stream_to_text,
+    finish_text,
+    html_parser,
     html_to_text,
+    stream_to_text,
 )
 
 WORDS = (
@@ -109,7 +109,7 @@ def text_content(page: str) -> str:
 
 
 def tree_walk(page: str) -> str:
-    root = etree.fromstring(page.encode(), _parser())
+    root = etree.fromstring(page.encode(), html_parser())
     parts: list[str] = []
     drop = set(DROP_TAGS) | {"noscript", "head"}
 
@@ -119,7 +119,7 @@ def tree_walk(page: str) -> str:
             node, closing = stack.pop()
             tag = node.tag if isinstance(node.tag, str) else ""
             if closing:
-                if tag in _BLOCK_SET:
+                if tag in BLOCK_SET:
                     parts.append(NL)
                 if node.tail:
                     parts.append(node.tail)
@@ -128,7 +128,7 @@ def tree_walk(page: str) -> str:
                 if node.tail:
                     parts.append(node.tail)
                 continue
-            if tag in _BLOCK_SET or tag == "br":
+            if tag in BLOCK_SET or tag == "br":
                 parts.append(NL)
             elif tag in ("td", "th"):
                 parts.append(CELL)
@@ -138,7 +138,7 @@ def tree_walk(page: str) -> str:
             stack.extend((c, False) for c in reversed(node))
 
     walk(root)
-    return _finish("".join(parts), "")
+    return finish_text("".join(parts), "")
 
 
 class _Target:
@@ -151,7 +151,7 @@ class _Target:
         if tag in self.dropset:
             self.drop += 1
         elif not self.drop:
-            if tag in _BLOCK_SET or tag == "br":
+            if tag in BLOCK_SET or tag == "br":
                 self.parts.append(NL)
             elif tag in ("td", "th"):
                 self.parts.append(CELL)
@@ -159,7 +159,7 @@ class _Target:
     def end(self, tag: str) -> None:
         if tag in self.dropset:
             self.drop -= 1
-        elif not self.drop and tag in _BLOCK_SET:
+        elif not self.drop and tag in BLOCK_SET:
             self.parts.append(NL)
 
     def data(self, data: str) -> None:
@@ -167,7 +167,7 @@ class _Target:
             self.parts.append(data)
 
     def close(self) -> str:
-        return _finish("".join(self.parts), "")
+        return finish_text("".join(self.parts), "")
 
 
 def lxml_target(page: str) -> str:
@@ -176,7 +176,7 @@ def lxml_target(page: str) -> str:
 
 
 def stdlib_stream(page: str) -> str:
-    return _stream_to_text(page, "drop", True)
+    return stream_to_text(page, "drop", True)
 
 
 def bench(fn: Callable[[Any], object], pages: list[Any], rounds: int) -> float:

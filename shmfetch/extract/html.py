@@ -52,7 +52,7 @@ BLOCK_TAGS = (
 CELL_TAGS = ("td", "th")
 PRE_TAGS = ("pre", "textarea", "listing", "plaintext", "xmp")
 DROP_TAGS = ("script", "style", "template", "iframe", "object", "embed", "noembed", "noframes", "title")
-_BLOCK_SET = frozenset(BLOCK_TAGS)
+BLOCK_SET = frozenset(BLOCK_TAGS)
 _PRE_SET = frozenset(PRE_TAGS)
 
 # Noncharacters: never legitimately in text (we strip them from the input), kept by lxml.
@@ -79,7 +79,7 @@ class TooDeep(Exception):
     """libxml2 stopped at its nesting limit: the tree lacks the rest of the document."""
 
 
-def _parser() -> etree.HTMLParser:
+def html_parser() -> etree.HTMLParser:
     """This thread's parser (an lxml parser must not be shared between threads)."""
     parser = getattr(_local, "parser", None)
     if parser is None:
@@ -134,7 +134,7 @@ def parse_html(body: bytes | bytearray, encoding: str = "utf-8", skip: int = 0) 
     markup = _markup_bytes(body, encoding, skip)
     if not markup or markup.isspace():
         return None
-    parser = _parser()
+    parser = html_parser()
     root = etree.fromstring(markup, parser)
     if any("Excessive depth" in e.message for e in parser.error_log):
         raise TooDeep("document nested deeper than libxml2 parses")
@@ -156,10 +156,10 @@ def tree_to_text(root: Any, noscript: str = "drop", keep_title: bool = True) -> 
         if t is not None:
             title = _clean_title(etree.tostring(t, method="text", encoding=str, with_tail=False))
     raw = str(_transform(root, noscript))
-    return _finish(raw, title)
+    return finish_text(raw, title)
 
 
-def _finish(raw: str, title: str) -> str:
+def finish_text(raw: str, title: str) -> str:
     """Markers -> layout: collapse whitespace, split lines, join cells, restore <pre> whitespace.
 
     Whole-string passes in C (str.split, str.replace): a Python loop over the lines, or a regex over the
@@ -218,7 +218,7 @@ def text_without_tree(
 ) -> str:
     """The text of a page libxml2 cannot make a tree of (nested too deep) or libxslt gives up on: the
     stream applies the same rules without a tree, so it has no depth or recursion limit."""
-    return _stream_to_text(_BAD_CHARS.sub("", decode_as(body, encoding, skip)), noscript, keep_title)
+    return stream_to_text(_BAD_CHARS.sub("", decode_as(body, encoding, skip)), noscript, keep_title)
 
 
 def _stylesheet() -> str:
@@ -279,7 +279,7 @@ class _Stream(html.parser.HTMLParser):
             return
         if self.drop_stack:
             return
-        if tag in _BLOCK_SET:
+        if tag in BLOCK_SET:
             self.out.append(NL)
         elif tag == "br":
             self.out.append(NL)
@@ -296,7 +296,7 @@ class _Stream(html.parser.HTMLParser):
                 while self.drop_stack and self.drop_stack.pop() != tag:
                     pass
             return
-        if tag in _BLOCK_SET:
+        if tag in BLOCK_SET:
             self.out.append(NL)
         if tag in _PRE_SET and self.pre:
             self.pre -= 1
@@ -309,12 +309,12 @@ class _Stream(html.parser.HTMLParser):
         self.out.append(_pre_in(data) if self.pre else data)
 
 
-def _stream_to_text(html: str, noscript: str, keep_title: bool) -> str:
+def stream_to_text(html: str, noscript: str, keep_title: bool) -> str:
     p = _Stream(noscript, keep_title)
     p.feed(html)
     p.close()
     title = _clean_title("".join(p.title)) if keep_title else ""
-    return _finish("".join(p.out), title)
+    return finish_text("".join(p.out), title)
 
 
 def xml_to_text(xml: str | bytes) -> str:
