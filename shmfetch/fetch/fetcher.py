@@ -34,14 +34,26 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as u3conn
 
-from ..config import FetchConfig, SecurityConfig
+from ..config import FetchConfig, PdfConfig, SecurityConfig
 from ..extract.html import xml_to_text
 from ..extract.maintext import html_text
 from ..extract.pagemeta import page_fields
+from ..extract.pdf import LOCK as PDFIUM_LOCK
+from ..extract.pdf import extract_pdf
 from ..options import Options, effective
 from ..protocol import PAUSE_CODES, Outcome
 from . import charset
-from .content import ContentError, Decoder, content_codings, http_date, kind_of, looks_binary, sniff
+from .content import (
+    GENERIC_TYPES,
+    PDF_MAGIC,
+    ContentError,
+    Decoder,
+    content_codings,
+    http_date,
+    kind_of,
+    looks_binary,
+    sniff,
+)
 from .netpolicy import BlockedAddress, DnsError, NetPolicy, resolve, vet
 
 log = logging.getLogger("shmfetch.fetch")
@@ -296,11 +308,19 @@ class Fetcher:
     """Fetches URLs for one thread: owns one requests.Session, so keep-alive connections are reused.
 
     ``answer_pauses``: answer 429 and 503 at once instead of retrying them here (the daemon's workers, whose
-    master pauses the host for every worker and retries; and robots.txt fetches).
+    master pauses the host for every worker and retries; and robots.txt fetches). ``pdf``: the [pdf]
+    section; without it (or with ``enabled = false``) PDFs are ``unsupported_content_type``.
     """
 
-    def __init__(self, cfg: FetchConfig, security: SecurityConfig, answer_pauses: bool = False):
+    def __init__(
+        self,
+        cfg: FetchConfig,
+        security: SecurityConfig,
+        answer_pauses: bool = False,
+        pdf: PdfConfig | None = None,
+    ):
         self.cfg = cfg
+        self.pdf = pdf if pdf is not None and pdf.enabled else None
         self.security = security
         self.policy = NetPolicy(security.allow_networks, security.deny_networks)
         self._ctx = _Ctx()
@@ -582,7 +602,6 @@ class Fetcher:
         return out
 
     def _finish_body(self, r: requests.Response, url: str, deadline: float) -> Outcome:
-        cfg = self.cfg
         self._received = 0
         if r.status_code == 304:
             return Outcome(False, 304, url, None, "", "not_modified", "304 Not Modified")
@@ -595,20 +614,25 @@ class Fetcher:
         ) else None  # fmt: skip
         status_err = None if ok else ("http_status", f"HTTP {status} {r.reason or ''}".strip())
         first = b""
-        if not ctype:
-            # Sniff on the decoded head of the body.
+        if not ctype or (self.pdf is not None and ctype in GENERIC_TYPES):
+            # Sniff on the decoded head of the body: a missing type, or a PDF sent as generic bytes.
             first = self._next_chunk(r, deadline)
             enc = content_codings(r.headers.get("Content-Encoding", ""))
             head = first
             if enc and first:
                 head = bytearray()
                 Decoder(enc, SNIFF_BYTES, truncate=True).feed_into(first, head)
-            ctype = sniff(head[:SNIFF_BYTES]) if first else "text/plain"
-        kind = kind_of(ctype)
+            if not ctype:
+                ctype = sniff(head[:SNIFF_BYTES]) if first else "text/plain"
+            elif head.startswith(PDF_MAGIC):
+                ctype = "application/pdf"
+        kind = kind_of(ctype, pdf=self.pdf is not None)
         if kind is None:
             code, msg = status_err or ("unsupported_content_type", f"content type {ctype!r} is not extracted")
             return Outcome(False, status, url, ctype, "", code, msg)
         body = self._read_body(r, deadline, first)
+        if kind == "pdf":
+            return self._finish_pdf(body, status, url, ctype, status_err, deadline)
         if kind == "html" and looks_binary(body[:SNIFF_BYTES]):
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
@@ -624,18 +648,61 @@ class Fetcher:
         if fail:
             return Outcome(False, status, url, ctype, "", *(status_err or fail))
         self._remaining(deadline)
-        # UTF-8 takes at most 4 bytes a character: most texts are far under the cap without encoding
-        # them here (the result packer encodes them once more anyway).
-        n = 4 * len(text)
-        if n > cfg.max_text_bytes:
-            n = len(text.encode("utf-8", "surrogatepass"))
-        if n > cfg.max_text_bytes:
-            return Outcome(
-                False, status, url, ctype, "", "too_large", f"text of {n} bytes exceeds max_text_bytes"
-            )
+        if over := self._text_over_cap(text):
+            return Outcome(False, status, url, ctype, "", "too_large", over)
         if status_err:
             return Outcome(False, status, url, ctype, text, *status_err, **page)
         return Outcome(True, status, url, ctype, text, **page)
+
+    def _text_over_cap(self, text: str) -> str | None:
+        """Why ``text`` is over ``max_text_bytes``, or None."""
+        # UTF-8 takes at most 4 bytes a character: most texts are far under the cap without encoding
+        # them here (the result packer encodes them once more anyway).
+        n = 4 * len(text)
+        if n > self.cfg.max_text_bytes:
+            n = len(text.encode("utf-8", "surrogatepass"))
+        return f"text of {n} bytes exceeds max_text_bytes" if n > self.cfg.max_text_bytes else None
+
+    def _finish_pdf(
+        self,
+        body: bytearray,
+        status: int,
+        url: str,
+        ctype: str,
+        status_err: tuple[str, str] | None,
+        deadline: float,
+    ) -> Outcome:
+        """A PDF body as an Outcome (shmfetch/extract/pdf.py), under the extraction gate.
+
+        PDFium serves one thread of the process at a time: a PDF waits for it *before* taking an
+        extraction slot, so PDFs queued behind one another hold no slot an HTML page could use.
+        """
+        if not PDFIUM_LOCK.acquire(timeout=self._remaining(deadline)):
+            raise FetchError("timeout", "PDFium was busy with other PDFs until the timeout", status, url)
+        try:
+            if not EXTRACT_GATE.acquire(self._remaining(deadline)):
+                raise FetchError("timeout", "no extraction slot within the timeout", status, url)
+            try:
+                self._remaining(deadline)
+                opts, pdf = self.opts, self.pdf
+                assert pdf is not None
+                got = extract_pdf(
+                    body, opts.mode, links=opts.links, metadata=opts.metadata, final_url=url,
+                    max_pages=pdf.max_pages, max_links=self.cfg.max_links, deadline=deadline,
+                )  # fmt: skip
+            finally:
+                EXTRACT_GATE.release()
+        finally:
+            PDFIUM_LOCK.release()
+        if got.error:
+            return Outcome(False, status, url, ctype, "", *(status_err or got.error))
+        if over := self._text_over_cap(got.text):
+            return Outcome(False, status, url, ctype, "", "too_large", over)
+        fields = got.fields()
+        if status_err:
+            fields["message"] = status_err[1]
+            return Outcome(False, status, url, ctype, got.text, status_err[0], **fields)
+        return Outcome(True, status, url, ctype, got.text, **fields)
 
     def _extract(
         self, body: bytes | bytearray, http_charset: str | None, kind: str, url: str

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..fronts.metrics import Histogram
-from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
+from ..protocol import CACHED_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
 from ..replies import send_result, text
 from .cache import Entry, HttpCache, cache_key, open_cache
 from .politeness import PAUSE_CODES, Politeness, host_of
@@ -229,7 +229,7 @@ class Frontier:
             self.cache.refresh(job.stale, headers)
             self._answer_cached(job, job.stale)
             return True
-        fields = {k: frame[k] for k in METADATA_FIELDS}
+        fields = {k: frame[k] for k in CACHED_FIELDS}
         self.cache.store(
             job.cache_key, status, frame["final_url"], frame["content_type"], frame["text"], fields, headers
         )

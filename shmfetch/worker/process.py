@@ -99,7 +99,8 @@ class Worker:
         return msg
 
     def _thread_main(self) -> None:
-        fetcher = Fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)  # the master pauses hosts
+        # answer_pauses: the master pauses hosts
+        fetcher = Fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True, pdf=self.cfg.pdf)
         wake = threading.Lock()
         wake.acquire()  # held: _take blocks on it until another thread hands the ring over
         try:
