@@ -260,3 +260,55 @@ def _assemble(objects: list[bytes]) -> bytes:
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     return bytes(out)
+
+
+# -- a book: many pages of varied paragraphs, with a running header and page numbers (the benchmark's) ------
+
+_WORDS = (
+    "harbour ledger copper mill river signal lantern orchard quarry winter market engine valley cargo "
+    "station bridge census archive meadow furnace canal beacon timber granary foundry workshop railway "
+    "parish tariff export vintage mineral cotton spindle weaver plough steam boiler chimney"
+).split()
+
+
+def book_paragraphs(page: int, per_page: int = 4) -> list[str]:
+    """Page ``page``'s paragraphs: deterministic word salad, different on every page."""
+    import random
+
+    rnd = random.Random(page)
+    return [
+        " ".join(rnd.choice(_WORDS) for _ in range(rnd.randint(40, 70))).capitalize() + "."
+        for _ in range(per_page)
+    ]
+
+
+def book_pdf(pages: int) -> bytes:
+    pdf = _Book()
+    pdf.set_title(f"A book of {pages} pages")
+    pdf.set_creation_date(CREATED)
+    for page in range(1, pages + 1):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=11)
+        for para in book_paragraphs(page):
+            pdf.multi_cell(0, 5.5, para, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(4)
+    return bytes(pdf.output())
+
+
+class _Book(FPDF):
+    def header(self) -> None:
+        self.set_font("helvetica", "I", 9)
+        self.cell(0, 8, "The Chronicle of Industry", align="R", new_x="LMARGIN", new_y="NEXT")
+        self.ln(4)
+
+    def footer(self) -> None:
+        self.set_y(-15)
+        self.set_font("helvetica", size=9)
+        self.cell(0, 8, str(self.page_no()), align="C")
+
+
+def book_text(pages: int) -> str:
+    """The book's full text (``text`` mode): header, paragraphs and page number of every page."""
+    return "\n\n".join(
+        "\n".join(["The Chronicle of Industry", *book_paragraphs(p), str(p)]) for p in range(1, pages + 1)
+    )
