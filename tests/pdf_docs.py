@@ -312,3 +312,25 @@ def book_text(pages: int) -> str:
     return "\n\n".join(
         "\n".join(["The Chronicle of Industry", *book_paragraphs(p), str(p)]) for p in range(1, pages + 1)
     )
+
+
+# -- characters outside the BMP (two UTF-16 units each in PDFium's text) ------------------------------------
+
+ASTRAL = [
+    "𠮷野家 𠮷𠮷𠮷𠮷𠮷𠮷𠮷𠮷𠮷𠮷𠮷𠮷 are characters outside the Basic Multilingual Plane.",
+    "The paragraph after them runs over several lines, so that each of its lines must be placed by the "
+    "glyph PDFium has at that index and not by one a dozen characters earlier on the line above it. A "
+    "third line and a fourth line make sure that a line placed on the line above would end the paragraph.",
+]
+
+
+def astral_pdf() -> bytes:
+    pdf = FPDF()
+    pdf.set_creation_date(CREATED)
+    pdf.add_font("noto", fname=cjk_font())
+    pdf.add_page()
+    pdf.set_font("noto", size=12)
+    for para in ASTRAL:
+        pdf.multi_cell(0, 7, para, new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(5)
+    return bytes(pdf.output())

@@ -79,6 +79,10 @@ def test_accents_and_cjk_and_the_title_from_the_first_heading(pdfs):
     assert md == "\n\n".join([f"# {docs.INTL_HEADING}", *docs.INTL])
 
 
+def test_lines_after_characters_outside_the_bmp_are_placed_by_their_own_glyphs():
+    assert extract(docs.astral_pdf()).text == "\n".join(docs.ASTRAL)
+
+
 def test_link_annotations_resolved_against_the_final_url(pdfs):
     got = extract(pdfs["links"], links=True)
     assert got.links == docs.links_expected(BASE) and got.links_truncated is False

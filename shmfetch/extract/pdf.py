@@ -35,6 +35,7 @@ caller takes. pypdfium2 is imported on the first PDF, so a worker that never see
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import datetime
 import math
@@ -58,6 +59,7 @@ EOF_WINDOW = 1024  # a complete PDF ends with %%EOF within its last KiB (trailin
 NO_TEXT = "the PDF has no text layer (scanned or image-only pages); no OCR is done"
 
 _LINE = re.compile(r"[^\r\n]+")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # one character in Python, two UTF-16 units in PDFium
 _DIGITS = re.compile(r"\d+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")
 _HYPHENS = ("\x02", "\xad")  # PDFium's mark for a hyphen that broke a word at a line end; a soft hyphen
@@ -220,6 +222,8 @@ def _lines(textpage: Any) -> list[_Line]:
     """The page's non-blank lines, in PDFium's order, with one position and size read per line."""
     raw = _raw
     full = textpage.get_text_range()
+    # PDFium indexes its text in UTF-16 units: past a character outside the BMP, ours are one behind.
+    astral = [m.start() for m in _ASTRAL.finditer(full)] if len(full.encode("utf-16-le")) > 2 * len(full) else []
     x, y = ctypes.c_double(), ctypes.c_double()
     left, right, bottom, top = ctypes.c_double(), ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
     out = []
@@ -228,9 +232,12 @@ def _lines(textpage: Any) -> list[_Line]:
         stripped = text.strip()
         if not stripped or not _CONTROLS.sub("", stripped).strip():
             continue
-        # Text indices are character indices: PDFium's text is its character list, generated ones included.
+        # PDFium's text is its character list (generated spaces and line breaks included), so a position
+        # in the text is a character index, counted in UTF-16 units.
         first = m.start() + len(text) - len(text.lstrip())
         last = m.start() + len(text.rstrip()) - 1
+        if astral:
+            first, last = first + bisect.bisect_left(astral, first), last + bisect.bisect_left(astral, last)
         raw.FPDFText_GetCharOrigin(textpage, first, x, y)
         raw.FPDFText_GetCharBox(textpage, last, left, right, bottom, top)
         size = raw.FPDFText_GetFontSize(textpage, first)
