@@ -334,3 +334,45 @@ def astral_pdf() -> bytes:
         pdf.multi_cell(0, 7, para, new_x="LMARGIN", new_y="NEXT")
         pdf.ln(5)
     return bytes(pdf.output())
+
+
+# -- page numbers on a few pages only, and a bulleted list ----------------------------------------------
+
+NOTES = [
+    "Notes on the harbour survey, written up after the second visit to the northern quays.",
+    "The western pier needs new timber before the winter storms arrive at the end of the year.",
+    "The customs house roof leaks over the archive room, where the oldest ledgers are kept.",
+    "Nothing else was found that could not wait for the spring inspection of the whole port.",
+]
+BULLETS = ["• replace the pier timber", "• repair the customs roof", "• move the ledgers upstairs"]
+
+
+def notes_pdf() -> bytes:
+    """Four pages; a bare page number at the foot of page 1 and "- 3 -" at the head of page 3 only (too few
+    pages for a running line, but page numbers all the same); a bulleted list on page 4."""
+    pdf = FPDF()
+    pdf.set_creation_date(CREATED)
+    pdf.add_font("noto", fname=cjk_font())
+    for page, para in enumerate(NOTES, 1):
+        pdf.add_page()
+        pdf.set_font("noto", size=11)
+        if page == 3:
+            pdf.cell(0, 8, "- 3 -", align="C", new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(6)
+        pdf.multi_cell(0, 6, para, new_x="LMARGIN", new_y="NEXT")
+        if page == 4:
+            pdf.ln(4)
+            for item in BULLETS:
+                pdf.multi_cell(0, 6, item, new_x="LMARGIN", new_y="NEXT")
+        if page == 1:
+            pdf.text(x=104, y=285, text="1")  # text(): no automatic page break at the foot
+    return bytes(pdf.output())
+
+
+def notes_text(mode: str) -> str:
+    pages = [[p] for p in NOTES]
+    pages[3] += BULLETS
+    if mode == "text":
+        pages[0].append("1")
+        pages[2].insert(0, "- 3 -")
+    return "\n\n".join("\n".join(p) for p in pages)

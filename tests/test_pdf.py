@@ -58,6 +58,11 @@ def test_report_text_per_mode_drops_running_lines_only_in_main_content(pdfs, mod
     assert (docs.REPORT_HEADER in got.text) == (mode == "text")
 
 
+@pytest.mark.parametrize("mode", ["text", "main"])
+def test_page_numbers_go_from_the_main_content_even_on_few_pages_and_bullets_are_items(mode):
+    assert extract(docs.notes_pdf(), mode).text == docs.notes_text(mode)
+
+
 def test_information_dictionary_and_catalog_fields(pdfs):
     got = extract(pdfs["report"], metadata=True)
     assert (got.title, got.description, got.lang) == (docs.REPORT_TITLE, "Figures for the first quarter", "en-GB")

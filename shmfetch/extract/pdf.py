@@ -8,8 +8,9 @@ Text. PDFium gives each page's characters in content order with its own line bre
 position and font size per line (not per character) and group lines into paragraphs:
 
 * a paragraph ends where the next line drops more than 1.3 times the page's usual line spacing, moves up
-  (a new column), changes font size, is indented against the page's left margin, or follows a short line
-  that ends a sentence; a line set larger than the body text (heading-like) is a paragraph of its own;
+  (a new column), changes font size, is indented against the page's left margin, starts with a bullet,
+  or follows a short line that ends a sentence; a line set larger than the body text (heading-like) is a
+  paragraph of its own;
 * lines are joined with a space, except after a hyphen PDFium marked as a line-end hyphenation (dropped)
   or a hyphen (kept), and between two East Asian wide characters (CJK text has no spaces);
 * ``text`` and ``main``: one paragraph a line, pages separated by a blank line; ``markdown``: paragraphs
@@ -17,7 +18,8 @@ position and font size per line (not per character) and group lines into paragra
   without text add nothing.
 * ``main`` and ``markdown`` (the main content) drop each page's running header, footer and page number:
   a line among the two top or the two bottom lines of its page that repeats there, digits aside, on at
-  least half of the pages (and at least two).
+  least half of the pages (and at least two); and, at the very top or bottom of a page, a line that is
+  only a page number (``7``, ``- 7 -``, ``Page 7 of 9``, ``vii``), however often it occurs.
 
 Metadata: ``title`` is the information dictionary's Title, else the first heading-like line; ``description``
 its Subject; ``published`` its CreationDate as YYYY-MM-DD (only with ``metadata``); ``lang`` the catalog's
@@ -64,6 +66,9 @@ _DIGITS = re.compile(r"\d+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")
 _HYPHENS = ("\x02", "\xad")  # PDFium's mark for a hyphen that broke a word at a line end; a soft hyphen
 _SENTENCE_END = (".", "!", "?", ":", "。", "！", "？")
+_BULLETS = ("•", "◦", "▪", "‣", "⁃", "●", "○", "■", "□", "➢", "✓")
+# A line that is only a page number: 7, - 7 -, Page 7, Page 7 of 9, 7 / 9, vii.
+_PAGE_NUMBER = re.compile(r"(?i)(page\s+)?[-–—]?\s*(\d{1,5}|[ivxlcdm]{1,7})\s*[-–—]?(\s*(/|of)\s*\d{1,5})?")
 _DATE = re.compile(r"D:(\d{4})(\d{2})?(\d{2})?")
 
 _pdfium: Any = None  # the pypdfium2 module, imported on first use
@@ -318,18 +323,19 @@ def _compose(pages: list[_Page], mode: str) -> tuple[str, str | None]:
 
 def _running_lines(pages: list[_Page]) -> set[tuple[int, int]]:
     """(page, line) of each running header, footer or page number (see the module docstring)."""
-    if len(pages) < 2:
-        return set()
     seen: Counter[tuple[str, str]] = Counter()
     edges: list[list[tuple[int, tuple[str, str]]]] = []
-    for page in pages:
+    out = set()
+    for i, page in enumerate(pages):
         order = sorted(range(len(page.lines)), key=lambda j: -page.lines[j].y)
         marks = [(j, ("top", _DIGITS.sub("#", page.lines[j].text))) for j in order[:EDGE_LINES]]
         marks += [(j, ("bottom", _DIGITS.sub("#", page.lines[j].text))) for j in order[-EDGE_LINES:]]
         edges.append(marks)
         seen.update({key for _, key in marks})
+        out.update((i, j) for j in order[:1] + order[-1:] if _PAGE_NUMBER.fullmatch(page.lines[j].text))
     least = max(2, math.ceil(len(pages) / 2))
-    return {(i, j) for i, marks in enumerate(edges) for j, key in marks if seen[key] >= least}
+    out.update((i, j) for i, marks in enumerate(edges) for j, key in marks if seen[key] >= least)
+    return out
 
 
 def _body_size(pages: list[_Page]) -> float:
@@ -368,6 +374,7 @@ def _starts_paragraph(prev: _Line, line: _Line, spacing: float, margin: float, w
         or drop > PARAGRAPH_GAP * spacing
         or abs(prev.size - line.size) > 0.1 * size
         or (line.x - margin > 0.8 * line.size and prev.x - margin < 0.3 * prev.size)  # indented first line
+        or line.text.startswith(_BULLETS)
         or (prev.right < width - 4 * prev.size and prev.text.endswith(_SENTENCE_END))  # short last line
     )
 
