@@ -5,6 +5,7 @@ HTTP API, Python client); the bounds (page cap, deadline, extraction slots) and 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -114,6 +115,19 @@ def test_encrypted_truncated_and_corrupt_files_are_decode_errors(pdfs):
     assert extract(pdfs["truncated"]).error == ("decode_error", "truncated PDF: no %%EOF at its end")
     bad = extract(b"%PDF-1.7\n" + bytes(range(256)) * 20 + b"\n%%EOF\n").error
     assert bad is not None and bad[0] == "decode_error" and bad[1].startswith("corrupt PDF")
+
+
+def test_damaged_pdfs_are_ok_or_decode_error_never_an_exception(pdfs):
+    rnd = random.Random(5)
+    seen = set()
+    for _ in range(150):
+        data = bytearray(rnd.choice([pdfs["report"], pdfs["links"], pdfs["intl"]]))
+        for _ in range(rnd.randint(1, 30)):
+            data[rnd.randrange(len(data) - 10)] = rnd.randrange(256)
+        got = extract(bytes(data), rnd.choice(["text", "main", "markdown"]), links=True, metadata=True)
+        assert got.error is None or got.error[0] == "decode_error", got.error
+        seen.add(got.error is None)
+    assert seen == {True, False}  # both outcomes happened: the damage reached PDFium's parser
 
 
 def test_deadline_is_checked_between_pages():

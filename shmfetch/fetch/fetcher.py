@@ -694,6 +694,7 @@ class Fetcher:
                 EXTRACT_GATE.release()
         finally:
             PDFIUM_LOCK.release()
+        self._remaining(deadline)  # as for a page: a result finished after the deadline is `timeout`
         if got.error:
             return Outcome(False, status, url, ctype, "", *(status_err or got.error))
         if over := self._text_over_cap(got.text):
