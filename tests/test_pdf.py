@@ -18,7 +18,7 @@ from shmfetch import Client
 from shmfetch.extract.pdf import NO_TEXT, extract_pdf, pdf_date
 
 from . import pdf_docs as docs
-from .helpers import page_text, run_cli, running_daemon, wait_for
+from .helpers import page_text, run_cli, running_daemon, wait_for, write_config
 from .origin import origin_fixture  # noqa: F401
 
 BASE = "http://127.0.0.1:8000/dir/doc.pdf"
@@ -143,6 +143,16 @@ def test_pdf_dates():
     assert pdf_date("D:20240315093000+01'00'") == "2024-03-15"
     assert pdf_date("D:2024") == "2024-01-01"  # month and day default to 01 (PDF 1.7, 7.9.4)
     assert pdf_date("D:20241399") is None and pdf_date("March 2024") is None and pdf_date(None) is None
+
+
+def test_pdf_config_keys_are_checked(tmp_path):
+    from shmfetch.config import ConfigError, PdfConfig, load
+
+    assert load(write_config(tmp_path)).pdf == PdfConfig(enabled=True, max_pages=500)
+    assert load(write_config(tmp_path, pdf={"enabled": "no", "max_pages": 7})).pdf == PdfConfig(False, 7)
+    for key, value in (("max_pages", 0), ("enabled", "perhaps")):
+        with pytest.raises(ConfigError, match=rf"\[pdf\] {key}"):
+            load(write_config(tmp_path, pdf={key: value}))
 
 
 # -- through a daemon ------------------------------------------------------------------------------------

@@ -694,9 +694,9 @@ class Fetcher:
                 EXTRACT_GATE.release()
         finally:
             PDFIUM_LOCK.release()
-        self._remaining(deadline)  # as for a page: a result finished after the deadline is `timeout`
         if got.error:
             return Outcome(False, status, url, ctype, "", *(status_err or got.error))
+        self._remaining(deadline)  # as for a page: a result finished after the deadline is `timeout`
         if over := self._text_over_cap(got.text):
             return Outcome(False, status, url, ctype, "", "too_large", over)
         fields = got.fields()
