@@ -4,6 +4,7 @@ HTTP API, Python client); the bounds (page cap, deadline, extraction slots) and 
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import socket
@@ -211,6 +212,26 @@ def _cli_args(options: dict[str, object]) -> list[str]:
 
 def _check(got: dict[str, object], want: dict[str, object], how: str) -> None:
     assert {k: got[k] for k in want} == want, how
+
+
+def test_a_compressed_pdf_sent_as_octet_stream_is_sniffed_after_decoding(pdfs, origin):
+    from shmfetch.config import FetchConfig, PdfConfig, SecurityConfig
+    from shmfetch.fetch.fetcher import Fetcher
+
+    path = "/pdf-tests/columns.pdf.gz"
+    hdrs = {"Content-Type": "binary/octet-stream", "Content-Encoding": "gzip"}
+    origin.respond(path, 200, gzip.compress(pdfs["columns"]), hdrs)
+    loopback = SecurityConfig(allow_networks=("127.0.0.1/32",))
+    with_pdf = Fetcher(FetchConfig(timeout=10), loopback, pdf=PdfConfig())
+    without = Fetcher(FetchConfig(timeout=10), loopback)
+    try:
+        got = with_pdf.fetch(origin.url(path))
+        assert (got.ok, got.content_type, got.text) == (True, "application/pdf", "\n".join(docs.COLUMNS))
+        got = without.fetch(origin.url(path))
+        assert (got.error, got.content_type) == ("unsupported_content_type", "binary/octet-stream")
+    finally:
+        with_pdf.close()
+        without.close()
 
 
 def test_pdfs_through_every_interface(tmp_path, served):
