@@ -134,6 +134,8 @@ class PdfConfig:
     enabled: bool = True
     # Pages extracted at most; past them the result has the first max_pages pages and ``truncated: true``.
     max_pages: int = field(default=500, metadata=_check(1, 1_000_000))
+    # Bytes the PDF's compressed streams may inflate to in all (counted before PDFium reads them).
+    max_inflated_bytes: int = field(default=256 << 20, metadata=_check(1 << 16, 1 << 34))
 
 
 @dataclass(frozen=True)

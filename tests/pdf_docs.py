@@ -376,3 +376,23 @@ def notes_text(mode: str) -> str:
         pages[0].append("1")
         pages[2].insert(0, "- 3 -")
     return "\n\n".join("\n".join(p) for p in pages)
+
+
+def flate_bomb_pdf(mb: int) -> bytes:
+    """One page whose content stream (FlateDecode) inflates to ``mb`` MiB of spaces after a "hello": a
+    small file that a reader inflating streams whole pays for in full."""
+    import zlib
+
+    deflate = zlib.compressobj(9)
+    spaces = b" " * (1 << 20)
+    parts = [deflate.compress(b"BT /F1 10 Tf 40 800 Td (hello) Tj ET\n")]
+    parts += [deflate.compress(spaces) for _ in range(mb)]
+    stream = b"".join(parts) + deflate.flush()
+    return _assemble([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [5 0 R] /Count 1 >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> "
+        b"/Contents 4 0 R >>",
+    ])  # fmt: skip

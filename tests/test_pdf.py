@@ -19,7 +19,7 @@ from shmfetch import Client
 from shmfetch.extract.pdf import NO_TEXT, extract_pdf, pdf_date
 
 from . import pdf_docs as docs
-from .helpers import page_text, run_cli, running_daemon, wait_for, write_config
+from .helpers import page_text, proc_kib, run_cli, running_daemon, wait_for, write_config
 from .origin import origin_fixture  # noqa: F401
 
 BASE = "http://127.0.0.1:8000/dir/doc.pdf"
@@ -129,6 +129,13 @@ def test_damaged_pdfs_are_ok_or_decode_error_never_an_exception(pdfs):
         assert got.error is None or got.error[0] == "decode_error", got.error
         seen.add(got.error is None)
     assert seen == {True, False}  # both outcomes happened: the damage reached PDFium's parser
+
+
+def test_streams_that_inflate_past_the_budget_are_too_large_before_pdfium_reads_them():
+    small = extract(docs.flate_bomb_pdf(8), max_inflated=16 << 20)
+    assert (small.error, small.text) == (None, "hello")
+    bomb = extract(docs.flate_bomb_pdf(64), max_inflated=16 << 20)
+    assert bomb.error == ("too_large", "the PDF's streams inflate to more than [pdf] max_inflated_bytes=16777216")
 
 
 def test_deadline_is_checked_between_pages():
@@ -305,6 +312,19 @@ def test_a_pdf_that_takes_the_whole_deadline_answers_timeout_and_the_worker_serv
         assert c.fetch(origin.url("/page/2")).text == page_text(2)
         assert c.fetch(origin.url("/pdf-tests/dense.pdf"), timeout=0.5).error == "timeout"
         assert d.worker_pids() == [worker]  # the same worker: nothing was killed or respawned
+
+
+def test_a_flate_bomb_costs_the_worker_no_more_than_the_budget(tmp_path, origin):
+    """A 1 MB PDF whose content stream inflates to 1 GiB: PDFium alone took 1.5 GiB of RSS for it."""
+    path = "/pdf-tests/flate-bomb.pdf"
+    origin.respond(path, 200, docs.flate_bomb_pdf(1024), PDF)
+    with running_daemon(tmp_path, daemon={"workers": 1}) as d, Client(d.socket, timeout=60) as c:
+        (worker,) = d.worker_pids()
+        got = c.fetch(origin.url(path))
+        assert (got.error, got.text) == ("too_large", ""), got
+        assert "max_inflated_bytes=268435456" in got.message
+        assert proc_kib(worker, "VmHWM") < 200 * 1024  # the default budget is 256 MiB: it never got there
+        assert c.fetch(origin.url("/page/3")).text == page_text(3)
 
 
 def test_pdfs_waiting_for_pdfium_hold_no_extraction_slot(tmp_path, origin):

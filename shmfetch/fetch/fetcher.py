@@ -689,6 +689,7 @@ class Fetcher:
                 got = extract_pdf(
                     body, opts.mode, links=opts.links, metadata=opts.metadata, final_url=url,
                     max_pages=pdf.max_pages, max_links=self.cfg.max_links, deadline=deadline,
+                    max_inflated=pdf.max_inflated_bytes,
                 )  # fmt: skip
             finally:
                 EXTRACT_GATE.release()
