@@ -195,8 +195,9 @@ def encrypted_pdf() -> bytes:
     return bytes(pdf.output())
 
 
-def image_only_pdf() -> bytes:
-    """One page holding a picture and no text, as a scanner makes it."""
+def image_only_pdf(text_around: tuple[str, ...] = ()) -> bytes:
+    """A page holding a picture and no text, as a scanner makes it; with ``text_around``, a page of text
+    before it and one after (one line each)."""
     from PIL import Image
 
     img = Image.new("RGB", (200, 100), (30, 90, 160))
@@ -204,8 +205,15 @@ def image_only_pdf() -> bytes:
     img.save(png, format="PNG")
     pdf = FPDF()
     pdf.set_creation_date(CREATED)
+    pdf.set_font("helvetica", size=12)
+    if text_around:
+        pdf.add_page()
+        pdf.cell(text=text_around[0])
     pdf.add_page()
     pdf.image(io.BytesIO(png.getvalue()), x=20, y=20, w=150)
+    if text_around:
+        pdf.add_page()
+        pdf.cell(text=text_around[1])
     return bytes(pdf.output())
 
 

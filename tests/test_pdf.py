@@ -109,6 +109,8 @@ def test_page_cap_keeps_the_first_pages_and_says_truncated(pdfs):
 def test_image_only_pdf_is_ok_with_empty_text_and_a_message(pdfs):
     got = extract(pdfs["image"])
     assert (got.error, got.text, got.message) == (None, "", NO_TEXT)
+    mixed = extract(docs.image_only_pdf(("Before the scan.", "After the scan.")), "markdown")
+    assert (mixed.text, mixed.message) == ("Before the scan.\n\n---\n\nAfter the scan.", None)
 
 
 def test_encrypted_truncated_and_corrupt_files_are_decode_errors(pdfs):
