@@ -150,6 +150,17 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class PdfConfig:
+    """PDF documents (shmfetch/extract/pdf.py): off, they are ``unsupported_content_type``."""
+
+    enabled: bool = True
+    # Pages extracted at most; past them the result has the first max_pages pages and ``truncated: true``.
+    max_pages: int = field(default=500, metadata=_check(1, 1_000_000))
+    # Bytes the PDF's compressed streams may inflate to in all (counted before PDFium reads them).
+    max_inflated_bytes: int = field(default=256 << 20, metadata=_check(1 << 16, 1 << 34))
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = DaemonConfig()
     ring: RingConfig = RingConfig()
@@ -160,6 +171,7 @@ class Config:
     robots: RobotsConfig = RobotsConfig()
     cache: CacheConfig = CacheConfig()
     cluster: ClusterConfig = ClusterConfig()
+    pdf: PdfConfig = PdfConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain dict, so that the master can hand the exact config it validated to its workers."""

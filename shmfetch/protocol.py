@@ -37,7 +37,7 @@ ERRORS: dict[str, str] = {
     "too_large": "the body or its text is larger than the configured cap",
     "too_many_redirects": "more than [fetch] max_redirects redirects",
     "http_status": "the server answered with a non-2xx status (the text is still returned)",
-    "unsupported_content_type": "the content type is not HTML, XHTML, XML or plain text",
+    "unsupported_content_type": "the content type is not HTML, XHTML, XML, plain text or PDF",
     "decode_error": "the body could not be decoded or parsed",
     "worker_crashed": "the worker died while fetching, twice",
     "overloaded": "the daemon's queue is full ([daemon] max_pending); retry later",
@@ -77,6 +77,7 @@ class Outcome:
     published: str | None = None  # YYYY-MM-DD, with metadata=true (request or [fetch] metadata)
     links: list[dict[str, Any]] | None = None  # [{"url": str, "internal": bool}], with links=true
     links_truncated: bool | None = None  # with links=true: more than [fetch] max_links links
+    truncated: bool = False  # a PDF of more than [pdf] max_pages pages: the text of the first ones only
     # The response's caching and politeness headers, for the master's HTTP cache and per-host gate
     # (frontier.py; docs/FETCH.md, "What the worker reports for the master"); None when absent.
     # compare=False: they describe the transfer, not what was fetched.
@@ -95,6 +96,8 @@ class Outcome:
 
 # The page fields of an Outcome (what a page declares about itself; shmfetch/extract/pagemeta.py fills them).
 METADATA_FIELDS = ("title", "lang", "canonical_url", "description", "site_name", "published")
+# What the master's HTTP cache keeps beside the text, so that a hit answers them too (frontier/admission.py).
+CACHED_FIELDS = (*METADATA_FIELDS, "truncated")
 
 
 @dataclass

@@ -36,7 +36,7 @@ def _cases(o) -> list[tuple[str, str | None, str | None]]:
         (o.url("/reset?key=drst&fails=1"), None, "recovered"),
         (o.url("/close-early"), "connect_error", None),
         (o.url("/binary-html"), "decode_error", None),
-        (o.url("/ctype/pdf"), "unsupported_content_type", None),
+        (o.url("/ctype/pdf"), "decode_error", None),  # bytes after %PDF- that are no PDF
         (o.url("/ctype/png"), "unsupported_content_type", None),
         (o.url("/status/404"), "http_status", "status 404"),
         (f"https://127.0.0.1:{o.port}/page", "tls_error", None),

@@ -50,6 +50,7 @@ def test_outcome_interface_is_stable():
     assert names == [
         "ok", "status", "final_url", "content_type", "text", "error", "message",
         "title", "lang", "canonical_url", "description", "site_name", "published", "links", "links_truncated",
+        "truncated",
         # reported to the master for its cache and per-host gate (frontier.py)
         "etag", "last_modified", "cache_control", "expires", "date", "retry_after", "body_bytes", "retries", "answered_at",
     ]  # fmt: skip

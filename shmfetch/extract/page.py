@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from ..config import FetchConfig, SecurityConfig
+from ..config import FetchConfig, PdfConfig, SecurityConfig
 from ..fetch import charset
 from ..fetch.body import SNIFF_BYTES, Body
 from ..fetch.content import kind_of, looks_binary
@@ -25,6 +25,8 @@ from ..protocol import Outcome
 from .html import xml_to_text
 from .maintext import html_text
 from .pagemeta import page_fields
+from .pdf import LOCK as PDFIUM_LOCK
+from .pdf import extract_pdf
 
 
 class ExtractGate:
@@ -63,20 +65,27 @@ def _http_charset(ctype_header: str) -> str | None:
 
 
 class PageStep:
-    """Turns a final response into an Outcome: type, capped body, extraction under the gate, text cap."""
+    """Turns a final response into an Outcome: type, capped body, extraction under the gate, text cap.
 
-    def __init__(self, cfg: FetchConfig):
+    ``pdf``: the [pdf] section; without it (or with ``enabled = false``) PDFs are
+    ``unsupported_content_type``. The PDF library is imported by the first PDF (shmfetch/extract/pdf.py).
+    """
+
+    def __init__(self, cfg: FetchConfig, pdf: PdfConfig | None = None):
         self.cfg = cfg
+        self.pdf = pdf if pdf is not None and pdf.enabled else None
 
     def __call__(self, r: requests.Response, url: str, body: Body, opts: Options) -> Outcome:
         status = r.status_code
         status_err = None if 200 <= status < 300 else ("http_status", f"HTTP {status} {r.reason or ''}".strip())
-        ctype = body.media_type()
-        kind = kind_of(ctype)
+        ctype = body.media_type(pdf=self.pdf is not None)
+        kind = kind_of(ctype, pdf=self.pdf is not None)
         if kind is None:
             code, msg = status_err or ("unsupported_content_type", f"content type {ctype!r} is not extracted")
             return Outcome(False, status, url, ctype, "", code, msg)
         data = body.read()
+        if kind == "pdf":
+            return self._pdf_outcome(data, r, url, ctype, status_err, body, opts)
         if kind == "html" and looks_binary(data[:SNIFF_BYTES]):
             code, msg = status_err or ("decode_error", f"binary body served as {ctype}")
             return Outcome(False, status, url, ctype, "", code, msg)
@@ -91,6 +100,57 @@ class PageStep:
         if status_err:
             return Outcome(False, status, url, ctype, text, *status_err, **page)
         return Outcome(True, status, url, ctype, text, **page)
+
+    def _pdf_outcome(
+        self,
+        data: bytearray,
+        r: requests.Response,
+        url: str,
+        ctype: str,
+        status_err: tuple[str, str] | None,
+        body: Body,
+        opts: Options,
+    ) -> Outcome:
+        """A PDF body as an Outcome (shmfetch/extract/pdf.py): text, fields, ``truncated``."""
+        got = self._extract_pdf_gated(data, r, url, body, opts)
+        status = r.status_code
+        if got.error:
+            if got.error[0] == "timeout":
+                raise Timeout("extract", status, url)  # worded like any page's extraction timeout
+            return Outcome(False, status, url, ctype, "", *(status_err or got.error))
+        body.remaining("extract")  # as for a page: a result finished after the deadline is `timeout`
+        if too_large := self._text_too_large(got.text):
+            return Outcome(False, status, url, ctype, "", "too_large", too_large)
+        fields = got.fields()
+        if status_err:
+            fields["message"] = status_err[1]
+            return Outcome(False, status, url, ctype, got.text, status_err[0], **fields)
+        return Outcome(True, status, url, ctype, got.text, **fields)
+
+    def _extract_pdf_gated(
+        self, data: bytearray, r: requests.Response, url: str, body: Body, opts: Options
+    ) -> Any:
+        """``extract_pdf`` holding PDFium, then a slot of the gate. PDFium serves one thread of the process
+        at a time: a PDF waits for it *before* it takes a slot, so queued PDFs hold no slot a page could use.
+        """
+        if not PDFIUM_LOCK.acquire(timeout=body.remaining("extract_wait")):
+            raise Timeout("extract_wait", r.status_code, url)
+        try:
+            if not EXTRACT_GATE.acquire(body.remaining("extract_wait")):
+                raise Timeout("extract_wait", r.status_code, url)
+            try:
+                body.remaining("extract_wait")
+                pdf = self.pdf
+                assert pdf is not None
+                return extract_pdf(
+                    data, opts.mode, links=opts.links, metadata=opts.metadata, final_url=url,
+                    max_pages=pdf.max_pages, max_links=self.cfg.max_links, deadline=body.deadline,
+                    max_inflated=pdf.max_inflated_bytes,
+                )  # fmt: skip
+            finally:
+                EXTRACT_GATE.release()
+        finally:
+            PDFIUM_LOCK.release()
 
     def _extract_gated(
         self, data: bytearray, r: requests.Response, kind: str, url: str, body: Body, opts: Options
@@ -141,6 +201,9 @@ class PageStep:
         return text, None, page
 
 
-def page_fetcher(cfg: FetchConfig, security: SecurityConfig, answer_pauses: bool = False) -> Fetcher:
-    """A Fetcher whose ``fetch`` extracts pages: the one the workers, the tests and the tools use."""
-    return Fetcher(cfg, security, answer_pauses=answer_pauses, page=PageStep(cfg))
+def page_fetcher(
+    cfg: FetchConfig, security: SecurityConfig, answer_pauses: bool = False, pdf: PdfConfig | None = None
+) -> Fetcher:
+    """A Fetcher whose ``fetch`` extracts pages: the one the workers, the tests and the tools use.
+    ``pdf``: the [pdf] section, for PDFs to be extracted (the workers pass theirs)."""
+    return Fetcher(cfg, security, answer_pauses=answer_pauses, page=PageStep(cfg, pdf))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 from lxml import etree
@@ -129,11 +130,19 @@ def links(
     """``([{"url", "internal"}...], truncated)``: the page's links as described in the module docstring."""
     if root is None:
         return [], False
-    base = base_url(final_url, head or _Head(root))
+    return link_list(_HREFS(root), final_url, cap, base_url(final_url, head or _Head(root)))
+
+
+def link_list(
+    hrefs: Iterable[str], final_url: str, cap: int, base: str | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """``(links, truncated)`` of ``hrefs`` (an HTML page's, a PDF's link annotations) resolved against
+    ``base`` (default: the final URL): http(s) only, fragment removed, deduplicated, at most ``cap``."""
+    base = base or final_url
     host = (urllib.parse.urlsplit(final_url).hostname or "").lower()
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
-    for href in _HREFS(root):
+    for href in hrefs:
         url = _absolute(base, href)
         if url is None or url in seen:
             continue

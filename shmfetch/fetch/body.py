@@ -14,7 +14,7 @@ import time
 import requests
 
 from ..config import FetchConfig
-from .content import Decoder, content_codings, sniff
+from .content import GENERIC_TYPES, PDF_MAGIC, Decoder, content_codings, sniff
 from .errors import FetchError, Timeout, remaining
 
 CHUNK = 64 * 1024
@@ -38,19 +38,26 @@ class Body:
         """Seconds left before the deadline; ``Timeout(phase)`` if none are left."""
         return remaining(self.deadline, phase)
 
-    def media_type(self) -> str:
-        """The bare media type of the body: its Content-Type, else sniffed from its decoded head."""
+    def media_type(self, pdf: bool = False) -> str:
+        """The bare media type of the body: its Content-Type, else sniffed from its decoded head. With
+        ``pdf``, a body under a generic type (``application/octet-stream``...) that starts with ``%PDF-``
+        is ``application/pdf``."""
         ctype = self.r.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if ctype:
+        if ctype and not (pdf and ctype in GENERIC_TYPES):
             return ctype
+        head = self._head()
+        if ctype:
+            return "application/pdf" if head.startswith(PDF_MAGIC) else ctype
+        return sniff(bytes(head[:SNIFF_BYTES])) if self._first else "text/plain"
+
+    def _head(self) -> bytes | bytearray:
+        """The decoded start of the body (up to SNIFF_BYTES), keeping the raw chunk for ``read``."""
         self._first = self.next_chunk()
-        if not self._first:
-            return "text/plain"
         head = self._first
-        if self._codings:
+        if self._codings and head:
             head = bytearray()
             Decoder(self._codings, SNIFF_BYTES, truncate=True, deadline=self.deadline).feed_into(self._first, head)
-        return sniff(bytes(head[:SNIFF_BYTES]))
+        return head
 
     def read(self) -> bytearray:
         """The decoded body, within the deadline and the byte caps."""

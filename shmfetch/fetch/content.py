@@ -52,10 +52,16 @@ class ContentError(Exception):
 HTML_TYPES = frozenset(("text/html", "application/xhtml+xml"))
 XML_TYPES = frozenset(("application/xml", "text/xml", "application/rss+xml", "application/atom+xml"))
 TEXT_TYPES = frozenset(("text/plain",))
+PDF_TYPES = frozenset(("application/pdf", "application/x-pdf"))
+# Types a server sends when it does not know better: a PDF among them is told by its first bytes.
+GENERIC_TYPES = frozenset(("application/octet-stream", "binary/octet-stream", "application/unknown"))
+PDF_MAGIC = b"%PDF-"
 
 
-def kind_of(ctype: str) -> str | None:
-    """'html', 'xml', 'text' or None (unsupported) for a bare media type."""
+def kind_of(ctype: str, pdf: bool = False) -> str | None:
+    """'html', 'xml', 'text', 'pdf' (only with ``pdf``) or None (unsupported) for a bare media type."""
+    if pdf and ctype in PDF_TYPES:
+        return "pdf"
     if ctype in HTML_TYPES:
         return "html"
     if ctype in XML_TYPES or ctype.endswith("+xml"):

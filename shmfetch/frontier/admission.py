@@ -32,7 +32,7 @@ from typing import Any
 
 from ..config import Config
 from ..job import Job, answer, text
-from ..protocol import METADATA_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
+from ..protocol import CACHED_FIELDS, OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, master_frame
 from .cache import HEADER_FIELDS, Entry, HttpCache, cache_key, open_cache
 from .politeness import PAUSE_CODES, Politeness, host_of
 from .robots import ALLOW, DENY, Robots, Rules, origin_of
@@ -228,7 +228,7 @@ class Frontier:
             self.cache.refresh(job.stale, headers)
             self._answer_cached(job, job.stale)
             return True
-        fields = {k: frame[k] for k in METADATA_FIELDS}
+        fields = {k: frame[k] for k in CACHED_FIELDS}
         self.cache.store(
             job.cache_key, status, frame["final_url"], frame["content_type"], frame["text"], fields, headers
         )

@@ -161,6 +161,8 @@ def frame_response(frame: dict[str, Any], want_json: bool, markdown: bool = Fals
         headers["X-Shmfetch-Error"] = error
     if frame.get("status") is not None:
         headers["X-Shmfetch-Upstream-Status"] = str(frame["status"])
+    if frame.get("truncated"):  # a PDF past [pdf] max_pages: a plain-text body says so here
+        headers["X-Shmfetch-Truncated"] = "true"
     status = http_status(error)
     if want_json:
         body = json.dumps({k: frame.get(k) for k in RESULT_FIELDS}, ensure_ascii=False)

@@ -106,7 +106,7 @@ class Worker:
 
     def _thread_main(self) -> None:
         # answer_pauses: the master pauses hosts
-        fetcher = page_fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True)
+        fetcher = page_fetcher(self.cfg.fetch, self.cfg.security, answer_pauses=True, pdf=self.cfg.pdf)
         wake = threading.Lock()
         wake.acquire()  # held: _take blocks on it until another thread hands the ring over
         try:
