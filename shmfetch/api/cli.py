@@ -175,9 +175,7 @@ def _redis_url(args: argparse.Namespace) -> str:
     url = args.redis or _cluster_config(args).redis
     if not url:
         raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
-    from ..cluster.streams import check_url
-
-    if why := check_url(url):
+    if why := config_mod.check_redis_url(url):
         raise config_mod.ConfigError(f"--redis {url!r}: not a Redis URL ({why})")
     return url
 

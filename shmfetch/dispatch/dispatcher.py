@@ -91,18 +91,27 @@ class WorkerHandle:
 
 
 class Dispatcher:
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int, max_inflight: int):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_pending: int,
+        max_inflight: int,
+        workers: int = 0,
+        on_idle: Callable[[], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+        on_corrupt: Callable[[WorkerHandle], None] | None = None,
+    ):
         self.loop = loop
         self.max_pending = max_pending
         self.max_inflight = max_inflight
-        self.workers: list[WorkerHandle | None] = []
+        self.workers: list[WorkerHandle | None] = [None] * workers  # by slot; see attach/detach
         self.pending: deque[Job] = deque()
         self.rr = 0  # the worker whose turn is next
         self.accepting = True
         self._tickets = itertools.count(1)
-        self.on_idle: Callable[[], None] | None = None  # everything answered (ends a drain early)
-        self.on_busy: Callable[[], None] | None = None  # a worker got work (arms the hang watchdog)
-        self.on_corrupt: Callable[[WorkerHandle], None] | None = None  # its result ring is unreadable
+        self.on_idle = on_idle  # everything answered (ends a drain early)
+        self.on_busy = on_busy  # a worker got work (arms the hang watchdog)
+        self.on_corrupt = on_corrupt  # its result ring is unreadable
         # Cache, robots.txt, per-host gate: every job passes it. Set by the master right after this
         # constructor, because the frontier is built on this dispatcher.
         self.frontier: Frontier
@@ -111,6 +120,28 @@ class Dispatcher:
         self.failures: Counter[str] = Counter()
         self.completions: deque[tuple[float, int]] = deque()  # (monotonic second, pages) for the rates
         self.redispatched = 0
+
+    # -- worker slots (the supervisor's side) -----------------------------------------------------------
+
+    def attach(self, w: WorkerHandle) -> None:
+        """A (re)spawned worker takes its slot; queued jobs go to it at once."""
+        self.workers[w.index] = w
+        self.pump()
+
+    def detach(self, w: WorkerHandle) -> list[Job]:
+        """A dead, drained worker: free its slot if it still holds it; returns its unanswered jobs."""
+        orphans = self.orphans(w)
+        if self.workers[w.index] is w:
+            self.workers[w.index] = None
+        return orphans
+
+    def handles(self) -> list[WorkerHandle | None]:
+        """The worker in each slot, None where none is (a copy: read it, do not write it)."""
+        return list(self.workers)
+
+    def stop_accepting(self) -> None:
+        """From now on every new job is answered ``shutting_down``."""
+        self.accepting = False
 
     # -- intake ---------------------------------------------------------------------------------------
 
