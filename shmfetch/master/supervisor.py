@@ -47,6 +47,7 @@ class Supervisor:
 
     ``on_boot_loop(index, last)`` is called once when slot ``index`` failed to boot too often (``last``
     says how the last attempt ended); ``on_change()`` after every burial (it wakes the arbiter's loop).
+    ``env``: the workers' environment (``WORKER_ENV`` by default).
     """
 
     def __init__(
@@ -56,8 +57,10 @@ class Supervisor:
         dispatcher: Dispatcher,
         on_boot_loop: Callable[[int, str], None],
         on_change: Callable[[], None],
+        env: dict[str, str] | None = None,
     ):
         self.cfg = cfg
+        self.env = WORKER_ENV if env is None else env  # the workers' environment
         self.ctl = ctl
         self.dispatcher = dispatcher
         self.master_pid = os.getpid()
@@ -148,7 +151,7 @@ class Supervisor:
             wfd = -1
             argv = [sys.executable, "-m", "shmfetch.worker", str(w.index)]
             return os.posix_spawn(
-                sys.executable, argv, WORKER_ENV, file_actions=[(os.POSIX_SPAWN_DUP2, rfd, 0)]
+                sys.executable, argv, self.env, file_actions=[(os.POSIX_SPAWN_DUP2, rfd, 0)]
             )
         finally:
             os.close(rfd)
@@ -272,8 +275,10 @@ class Supervisor:
     # -- hang watchdog --------------------------------------------------------------------------------
 
     def arm_watchdog(self) -> None:
-        """Check for hung workers only while some worker has work: an idle daemon keeps no timer."""
-        if self._watchdog is None and any(w and w.outstanding for w in self.dispatcher.handles()):
+        """A worker got work: check for hung workers from now on, while some worker has work (an idle
+        daemon keeps no timer). Armed unconditionally: the dispatcher calls this before it records the
+        job, so a look at the workers here would find none busy on a daemon's first job."""
+        if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().call_later(WATCHDOG_PERIOD, self._check_hung)
 
     def _check_hung(self) -> None:
@@ -290,7 +295,8 @@ class Supervisor:
                 )
                 self.kill(w)
                 w.last_progress = now
-        self.arm_watchdog()
+        if any(w and w.outstanding for w in self.dispatcher.handles()):
+            self.arm_watchdog()
 
     # -- stop -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,194 @@
+"""The Supervisor on its own: real worker processes on real rings, driven from this process's event loop.
+
+No daemon and no fronts: each test builds the control segment, a dispatcher with its frontier, and a
+Supervisor, the way the arbiter composes them, and reaps by polling instead of on SIGCHLD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from shmfetch import Client
+from shmfetch.config import Config, DaemonConfig, FetchConfig, PolitenessConfig, RingConfig, SecurityConfig
+from shmfetch.dispatch.dispatcher import Dispatcher, Job
+from shmfetch.frontier.admission import Frontier
+from shmfetch.ipc import names
+from shmfetch.ipc.control import S_READY, Control
+from shmfetch.master.supervisor import MAX_BOOT_FAILURES, WORKER_ENV, Supervisor
+
+from .helpers import REPO, page_text, running_daemon
+
+
+def _config(tmp_path: Path, timeout: float = 5.0, hang_grace: float = 5.0) -> Config:
+    return Config(
+        daemon=DaemonConfig(
+            workers=1, threads=2, socket=str(tmp_path / "s.sock"), pidfile=str(tmp_path / "p.pid"),
+            hang_grace=hang_grace,
+        ),
+        ring=RingConfig(request_slots=64, result_slots=64),
+        fetch=FetchConfig(timeout=timeout),
+        security=SecurityConfig(allow_networks=("127.0.0.1/32",)),
+        politeness=PolitenessConfig(per_host=65536),
+    )  # fmt: skip
+
+
+class Inbox:
+    """A job's answer, as a client connection would get it."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.frames.append(frame)
+
+
+class Rig:
+    """What the arbiter's ``_compose`` builds around a Supervisor, minus the fronts."""
+
+    def __init__(self, cfg: Config, env: dict[str, str] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.boot_loops: list[tuple[int, str]] = []
+        self.ctl = Control.create(names.control_name(os.getpid()), cfg.daemon.workers)
+        self.d = Dispatcher(
+            loop, 100, 8, cfg.daemon.workers,
+            on_busy=lambda: self.sup.arm_watchdog(), on_corrupt=lambda w: self.sup.kill(w),
+        )  # fmt: skip
+        self.d.frontier = Frontier(cfg, self.d, loop)
+        self.sup = Supervisor(cfg, self.ctl, self.d, self._boot_loop, lambda: None, env=env)
+
+    def _boot_loop(self, index: int, last: str) -> None:
+        self.boot_loops.append((index, last))
+
+    def ready(self, index: int = 0) -> bool:
+        w = self.d.handles()[index]
+        return w is not None and w.alive and bool(self.ctl.slot(index, S_READY, 4))
+
+    async def until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        """Reap and let the loop run until ``cond()``; fail after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+            self.sup.reap()
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self.sup.stop(forced=True)
+        await self.sup.stop_all(graceful=False, grace=0)
+        await self.sup.await_burials()
+        self.d.fail_all("shutting_down")
+        self.d.frontier.close()
+        self.ctl.close()
+        self.ctl.unlink()
+
+
+@contextlib.asynccontextmanager
+async def rig(cfg: Config, env: dict[str, str] | None = None) -> AsyncIterator[Rig]:
+    r = Rig(cfg, env)
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def _shm_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(names.SHM_DIR, name.lstrip("/")))
+
+
+def _broken_lxml_env(tmp_path: Path) -> dict[str, str]:
+    """Workers whose import of lxml fails: each exits non-zero before it is ready."""
+    broken = tmp_path / "broken"
+    (broken / "lxml").mkdir(parents=True)
+    (broken / "lxml" / "__init__.py").write_text("raise ImportError('lxml is broken on purpose')\n")
+    return dict(WORKER_ENV, PYTHONPATH=f"{broken}{os.pathsep}{REPO}")
+
+
+def test_a_killed_worker_is_reaped_buried_and_respawned_on_new_rings_and_serves(tmp_path, origin):
+    async def scenario() -> None:
+        async with rig(_config(tmp_path)) as r:
+            r.sup.spawn(0)
+            await r.until(r.ready, 30, "ready worker")
+            first = r.d.handles()[0]
+            os.kill(first.pid, signal.SIGKILL)
+            await r.until(lambda: r.ready() and r.d.handles()[0].generation == 2, 30, "respawn")
+            assert first.pid not in r.sup.by_pid and not first.alive
+            assert not _shm_exists(first.req.name) and not _shm_exists(first.res.name)
+            assert (r.sup.restarts[0], r.sup.boot_failures[0]) == (1, 0)
+            inbox = Inbox()
+            r.d.submit(Job(inbox, 7, origin.url("/page/3")))
+            await r.until(lambda: bool(inbox.frames), 30, "answer")
+            frame = inbox.frames[0]
+            assert frame["ok"] and frame["text"] == page_text(3), frame
+            assert r.d.handles()[0].served == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay_then_reported(tmp_path):
+    async def scenario() -> None:
+        async with rig(_config(tmp_path), env=_broken_lxml_env(tmp_path)) as r:
+            spawned: list[float] = []
+            r.sup.spawn(0)
+
+            def note_spawns() -> bool:
+                while len(spawned) < r.sup.generations[0]:
+                    spawned.append(time.monotonic())
+                return bool(r.boot_loops)
+
+            await r.until(note_spawns, 60, "boot loop report")
+            assert r.boot_loops == [(0, "exit status 1")], r.boot_loops
+            assert len(spawned) == MAX_BOOT_FAILURES
+            gaps = [b - a for a, b in zip(spawned, spawned[1:], strict=False)]
+            # 0.2, 0.4, 0.8, 1.6 s of backoff at least, on top of each attempt's own boot time
+            assert sum(gaps) >= 3.0, gaps
+            assert gaps[-1] >= 1.6, gaps
+            await asyncio.sleep(0.5)
+            r.sup.reap()
+            assert r.sup.generations[0] == MAX_BOOT_FAILURES, "respawned after the boot loop was reported"
+            assert r.d.handles()[0] is None
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_with_work_that_makes_no_progress_is_killed_and_its_job_redone(tmp_path, origin):
+    async def scenario() -> None:
+        # hang limit: timeout 0.5 + hang_grace 0.5 = 1 s without a result while holding work
+        async with rig(_config(tmp_path, timeout=0.5, hang_grace=0.5)) as r:
+            r.sup.spawn(0)
+            await r.until(r.ready, 30, "ready worker")
+            stuck = r.d.handles()[0]
+            os.kill(stuck.pid, signal.SIGSTOP)
+            inbox = Inbox()
+            t0 = time.monotonic()
+            r.d.submit(Job(inbox, 1, origin.url("/page/5")))
+            await r.until(lambda: bool(inbox.frames), 30, "answer from the respawned worker")
+            assert time.monotonic() - t0 >= 1.0  # not before the hang limit
+            assert not stuck.alive and stuck.pid not in r.sup.by_pid
+            frame = inbox.frames[0]
+            assert frame["ok"] and frame["text"] == page_text(5), frame
+            assert r.d.handles()[0].generation == 2
+            assert r.sup.boot_failures[0] == 0  # a hang after boot is not a boot failure
+
+    asyncio.run(scenario())
+
+
+def test_the_only_worker_hung_on_the_first_job_is_killed_and_the_job_answered(tmp_path, origin):
+    """Through a real daemon: the watchdog must arm on the very first job of a one-worker daemon."""
+    with running_daemon(tmp_path, daemon={"workers": 1, "hang_grace": 1}, fetch={"timeout": 1}) as d:
+        victim = d.worker_pids()[0]
+        os.kill(victim, signal.SIGSTOP)  # stuck as if in C code: consumes nothing, answers nothing
+        with Client(d.socket, timeout=30) as c:
+            r = c.fetch(origin.url("/page/2"))
+        assert r.ok and r.text == page_text(2), r.error
+        assert victim not in d.worker_pids()
+        rc, _ = d.stop()
+    assert rc == 0
+    assert "made no progress" in d.stderr
