@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from shmfetch.ipc import names
 from shmfetch.ipc.control import S_READY, Control
 from shmfetch.master.supervisor import MAX_BOOT_FAILURES, WORKER_ENV, Supervisor
 
-from .helpers import REPO, page_text, running_daemon
+from .helpers import REPO, Daemon, page_text, running_daemon, write_config
 
 
 def _config(tmp_path: Path, timeout: float = 5.0, hang_grace: float = 5.0) -> Config:
@@ -192,3 +193,50 @@ def test_the_only_worker_hung_on_the_first_job_is_killed_and_the_job_answered(tm
         rc, _ = d.stop()
     assert rc == 0
     assert "made no progress" in d.stderr
+
+
+SEGV_AT_BOOT = "worker.before_ready:1::segv"  # every worker crashes in "native code" before it is ready
+
+
+def test_a_worker_killed_by_a_signal_while_booting_is_a_boot_failure(tmp_path):
+    async def scenario() -> None:
+        async with rig(_config(tmp_path), env=dict(WORKER_ENV, SHMFETCH_FAULT=SEGV_AT_BOOT)) as r:
+            r.sup.spawn(0)
+            await r.until(lambda: bool(r.boot_loops), 60, "boot loop report")
+            assert r.boot_loops == [(0, "killed by SIGSEGV")]
+            assert r.sup.generations[0] == MAX_BOOT_FAILURES
+
+    asyncio.run(scenario())
+
+
+def test_our_own_sigkill_of_a_booting_worker_is_not_a_boot_failure(tmp_path):
+    async def scenario() -> None:
+        async with rig(_config(tmp_path)) as r:
+            r.sup.spawn(0)
+            for gen in range(1, MAX_BOOT_FAILURES + 2):
+                await r.until(lambda g=gen: (w := r.d.handles()[0]) is not None and w.generation == g, 30, "spawn")
+                assert not r.ready(), "the worker was ready already: this tests a booting one"
+                r.sup.kill(r.d.handles()[0])
+                assert r.sup.boot_failures[0] == 0
+            await r.until(r.ready, 30, "a worker left to boot")
+            assert r.boot_loops == []
+
+    asyncio.run(scenario())
+
+
+def test_a_daemon_whose_workers_crash_while_booting_stops_with_exit_3(tmp_path):
+    """A worker dying of a signal before it is ready (a broken native wheel) must back off and stop the
+    daemon, not be respawned at once for ever."""
+    cfg = write_config(tmp_path, daemon={"workers": 1})
+    d = Daemon(cfg, tmp_path / "shmfetch.sock", wait=False, env=dict(os.environ, SHMFETCH_FAULT=SEGV_AT_BOOT))
+    try:
+        d.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spawns = d.stderr.count("worker 0 started")
+        d.stop()
+        raise AssertionError(f"still respawning after {spawns} spawns") from None
+    d.stdout, _ = d.proc.communicate(timeout=10)
+    assert d.proc.returncode == 3, d.stderr
+    assert "worker 0 failed to boot 5 times in a row (last: killed by SIGSEGV)" in d.stderr
+    assert d.stderr.count("worker 0 started") == MAX_BOOT_FAILURES
+    assert d.last_line() == "downloaded 0 URLs"

@@ -11,8 +11,9 @@ A test sets ``SHMFETCH_FAULT=POINT[:N[:MARKER[:ACTION]]]`` in the daemon's envir
 path), the fault fires only if it can create MARKER exclusively first, so it fires once per test across
 every worker and every respawned generation, instead of killing each new worker again.
 
-ACTION is ``kill`` (the default: SIGKILL) or ``stop`` (SIGSTOP: the process stays where it is, holding
-whatever it holds, until a test or the master kills it; for "a live holder that never returns").
+ACTION is ``kill`` (the default: SIGKILL), ``stop`` (SIGSTOP: the process stays where it is, holding
+whatever it holds, until a test or the master kills it; for "a live holder that never returns") or
+``segv`` (SIGSEGV: a crash in native code, as a broken wheel gives).
 
 Point names are listed in docs/RING.md ("Crash points"); a site names its own point.
 """
@@ -29,7 +30,7 @@ _point = ""
 _left = 0
 _marker: str | None = None
 _signal = signal.SIGKILL
-_ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+_ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "segv": signal.SIGSEGV}
 
 
 def arm_from_env() -> None:

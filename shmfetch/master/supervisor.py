@@ -74,6 +74,7 @@ class Supervisor:
         self.boot_failures = [0] * n
         self.stopping = False  # no respawns from now on
         self.forced = False  # orphans are answered, not re-homed
+        self._killed: set[int] = set()  # pids we SIGKILLed ourselves (not a boot failure, even booting)
         self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -161,6 +162,7 @@ class Supervisor:
     def kill(self, w: WorkerHandle) -> None:
         """SIGKILL a live worker (a corrupt result ring, a hang); its death is handled by ``reap``."""
         if w.alive:
+            self._killed.add(w.pid)
             _kill(w.pid, signal.SIGKILL)
 
     def live(self) -> list[WorkerHandle]:
@@ -241,7 +243,9 @@ class Supervisor:
     def _respawn_later(self, w: WorkerHandle, status: int) -> None:
         i = w.index
         ready = bool(self.ctl.slot(i, S_READY, 4))  # read before the respawn re-inits the slot
-        if _is_boot_failure(status, time.monotonic() - w.started, w.served, ready):
+        ours = w.pid in self._killed
+        self._killed.discard(w.pid)
+        if _is_boot_failure(status, time.monotonic() - w.started, w.served, ready, ours):
             self.boot_failures[i] += 1
         else:
             self.boot_failures[i] = 0
@@ -359,17 +363,23 @@ def _wait_any() -> tuple[int, int] | None:
     return (pid, status) if pid else None
 
 
-def _is_boot_failure(status: int, lived: float, served: int, ready: bool) -> bool:
-    """A worker that exits by itself having served nothing, before it said it was ready (its slot's
-    ``ready`` word) or early, failed to boot (bad install, cannot attach). "Before ready" holds however slow
-    the imports are on a loaded machine; "early" covers a worker that died right after. One killed by a
-    signal did not: a kill storm must not look like a boot loop. Except SIGBUS, at any age: it is what
-    touching shared memory that /dev/shm cannot back gives, and a new worker on new rings would meet the
-    same full /dev/shm."""
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS:
+def _is_boot_failure(status: int, lived: float, served: int, ready: bool, killed_by_us: bool) -> bool:
+    """Whether a worker's death counts toward the boot-failure backoff.
+
+    Any death before the worker said it was ready (its slot's ``ready`` word) does: an exit (bad install,
+    cannot attach) or a signal (a broken native wheel's SIGSEGV, SIGILL, seccomp's SIGSYS), however slow
+    the imports are on a loaded machine; except a SIGKILL we sent ourselves (the hang watchdog, a corrupt
+    ring, a stop). After ready, an exit having served nothing within ``BOOT_WINDOW`` still does (it died
+    right after booting); a signal does not, so that a kill storm does not look like a boot loop. SIGBUS
+    counts at any age: it is what touching shared memory that /dev/shm cannot back gives, and a new
+    worker on new rings would meet the same full /dev/shm."""
+    signaled = os.WIFSIGNALED(status)
+    if signaled and os.WTERMSIG(status) == signal.SIGBUS:
         return True
+    if not ready:
+        return not (killed_by_us and signaled and os.WTERMSIG(status) == signal.SIGKILL)
     exited = os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0
-    return exited and served == 0 and (not ready or lived < BOOT_WINDOW)
+    return exited and served == 0 and lived < BOOT_WINDOW
 
 
 def _describe_status(status: int) -> str:
