@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,19 @@ from shmfetch.ipc import names
 from shmfetch.ipc.control import S_READY, Control
 from shmfetch.master.supervisor import MAX_BOOT_FAILURES, WORKER_ENV, Supervisor
 
-from .helpers import REPO, Daemon, page_text, running_daemon, write_config
+from .helpers import (
+    REPO,
+    Daemon,
+    daemon_stats,
+    page_text,
+    run_cli,
+    running_daemon,
+    serve_argv,
+    wait_for,
+    write_config,
+)
+from .redis_server import free_port
+from .test_lifecycle import _in_small_shm, small_shm
 
 
 def _config(tmp_path: Path, timeout: float = 5.0, hang_grace: float = 5.0) -> Config:
@@ -240,3 +255,62 @@ def test_a_daemon_whose_workers_crash_while_booting_stops_with_exit_3(tmp_path):
     assert "worker 0 failed to boot 5 times in a row (last: killed by SIGSEGV)" in d.stderr
     assert d.stderr.count("worker 0 started") == MAX_BOOT_FAILURES
     assert d.last_line() == "downloaded 0 URLs"
+
+
+def _fill_shm_keeping(shm: Path, keep: str) -> list[int]:
+    """Take every free byte of ``shm``, and hold the entries containing ``keep`` open, so that unlinking
+    them frees nothing. Returns the descriptors to close."""
+    held = [os.open(shm / e, os.O_RDONLY) for e in os.listdir(shm) if keep in e and not e.startswith("sem.")]
+    filler = os.open(shm / "filler", os.O_CREAT | os.O_WRONLY, 0o600)
+    held.append(filler)
+    st = os.statvfs(shm)
+    os.posix_fallocate(filler, 0, st.f_bavail * st.f_frsize)
+    return held
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+@small_shm
+def test_a_respawn_that_finds_no_room_is_retried_while_the_live_workers_serve(tmp_path, origin):
+    """A full /dev/shm during one respawn must not stop the daemon: the slot retries at a capped backoff,
+    past the boot-failure limit, the other worker serves, and stats, /metrics and the log say so."""
+    log_file, port = tmp_path / "daemon.log", free_port()
+    cfg = write_config(
+        tmp_path,
+        daemon={"workers": 2, "log_file": log_file},
+        ring={"request_slots": 64, "result_slots": 64},
+        http={"listen": f"127.0.0.1:{port}"},
+    )
+    d = Daemon(cfg, tmp_path / "shmfetch.sock", argv=_in_small_shm("2m", f"exec {' '.join(serve_argv(cfg))}"))
+    held: list[int] = []
+    try:
+        shm = Path(f"/proc/{d.pid}/root/dev/shm")  # the daemon's private /dev/shm
+        victim = daemon_stats(d.socket)["workers"][0]["pid"]
+        held = _fill_shm_keeping(shm, ".w0.g1.")
+        os.kill(victim, signal.SIGKILL)
+        retries = lambda: daemon_stats(d.socket).get("resource_failures", 0) > MAX_BOOT_FAILURES  # noqa: E731
+        wait_for(lambda: d.proc.poll() is not None or retries(), 30, "retries past the boot-failure limit")
+        assert d.proc.poll() is None, f"the daemon stopped: {d.stderr}"
+        w0 = daemon_stats(d.socket)["workers"][0]
+        assert not w0["alive"] and "/dev/shm" in w0["respawn_blocked"], w0
+        p = run_cli("submit", "--socket", d.socket, "--json", *[origin.url(f"/page/{i}") for i in range(4)])
+        assert p.returncode == 0, p.stdout
+        assert {json.loads(line)["worker"] for line in p.stdout.splitlines()} == {1}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert _metric(r.read().decode(), "shmfetch_respawn_resource_failures_total") > MAX_BOOT_FAILURES
+        assert "serving with 1 live worker(s)" in log_file.read_text()
+        for fd in held:
+            os.close(fd)
+        held = []
+        os.unlink(shm / "filler")
+        wait_for(lambda: all(w["alive"] for w in daemon_stats(d.socket)["workers"]), 10, "the respawn")
+        assert daemon_stats(d.socket)["workers"][0]["respawn_blocked"] is None
+    finally:
+        for fd in held:
+            os.close(fd)
+        code, _ = d.stop()
+    assert code == 0, d.stderr

@@ -32,6 +32,8 @@ def worker_entries(supervisor: Supervisor, dispatcher: Dispatcher, ctl: Control)
                 "served_by_pid": w.served if w else 0,
                 "in_flight": len(w.outstanding) if w else 0,
                 "queued": max(0, len(w.outstanding) - ctl.slot(i, S_BUSY)) if w else 0,
+                "resource_failures": supervisor.resource_failures[i],
+                "respawn_blocked": supervisor.blocked[i],  # why its respawn waits for room, or None
             }
         )
     return workers
@@ -68,6 +70,7 @@ def document(
         "http_connections": len(http.connections) if http is not None else 0,
         "stopping": stopping,
         "log_dropped": log_dropped,
+        "resource_failures": sum(supervisor.resource_failures),
         "workers": worker_entries(supervisor, d, ctl),
         "frontier": d.frontier.stats(),
         "cluster": cluster.stats() if cluster is not None else None,

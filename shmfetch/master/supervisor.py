@@ -26,6 +26,7 @@ from ..dispatch.dispatcher import Dispatcher, WorkerHandle
 from ..ipc import names
 from ..ipc.control import S_PID, S_READY, Control
 from ..ipc.ring import Ring
+from ..ipc.segment import SharedMemoryFull
 
 log = logging.getLogger("shmfetch.master")
 
@@ -40,6 +41,10 @@ MAX_BOOT_FAILURES = 5
 KILL_GRACE = 5.0  # SIGKILL takes effect at once unless the process is stuck in the kernel
 BURY_GRACE = 1.0  # after every worker is dead, the burials wait on nothing of ours
 WATCHDOG_PERIOD = 0.5
+RESOURCE_RETRY_MAX = 2.0  # a respawn that found no room retries at most this long after the last try
+# A respawn that fails for want of room (no /dev/shm for its rings, no memory, no process or descriptor
+# left) is not a broken install: it is retried while the other workers serve, and never stops the daemon.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EAGAIN, errno.EMFILE, errno.ENFILE})
 
 
 class Supervisor:
@@ -72,6 +77,9 @@ class Supervisor:
         self.restarts = [0] * n
         self.served_before = [0] * n  # results served by earlier generations of each slot
         self.boot_failures = [0] * n
+        self.resource_failures = [0] * n  # respawns that found no room, ever (stats, /metrics)
+        self.blocked: list[str | None] = [None] * n  # why the slot's respawn waits for room, or None
+        self._resource_streak = [0] * n  # such failures in a row: the retry's backoff
         self.stopping = False  # no respawns from now on
         self.forced = False  # orphans are answered, not re-homed
         self._killed: set[int] = set()  # pids we SIGKILLed ourselves (not a boot failure, even booting)
@@ -272,9 +280,32 @@ class Supervisor:
         try:
             self.spawn(index)
         except Exception as e:  # whatever it was, spawn left nothing behind: try again later
+            if isinstance(e, SharedMemoryFull) or (isinstance(e, OSError) and e.errno in RESOURCE_ERRNOS):
+                self._retry_for_room(index, e)
+                return
             log.error("cannot respawn worker %d: %s", index, e)
             self.boot_failures[index] += 1
             self._schedule_respawn(index, f"cannot respawn: {e}")
+            return
+        if self.blocked[index] is not None:
+            log.info("worker %d respawned after %d attempt(s) that found no room", index, self._resource_streak[index])
+        self.blocked[index] = None
+        self._resource_streak[index] = 0
+
+    def _retry_for_room(self, index: int, e: BaseException) -> None:
+        """No room for the respawn: retry at a capped backoff; the live workers go on serving."""
+        self.resource_failures[index] += 1
+        self._resource_streak[index] += 1
+        self.blocked[index] = str(e)
+        delay = min(RESOURCE_RETRY_MAX, 0.1 * 2 ** self._resource_streak[index])
+        log.error(
+            "cannot respawn worker %d: %s; retrying in %.1fs, serving with %d live worker(s)",
+            index,
+            e,
+            delay,
+            len(self.live()),
+        )
+        asyncio.get_running_loop().call_later(delay, self._respawn, index)
 
     # -- hang watchdog --------------------------------------------------------------------------------
 
