@@ -70,6 +70,7 @@ class Master:
         self.stopping = False
         self.forced = False
         self.drain_deadline: float | None = None  # monotonic; set by the first stop signal
+        self.stop_signals = 0  # SIGUSR1, SIGTERM and SIGINT received so far
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
 
@@ -235,6 +236,7 @@ class Master:
 
     def _stop_signal(self, sig: signal.Signals) -> None:
         """The first stop signal starts the drain; the next one forces the stop."""
+        self.stop_signals += 1
         if not self.stopping:
             log.info("got %s: draining (up to %.1fs)", sig.name, self.cfg.daemon.drain_timeout)
             self._stop_accepting()
@@ -295,12 +297,28 @@ class Master:
                 conn.send({"id": req_id, "ok": True, "downloaded": self.downloaded()})
 
     async def _close_fronts(self) -> None:
-        if self.cluster is not None:  # commit the results of finished jobs (bounded by drain_timeout)
-            await self.cluster.close(self.cfg.daemon.drain_timeout)
+        if self.cluster is not None:
+            await self._close_cluster()
         if self.listener is not None:
             await self.listener.close_all()
         if self.http is not None:
             await self.http.close_all()
+
+    async def _close_cluster(self) -> None:
+        """Commit the results of finished jobs, for up to ``drain_timeout``; a stop signal that arrives
+        meanwhile (Redis is down, the operator asks again) cuts the wait short. Other signals are served."""
+        stops = self.stop_signals
+        closing = asyncio.ensure_future(self.cluster.close(self.cfg.daemon.drain_timeout))
+        while not closing.done():
+            woken = asyncio.ensure_future(self.wake.wait())
+            await asyncio.wait({closing, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            self.wake.clear()
+            self._dispatch_signals()
+            if self.stop_signals > stops:
+                log.warning("cluster: not waiting any longer for Redis to take the results")
+                self.cluster.cut_short()
+        await closing
 
     def _check_count(self) -> None:
         if self.ctl is not None and self.ctl.counter != self.dispatcher.ok_total:
