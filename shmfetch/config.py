@@ -265,6 +265,8 @@ def load(path: str | os.PathLike[str]) -> Config:
             parser.read_file(fh)
     except OSError as e:
         raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     except configparser.Error as e:
         raise ConfigError(f"config {str(path)!r} is not valid INI: {e}") from None
     sections: dict[str, Any] = {}

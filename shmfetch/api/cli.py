@@ -86,7 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..master.arbiter import Master, StartupError
 
     cfg = config_mod.load(args.config)
-    handler, front = _setup_logging(cfg)
+    try:  # the log file is claimed like every other resource: before any worker starts
+        handler, front = _setup_logging(cfg)
+    except OSError as e:
+        print(f"shmfetch: cannot open log file {cfg.daemon.log_file}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     master = Master(cfg, handler, front)
     try:
         try:

@@ -135,14 +135,14 @@ class Master:
             raise StartupError(str(e)) from None
         self._compose(loop)
         # From here on a failure is cleaned up by _teardown (workers already up) and _release_control.
+        if self.http is not None:  # every resource is claimed before any worker starts
+            await self._start_http()
         try:
             for i in range(d.workers):
                 self.supervisor.spawn(i)
         except SharedMemoryFull as e:
             raise StartupError(str(e)) from None
         await self.listener.start(self.sock)
-        if self.http is not None:
-            await self._start_http()
         if self.cluster is not None:
             self.cluster.start()
         log.info("shmfetch master %d listening on %s with %d workers", self.pid, d.socket, d.workers)
@@ -179,12 +179,7 @@ class Master:
         try:
             await self.http.start(listen)
         except OSError as e:
-            # Stop through the normal path (teardown reaps the workers and unlinks every object).
-            log.error("cannot listen for HTTP on %s: %s", listen, e)
-            self.exit_code = EXIT_USAGE
-            self._force()
-            self.wake.set()
-            return
+            raise StartupError(f"cannot listen for HTTP on {listen}: {e.strerror or e}") from None
         log.info("HTTP API listening on %s", listen)
 
     # -- signals and the loop -------------------------------------------------------------------------
