@@ -38,7 +38,7 @@ from .helpers import (
     wait_for,
     write_config,
 )
-from .redis_server import free_port
+from .origin import closed_port
 from .test_lifecycle import _in_small_shm, small_shm
 
 
@@ -229,7 +229,9 @@ def test_our_own_sigkill_of_a_booting_worker_is_not_a_boot_failure(tmp_path):
         async with rig(_config(tmp_path)) as r:
             r.sup.spawn(0)
             for gen in range(1, MAX_BOOT_FAILURES + 2):
-                await r.until(lambda g=gen: (w := r.d.handles()[0]) is not None and w.generation == g, 30, "spawn")
+                await r.until(
+                    lambda g=gen: (w := r.d.handles()[0]) is not None and w.generation == g, 30, "spawn"
+                )
                 assert not r.ready(), "the worker was ready already: this tests a booting one"
                 r.sup.kill(r.d.handles()[0])
                 assert r.sup.boot_failures[0] == 0
@@ -278,7 +280,7 @@ def _metric(text: str, name: str) -> float:
 def test_a_respawn_that_finds_no_room_is_retried_while_the_live_workers_serve(tmp_path, origin):
     """A full /dev/shm during one respawn must not stop the daemon: the slot retries at a capped backoff,
     past the boot-failure limit, the other worker serves, and stats, /metrics and the log say so."""
-    log_file, port = tmp_path / "daemon.log", free_port()
+    log_file, port = tmp_path / "daemon.log", closed_port()
     cfg = write_config(
         tmp_path,
         daemon={"workers": 2, "log_file": log_file},

@@ -124,7 +124,9 @@ class Supervisor:
     def _create_rings(self, index: int, gen: int) -> list[Ring]:
         """The request and result rings of one generation; none is left behind if the second fails."""
         r = self.cfg.ring
-        req = Ring.create(names.ring_name(self.master_pid, index, gen, "req"), r.request_slots, r.request_slot_size)
+        req = Ring.create(
+            names.ring_name(self.master_pid, index, gen, "req"), r.request_slots, r.request_slot_size
+        )
         try:
             res = Ring.create(
                 names.ring_name(self.master_pid, index, gen, "res"), r.result_slots, r.result_slot_size
@@ -288,7 +290,11 @@ class Supervisor:
             self._schedule_respawn(index, f"cannot respawn: {e}")
             return
         if self.blocked[index] is not None:
-            log.info("worker %d respawned after %d attempt(s) that found no room", index, self._resource_streak[index])
+            log.info(
+                "worker %d respawned after %d attempt(s) that found no room",
+                index,
+                self._resource_streak[index],
+            )
         self.blocked[index] = None
         self._resource_streak[index] = 0
 
