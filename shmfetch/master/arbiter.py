@@ -6,7 +6,8 @@ SIGTERM and SIGINT stop. Workers are the supervisor's (supervisor.py); the stats
 stats.py. Shutdown is staged (``_teardown``): stop accepting, drain until ``drain_timeout``, ask the
 workers to leave within what is left of it, then SIGKILL, reap, finish the burials, and print
 ``downloaded N URLs`` as the last line of stdout. A second stop signal during the drain skips to the
-forced stop.
+forced stop; one during the teardown stops the wait for Redis to take the last results. Every resource
+(pidfile, socket, log file, shared memory, HTTP port) is claimed before any worker starts.
 """
 
 from __future__ import annotations
