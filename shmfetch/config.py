@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import logging.handlers
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,41 @@ class Config:
 _SECTIONS = {f.name: f.default.__class__ for f in dataclasses.fields(Config)}
 
 
+# -- budgets derived from several keys: each is computed here, once ----------------------------------------
+
+
+def hang_limit(cfg: Config) -> float:
+    """How long a worker with work may return nothing before the master kills it as hung.
+
+    A fetch ends by ``[fetch] timeout`` (retries included); ``[daemon] hang_grace`` covers the rest.
+    """
+    return cfg.fetch.timeout + cfg.daemon.hang_grace
+
+
+def claim_idle(cfg: Config) -> float:
+    """``[cluster] claim_idle``, or by default twice the longest a job can take in a worker:
+    ``timeout × (retries + 1) + hang_grace``."""
+    if cfg.cluster.claim_idle:
+        return cfg.cluster.claim_idle
+    return 2.0 * (cfg.fetch.timeout * (cfg.fetch.retries + 1) + cfg.daemon.hang_grace)
+
+
+def check_redis_url(url: str) -> str | None:
+    """Why ``url`` is not a usable Redis URL, or None. Used by the config check and the CLI (exit 2)."""
+    from redis.connection import parse_url  # redis is imported only where a Redis URL is configured
+
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parse_url(url)
+        if parsed.scheme in ("redis", "rediss") and not parsed.hostname:
+            return "no host"
+        if parsed.scheme == "unix" and not parsed.path:
+            return "no socket path"
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 BOOL_WORDS = {  # config values and per-request options alike
     "true": True,
     "yes": True,
@@ -252,9 +288,7 @@ def _validate(cfg: Config) -> None:
         if not all(c.isalnum() or c in ".-_" for c in name):
             raise ConfigError(f"[http] allowed_hosts: {name!r} is not a host name (no port, no scheme)")
     if cfg.cluster.redis:
-        from .cluster.streams import check_url
-
-        if why := check_url(cfg.cluster.redis):
+        if why := check_redis_url(cfg.cluster.redis):
             raise ConfigError(f"[cluster] redis = {cfg.cluster.redis!r}: not a Redis URL ({why})")
     if not cfg.daemon.socket:
         raise ConfigError("[daemon] socket = '': a socket path is required")
@@ -268,6 +302,8 @@ def load(path: str | os.PathLike[str]) -> Config:
             parser.read_file(fh)
     except OSError as e:
         raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     except configparser.Error as e:
         raise ConfigError(f"config {str(path)!r} is not valid INI: {e}") from None
     sections: dict[str, Any] = {}

@@ -110,7 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     config_mod.check_http_exposure(cfg)
-    handler, front = _setup_logging(cfg)
+    try:  # the log file is claimed like every other resource: before any worker starts
+        handler, front = _setup_logging(cfg)
+    except OSError as e:
+        print(f"shmfetch: cannot open log file {cfg.daemon.log_file}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     master = Master(cfg, handler, front)
     try:
         try:
@@ -234,9 +238,9 @@ def _redis_url(args: argparse.Namespace) -> str:
     url = args.redis or _config(args).cluster.redis
     if not url:
         raise config_mod.ConfigError("no Redis URL: pass --redis URL or set [cluster] redis in the config")
-    from ..cluster.streams import check_url, safe_url
+    from ..cluster.streams import safe_url
 
-    if why := check_url(url):
+    if why := config_mod.check_redis_url(url):
         raise config_mod.ConfigError(f"--redis {safe_url(url)!r}: not a Redis URL ({why})")
     return url
 

@@ -110,6 +110,7 @@ class ClusterIntake:
         self._capacity = asyncio.Event()
         self._results = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._cut_short = False  # close() stops waiting for the backlog's commits
         self.group_info: dict[str, Any] = {}
         self._figures_at: float | None = None  # monotonic time group_info was read
         self._last_delivered: bytes | None = None  # the group's, as of that read (for the trim)
@@ -144,6 +145,10 @@ class ClusterIntake:
             self.claim_idle,
         )
 
+    def cut_short(self) -> None:
+        """Make a ``close`` in progress stop waiting for the backlog's commits (the operator asked again)."""
+        self._cut_short = True
+
     def stop_accepting(self) -> None:
         """Read no more jobs; the ones held finish, and their results are still committed."""
         self.accepting = False
@@ -154,7 +159,7 @@ class ClusterIntake:
         """Commit what is in the backlog (for up to ``timeout`` s), then stop the tasks and disconnect."""
         self.stop_accepting()
         deadline = time.monotonic() + timeout
-        while self.backlog and time.monotonic() < deadline:
+        while self.backlog and time.monotonic() < deadline and not self._cut_short:
             await asyncio.sleep(0.02)
         if self.backlog:
             log.warning(

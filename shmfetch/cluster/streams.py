@@ -118,22 +118,6 @@ def dead_key(jobs: str) -> str:
     return f"{jobs}:dead"
 
 
-def check_url(url: str) -> str | None:
-    """Why ``url`` is not a usable Redis URL, or None. Used by the config check (exit 2)."""
-    from redis.connection import parse_url
-
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        parse_url(url)
-        if parsed.scheme in ("redis", "rediss") and not parsed.hostname:
-            return "no host"
-        if parsed.scheme == "unix" and not parsed.path:
-            return "no socket path"
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def safe_url(url: str) -> str:
     """``url`` with every credential masked, for logs, errors and ``stats``: the password of ``user:pw@``
     (or ``:pw@``) and any query parameter redis-py would read a password from (``?password=``, also on
@@ -156,14 +140,6 @@ def _mask_param(item: str) -> str:
     name, eq, _ = item.partition("=")
     secret = "password" in urllib.parse.unquote_plus(name).lower()
     return f"{name}=***" if eq and secret else item
-
-
-def claim_idle(cfg: Any) -> float:
-    """``[cluster] claim_idle`` of a ``config.Config``, or by default twice the longest a job can take in a
-    worker: ``timeout × (retries + 1) + hang_grace``."""
-    if cfg.cluster.claim_idle:
-        return cfg.cluster.claim_idle
-    return 2.0 * (cfg.fetch.timeout * (cfg.fetch.retries + 1) + cfg.daemon.hang_grace)
 
 
 # -- jobs -------------------------------------------------------------------------------------------------

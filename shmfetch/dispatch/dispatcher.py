@@ -103,6 +103,10 @@ class Dispatcher:
         but changes the slots only through ``attach`` and ``detach``."""
         return list(self.workers)
 
+    def stop_accepting(self) -> None:
+        """From now on every new job is answered ``shutting_down``."""
+        self.accepting = False
+
     # -- intake ---------------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:

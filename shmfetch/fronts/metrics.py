@@ -15,6 +15,7 @@ Names follow prometheus.io/docs/practices/naming; no label carries a URL or a ho
     shmfetch_inflight_requests              requests handed to workers and not answered yet
     shmfetch_workers_alive                  live worker processes
     shmfetch_downloads_total                the SIGUSR1 count (the shared-memory counter)
+    shmfetch_respawn_resource_failures_total  worker respawns that found no room, retried
     shmfetch_robots_denied_total            requests answered robots_denied
     shmfetch_cache_lookups_total{result}    hit, miss, revalidate
     shmfetch_build_info{version,python}     always 1
@@ -83,6 +84,11 @@ class StatsCollector:
         alive = sum(1 for w in st["workers"] if w["alive"])
         yield GaugeMetricFamily("shmfetch_workers_alive", "Live worker processes", value=alive)
         yield CounterMetricFamily("shmfetch_downloads", "The SIGUSR1 download count", value=st["downloaded"])
+        yield CounterMetricFamily(
+            "shmfetch_respawn_resource_failures",
+            "Worker respawns that found no room (shared memory, memory, processes), retried",
+            value=st.get("resource_failures", 0),
+        )
         yield CounterMetricFamily(
             "shmfetch_robots_denied",
             "Requests refused by robots.txt",

@@ -11,9 +11,10 @@ A test sets ``SHMFETCH_FAULT=POINT[:N[:MARKER[:ACTION]]]`` in the daemon's envir
 path), the fault fires only if it can create MARKER exclusively first, so it fires once per test across
 every worker and every respawned generation, instead of killing each new worker again.
 
-ACTION is ``kill`` (the default: SIGKILL) or ``stop`` (SIGSTOP: the process stays where it is, holding
-whatever it holds, until a test or the master kills it; for "a live holder that never returns") or
-``raise`` (``InjectedFault``: an unexpected exception at that point, for "a bug there is survived").
+ACTION is ``kill`` (the default: SIGKILL), ``stop`` (SIGSTOP: the process stays where it is, holding
+whatever it holds, until a test or the master kills it; for "a live holder that never returns"), ``segv``
+(SIGSEGV: a crash in native code, as a broken wheel gives) or ``raise`` (``InjectedFault``: an unexpected
+exception at that point, for "a bug there is survived").
 
 Point names are listed in docs/RING.md ("Crash points"); a site names its own point.
 """
@@ -30,7 +31,12 @@ _point = ""
 _left = 0
 _marker: str | None = None
 _signal: signal.Signals | None = signal.SIGKILL
-_ACTIONS: dict[str, signal.Signals | None] = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "raise": None}
+_ACTIONS: dict[str, signal.Signals | None] = {
+    "kill": signal.SIGKILL,
+    "stop": signal.SIGSTOP,
+    "segv": signal.SIGSEGV,
+    "raise": None,
+}
 
 
 class InjectedFault(RuntimeError):

@@ -202,6 +202,8 @@ def main() -> int:
     except Exception as e:
         log.error("worker %s: cannot attach shared memory: %s", spec.get("index"), e)
         return EXIT_BOOT_ERROR
+    if faults.ACTIVE:
+        faults.hit("worker.before_ready")
     ctl.set_slot(spec["index"], S_READY, 1, size=4)  # booted: a death from now on is not a boot failure
     Worker(cfg, spec["index"], req, res, ctl).run()
     for obj in (req, res, ctl):
