@@ -50,15 +50,17 @@ class StatsCollector:
         self.http_rejected = http_rejected or {}
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-            InfoMetricFamily,
-        )
-
         st = self.stats()
         fr = st.get("frontier") or {}
+        yield from self._requests(st, fr)
+        yield from self._processes(st)
+        yield from self._admission(st, fr)
+
+    @staticmethod
+    def _requests(st: dict[str, Any], fr: dict[str, Any]) -> Iterator[Any]:
+        """Answers by outcome, fetch times, bytes, retries, the queue and the requests in flight."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         outcomes = CounterMetricFamily(
             "shmfetch_requests", "Answered requests by outcome", labels=["outcome"]
         )
@@ -81,6 +83,11 @@ class StatsCollector:
         yield GaugeMetricFamily(
             "shmfetch_inflight_requests", "Requests handed to workers, not answered", value=st["dispatched"]
         )
+
+    def _processes(self, st: dict[str, Any]) -> Iterator[Any]:
+        """Workers alive, the SIGUSR1 count, respawns that found no room, the build."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
         alive = sum(1 for w in st["workers"] if w["alive"])
         yield GaugeMetricFamily("shmfetch_workers_alive", "Live worker processes", value=alive)
         yield CounterMetricFamily("shmfetch_downloads", "The SIGUSR1 download count", value=st["downloaded"])
@@ -89,6 +96,14 @@ class StatsCollector:
             "Worker respawns that found no room (shared memory, memory, processes), retried",
             value=st.get("resource_failures", 0),
         )
+        info = InfoMetricFamily("shmfetch_build", "shmfetch build information")
+        info.add_metric([], {"version": self.version, "python": platform.python_version()})
+        yield info
+
+    def _admission(self, st: dict[str, Any], fr: dict[str, Any]) -> Iterator[Any]:
+        """robots.txt refusals, cache lookups, the HTTP API's refusals."""
+        from prometheus_client.core import CounterMetricFamily
+
         yield CounterMetricFamily(
             "shmfetch_robots_denied",
             "Requests refused by robots.txt",
@@ -101,9 +116,6 @@ class StatsCollector:
         for result in ("hit", "miss", "revalidate"):
             lookups.add_metric([result], got.get(result, 0))
         yield lookups
-        info = InfoMetricFamily("shmfetch_build", "shmfetch build information")
-        info.add_metric([], {"version": self.version, "python": platform.python_version()})
-        yield info
         rejected = CounterMetricFamily(
             "shmfetch_http_rejected", "HTTP API requests refused by a guard, by reason", labels=["reason"]
         )
