@@ -4,15 +4,20 @@ segments of the C ring allocated in full when they are created."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 
+import posix_ipc
 import pytest
 
+from shmfetch.ipc import ring as ring_mod
 from shmfetch.ipc.control import Control
+from shmfetch.ipc.ring import Ring, RingError
 
 _n = iter(range(1_000_000))
 NATIVE = Path(__file__).resolve().parent.parent / "native_bench"
@@ -62,6 +67,62 @@ def test_a_reader_never_sees_the_counter_go_backwards_while_workers_increment_it
             os.waitpid(pid, 0)
         ctl.close()
         ctl.unlink()
+
+
+# -- a ring's geometry is checked before it is used -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "offset, value, says",
+    [
+        (16, 3, "nslots 3 is not a power of two"),
+        (16, 1 << 20, "1048576 slots of 64 bytes do not fit in a segment of 768 bytes"),
+        (12, 48, "slot_size 48 is not a power of two >= 64"),
+        (12, 1 << 16, "8 slots of 65536 bytes do not fit"),
+    ],
+)
+def test_attach_refuses_a_ring_whose_header_geometry_is_corrupt(offset, value, says):
+    """Ring.__init__ took slot_size and nslots on trust: a corrupt header made it mask positions and read
+    records outside the data area (ring.h's attach already refused these)."""
+    r = Ring.create(_name("req"), 8, 64)
+    try:
+        shm = posix_ipc.SharedMemory(r.name)
+        with mmap.mmap(shm.fd, shm.size) as mm:
+            shm.close_fd()
+            struct.pack_into("<I", mm, offset, value)
+        with pytest.raises(RingError, match="corrupt ring header") as e:
+            Ring.attach(r.name)
+        assert says in str(e.value)
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_a_ring_with_a_sound_header_attaches():
+    r = Ring.create(_name("req"), 8, 64)
+    try:
+        peer = Ring.attach(r.name)
+        assert (peer.nslots, peer.slot_size) == (8, 64)
+        peer.close()
+    finally:
+        r.close()
+        r.unlink()
+
+
+# -- the machines the Python ring runs on ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "armv7l", "ppc64le", "riscv64", "s390x"])
+def test_machines_other_than_x86_64_are_refused_with_the_reason(machine):
+    """Off x86-64 the daemon silently ran fence mode, whose fences do not order a store before a later
+    load there: it must refuse to start instead, saying why."""
+    why = ring_mod.unsupported_machine(machine)
+    assert why is not None
+    assert machine in why and "x86-64 only" in why and "docs/RING.md" in why
+
+
+def test_x86_64_is_supported():
+    assert ring_mod.unsupported_machine("x86_64") is None
 
 
 # -- the C ring allocates its segments in full ----------------------------------------------------------

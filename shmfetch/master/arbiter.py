@@ -30,7 +30,7 @@ from ..frontier.admission import Frontier
 from ..fronts.unix import Listener, SocketInUse, bind_exclusive
 from ..ipc import names
 from ..ipc.control import S_BUSY, S_PID, S_READY, Control
-from ..ipc.ring import Ring
+from ..ipc.ring import Ring, unsupported_machine
 from ..ipc.segment import SharedMemoryFull
 from .pidfile import AlreadyRunning, PidFile
 
@@ -100,6 +100,8 @@ class Master:
         a socket path cannot both run either. A refusal gives back what was claimed before it.
         """
         d = self.cfg.daemon
+        if why := unsupported_machine():
+            raise StartupError(why)
         try:
             self.pidfile = PidFile.acquire(d.pidfile)
         except AlreadyRunning as e:
