@@ -20,15 +20,15 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import posix_ipc
 
-from . import faults
+from . import faults, names
 from .segment import create_segment
 
 MAGIC = b"SHMFCTRL"
-VERSION = 2
+VERSION = 3  # 3: the creator holds the life lock on the header (LIFE_START)
 SLOT_STRIDE = 64
 SLOTS_OFFSET = 128
 
@@ -36,6 +36,10 @@ _HDR = struct.Struct("<8sIIII")  # magic, version, nworkers, master_pid, slot_st
 _FLOCK = struct.Struct("hhqqi4x")  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
 OFF_COUNTER = 64
 LOCK_START, LOCK_LEN = 64, 8  # the byte range the fcntl lock covers: the counter
+# The creator's life lock: an fcntl write lock on the header (bytes 0-63), taken before the header is written and held
+# until the creator dies (the kernel drops it then, in any pid namespace). Whoever can take it proves the
+# creator gone, and only then may remove its objects (stale.py; docs/RING.md, "Objects and names").
+LIFE_START, LIFE_LEN = 0, OFF_COUNTER  # bytes 0-63; never overlapping the counter lock (64-71)
 OFF_JVALID = 76
 OFF_JCOUNTER = 80
 OFF_JWORKER = 88
@@ -63,10 +67,24 @@ class Control:
 
     @classmethod
     def create(cls, name: str, nworkers: int) -> Control:
+        """A new control segment, its life lock held by this process from before its header is written."""
         size = SLOTS_OFFSET + nworkers * SLOT_STRIDE
         mm, fd = create_segment(name, size, keep_fd=True)  # allocated in full: see segment.py
+        try:
+            # Blocking: a stale-object sweep may hold it for the instant it takes to look at our header.
+            fcntl.lockf(fd, fcntl.LOCK_EX, LIFE_LEN, LIFE_START)
+        except BaseException:
+            mm.close()
+            os.close(fd)
+            posix_ipc.unlink_shared_memory(name)
+            raise
         _HDR.pack_into(mm, 0, MAGIC, VERSION, nworkers, os.getpid(), SLOT_STRIDE)
         return cls(name, mm, fd)
+
+    @classmethod
+    def create_fresh(cls, make_name: Callable[[], str], nworkers: int) -> Control:
+        """``create`` under a name from ``make_name``, drawing another while the one drawn exists."""
+        return names.create_fresh(make_name, lambda name: cls.create(name, nworkers))
 
     @classmethod
     def attach(cls, name: str) -> Control:

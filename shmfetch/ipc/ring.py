@@ -30,7 +30,7 @@ from typing import Any
 
 import posix_ipc
 
-from . import faults, membarrier
+from . import faults, membarrier, names
 from .segment import create_segment
 
 MAGIC = b"SHMFRING"
@@ -79,7 +79,7 @@ def unsupported_machine(machine: str | None = None) -> str | None:
         return None
     return (
         f"this machine is {machine}: shmfetch's shared-memory ring is specified for x86-64 only (its "
-        "ordering of plain loads and stores is what the ring's fences rely on; docs/RING.md, \"Fences\")"
+        'ordering of plain loads and stores is what the ring\'s fences rely on; docs/RING.md, "Fences")'
     )
 
 
@@ -203,6 +203,14 @@ class Ring:
             posix_ipc.unlink_shared_memory(name)
             raise
         return cls(name, mm, free, fill, owner=True)
+
+    @classmethod
+    def create_fresh(
+        cls, make_name: Callable[[], str], nslots: int, slot_size: int, barrier: str | None = None
+    ) -> Ring:
+        """``create`` under a name from ``make_name``, drawing another while the one drawn exists
+        (names.create_fresh): a name someone else took is never a failure of ours."""
+        return names.create_fresh(make_name, lambda name: cls.create(name, nslots, slot_size, barrier))
 
     @classmethod
     def attach(cls, name: str) -> Ring:

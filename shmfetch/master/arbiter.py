@@ -28,7 +28,7 @@ from ..config import Config
 from ..dispatch.dispatcher import Dispatcher, WorkerHandle
 from ..frontier.admission import Frontier
 from ..fronts.unix import Listener, SocketInUse, bind_exclusive
-from ..ipc import names
+from ..ipc import names, stale
 from ..ipc.control import S_BUSY, S_PID, S_READY, Control
 from ..ipc.ring import Ring, unsupported_machine
 from ..ipc.segment import SharedMemoryFull
@@ -118,7 +118,7 @@ class Master:
         except OSError as e:
             self._release_control()
             raise StartupError(f"cannot listen on {d.socket}: {e.strerror or e}") from None
-        for entry in names.remove_stale(me=self.pid):
+        for entry in stale.remove_stale():
             log.info("removed stale shared object /dev/shm/%s", entry)
 
     async def run(self) -> int:
@@ -146,7 +146,7 @@ class Master:
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             loop.add_signal_handler(sig, self._record_signal, sig)
         try:
-            self.ctl = Control.create(names.control_name(self.pid), d.workers)
+            self.ctl = Control.create_fresh(lambda: names.control_name(self.pid), d.workers)
         except SharedMemoryFull as e:
             raise StartupError(str(e)) from None
         dispatcher = Dispatcher(loop, d.max_pending, d.max_inflight_per_worker)
@@ -257,12 +257,18 @@ class Master:
         pid = None
         try:
             rings.append(
-                Ring.create(
-                    names.ring_name(self.pid, index, gen, "req"), r.request_slots, r.request_slot_size
+                Ring.create_fresh(
+                    lambda: names.ring_name(self.ctl.name, index, gen, "req"),
+                    r.request_slots,
+                    r.request_slot_size,
                 )
             )
             rings.append(
-                Ring.create(names.ring_name(self.pid, index, gen, "res"), r.result_slots, r.result_slot_size)
+                Ring.create_fresh(
+                    lambda: names.ring_name(self.ctl.name, index, gen, "res"),
+                    r.result_slots,
+                    r.result_slot_size,
+                )
             )
             w = WorkerHandle(index, gen, rings[0], rings[1])
             self.ctl.init_slot(index, 0, gen)
@@ -540,8 +546,8 @@ class Master:
             self._unlink_socket()
             self.sock = None
         if self.ctl is not None:
+            self.ctl.unlink()  # while its life lock is still ours (stale.py)
             self.ctl.close()
-            self.ctl.unlink()
             self.ctl = None
         if self.pidfile is not None:
             self.pidfile.release()
