@@ -11,6 +11,7 @@ import configparser
 import dataclasses
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,38 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def runtime_dir() -> str:
+    """The directory of the default socket and pidfile: one that only this user can write to, so nobody
+    else can put a socket, a pidfile or a symlink there first. ``$XDG_RUNTIME_DIR/shmfetch`` when that is a
+    directory of ours; else ``/run/shmfetch`` for root; else ``/tmp/shmfetch-UID``. The daemon creates it
+    mode 0700 and refuses it if it is not a directory of ours that only we can write (master/pidfile.py,
+    ``prepare_runtime_dir``)."""
+    uid = os.geteuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            return os.path.join(xdg, "shmfetch")
+    return "/run/shmfetch" if uid == 0 else f"/tmp/shmfetch-{uid}"
+
+
+def _default_socket() -> str:
+    return os.path.join(runtime_dir(), "shmfetch.sock")
+
+
+def _default_pidfile() -> str:
+    return os.path.join(runtime_dir(), "shmfetch.pid")
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     workers: int = field(default=2, metadata=_check(1, 256))
     threads: int = field(default=16, metadata=_check(1, 256))
-    socket: str = "/tmp/shmfetch.sock"
-    pidfile: str = "/tmp/shmfetch.pid"
+    socket: str = field(default_factory=_default_socket)  # runtime_dir()/shmfetch.sock
+    pidfile: str = field(default_factory=_default_pidfile)  # runtime_dir()/shmfetch.pid
     drain_timeout: float = field(default=10.0, metadata=_check(0, 3600))
     max_pending: int = field(default=10000, metadata=_check(1, 10_000_000))
     max_inflight_per_worker: int = field(default=64, metadata=_check(1, 65536))

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from .. import config as config_mod
 from ..config import MODES
 from ..ipc import names
-from ..master.pidfile import running_pid
+from ..master.pidfile import NoFollowFileHandler, running_pid, signal_holder
 from ..options import NAMES as OPTION_NAMES
 from ..protocol import Result
 from .client import Client, DaemonUnavailable, ProtocolError
@@ -72,7 +72,7 @@ def _setup_logging(cfg: config_mod.Config) -> tuple[logging.Handler, _LogQueue]:
     """The master's log: (the handler that writes, for SIGHUP's reopen; the root's queueing handler)."""
     d = cfg.daemon
     handler: logging.Handler = (
-        logging.FileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
+        NoFollowFileHandler(d.log_file) if d.log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [master %(process)d] %(message)s"))
     front = _LogQueue(handler)
@@ -275,7 +275,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if pid == 0:
         print(
-            f"shmfetch: the daemon holding {cfg.daemon.pidfile} has not written its pid yet", file=sys.stderr
+            f"shmfetch: cannot tell which process holds the lock on {cfg.daemon.pidfile} (one in another "
+            "pid namespace?): not signalling anything",
+            file=sys.stderr,
         )
         return EXIT_USAGE
     grace = cfg.daemon.drain_timeout + 15
@@ -287,9 +289,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except (DaemonUnavailable, OSError):
         client = None
     try:
-        os.kill(pid, signal.SIGUSR1)
+        signal_holder(cfg.daemon.pidfile, pid, signal.SIGUSR1)  # only while it holds the lock
     except ProcessLookupError:
-        print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not running", file=sys.stderr)
+        print(f"shmfetch: pid {pid} no longer holds {cfg.daemon.pidfile}", file=sys.stderr)
         return EXIT_USAGE
     final = None
     if client is not None:

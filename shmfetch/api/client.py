@@ -4,7 +4,7 @@ Both speak the framed msgpack protocol of shmfetch/protocol.py over the daemon's
 requests on one connection. ``fetch_many`` keeps at most ``concurrency`` requests outstanding and yields
 results in completion order, so memory stays bounded however many URLs are fed in.
 
-    with Client("/tmp/shmfetch.sock") as c:
+    with Client(DaemonConfig().socket) as c:  # shmfetch.config: the default socket path
         page = c.fetch("http://127.0.0.1:8000/")
         for r in c.fetch_many(urls, concurrency=64):
             print(r.url, r.ok, len(r.text))
@@ -14,13 +14,17 @@ Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the s
 ``fetch_many``): ``mode`` ("text", "main", "markdown"), ``metadata``, ``links``, ``timeout``,
 ``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
 unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
+
+Both refuse a socket whose listener is another user than us or root (``check_peer``, SO_PEERCRED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -32,6 +36,24 @@ MAX_RESPONSE_BYTES = 1 << 31  # a response holds up to [fetch] max_text_bytes of
 
 class DaemonUnavailable(ConnectionError):
     """No daemon answers on the socket."""
+
+
+class UntrustedDaemon(DaemonUnavailable):
+    """The process listening on the socket is neither this user nor root: it could be anyone's impostor."""
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def check_peer(sock: socket.socket, socket_path: str) -> None:
+    """Refuse a daemon run by another user (SO_PEERCRED: the listener's credentials, from the kernel). A
+    socket at a shared path may have been bound first by anyone, who would then see every URL we send."""
+    pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid not in (os.geteuid(), 0):
+        raise UntrustedDaemon(
+            f"{socket_path} is served by uid {uid} (pid {pid}), not by you (uid {os.geteuid()}) or root: "
+            "refusing to talk to it"
+        )
 
 
 class ProtocolError(RuntimeError):
@@ -64,6 +86,11 @@ class Client:
             raise DaemonUnavailable(
                 f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
             ) from None
+        try:
+            check_peer(self._sock, socket_path)
+        except BaseException:
+            self._sock.close()
+            raise
         self._decoder = FrameDecoder(MAX_RESPONSE_BYTES)
         self._ready: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -182,6 +209,11 @@ class AsyncClient:
             raise DaemonUnavailable(
                 f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
             ) from None
+        try:
+            check_peer(writer.get_extra_info("socket"), socket_path)
+        except BaseException:
+            writer.close()
+            raise
         return cls(reader, writer)
 
     async def __aenter__(self) -> AsyncClient:

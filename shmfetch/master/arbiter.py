@@ -32,7 +32,7 @@ from ..ipc import names, stale
 from ..ipc.control import S_BUSY, S_PID, S_READY, Control
 from ..ipc.ring import Ring, unsupported_machine
 from ..ipc.segment import SharedMemoryFull
-from .pidfile import AlreadyRunning, PidFile
+from .pidfile import AlreadyRunning, PidFile, prepare_runtime_dir
 
 if TYPE_CHECKING:
     from ..cluster.intake import ClusterIntake
@@ -102,6 +102,11 @@ class Master:
         d = self.cfg.daemon
         if why := unsupported_machine():
             raise StartupError(why)
+        try:
+            for path in (d.pidfile, d.socket):
+                prepare_runtime_dir(path)
+        except OSError as e:
+            raise StartupError(f"unsafe runtime directory: {e.strerror or e}") from None
         try:
             self.pidfile = PidFile.acquire(d.pidfile)
         except AlreadyRunning as e:
