@@ -5,6 +5,7 @@ pidfile's lock, never the pid merely written in the file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shmfetch.api.client import Client, UntrustedDaemon
+from shmfetch.api.client import AsyncClient, Client, UntrustedDaemon
 from shmfetch.config import DaemonConfig, runtime_dir
 from shmfetch.master import pidfile
 
@@ -214,6 +215,8 @@ def test_clients_refuse_a_socket_served_by_another_user(tmp_path):
             UntrustedDaemon, match=f"served by uid {NOBODY} .* not by you \\(uid 0\\) or root"
         ):
             Client(str(path), timeout=5)
+        with pytest.raises(UntrustedDaemon, match=f"served by uid {NOBODY}"):
+            asyncio.run(asyncio.wait_for(AsyncClient.connect(str(path)), 5))
         p = run_cli("submit", "--socket", str(path), "http://127.0.0.1:9/secret", timeout=30)
         assert p.returncode == 2
         assert f"is served by uid {NOBODY}" in p.stderr and "refusing to talk to it" in p.stderr

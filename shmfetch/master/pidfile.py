@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import stat
+from collections.abc import Callable
 
 from ..config import runtime_dir
 
@@ -56,7 +57,7 @@ def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
-def _check_ours(path: str, st: os.stat_result, is_kind, kind: str) -> None:
+def _check_ours(path: str, st: os.stat_result, is_kind: Callable[[int], bool], kind: str) -> None:
     if not is_kind(st.st_mode):
         raise UnsafePath(f"{path} is not {kind}: refusing it")
     if st.st_uid != os.geteuid():
