@@ -229,6 +229,24 @@ def test_clients_refuse_a_socket_served_by_another_user(tmp_path):
     assert sent == 0, f"the impostor received {sent} bytes"
 
 
+@needs_root
+def test_clients_accept_a_service_user_whose_directory_only_it_can_write(tmp_path):
+    """The shipped systemd unit shares a service user's 0750 RuntimeDirectory with a group of clients:
+    nobody but that user (or root) can have put the socket there, so its daemon is trusted."""
+    service = tmp_path / "run"
+    service.mkdir(mode=0o750)
+    os.chown(service, NOBODY, NOBODY)
+    pid, r = _impostor(service / "shmfetch.sock", NOBODY)
+    try:
+        Client(str(service / "shmfetch.sock"), timeout=5).close()
+        service.chmod(0o770)  # now others (its group) may write there too: no longer proof
+        with pytest.raises(UntrustedDaemon):
+            Client(str(service / "shmfetch.sock"), timeout=5)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(r)
+
+
 def test_clients_accept_their_own_users_daemon(tmp_path):
     d = Daemon(write_config(tmp_path), tmp_path / "shmfetch.sock")
     try:

@@ -15,7 +15,8 @@ Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the s
 ``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
 unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
 
-Both refuse a socket whose listener is another user than us or root (``check_peer``, SO_PEERCRED).
+Both refuse a socket whose listener is another user than us or root, unless that user owns the socket's
+directory and nobody else may write there (``check_peer``, SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -47,13 +48,26 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 def check_peer(sock: socket.socket, socket_path: str) -> None:
     """Refuse a daemon run by another user (SO_PEERCRED: the listener's credentials, from the kernel). A
-    socket at a shared path may have been bound first by anyone, who would then see every URL we send."""
+    socket at a shared path may have been bound first by anyone, who would then see every URL we send.
+
+    Trusted: ourselves, root, and the owner of the socket's directory when nobody else may write there
+    (a service user's 0750 RuntimeDirectory shared with a group of clients): no one but that owner (or
+    root) can have put a socket in it."""
     pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    if uid not in (os.geteuid(), 0):
-        raise UntrustedDaemon(
-            f"{socket_path} is served by uid {uid} (pid {pid}), not by you (uid {os.geteuid()}) or root: "
-            "refusing to talk to it"
-        )
+    if uid in (os.geteuid(), 0) or _owns_private_dir(uid, os.path.dirname(os.path.abspath(socket_path))):
+        return
+    raise UntrustedDaemon(
+        f"{socket_path} is served by uid {uid} (pid {pid}), not by you (uid {os.geteuid()}) or root: "
+        "refusing to talk to it"
+    )
+
+
+def _owns_private_dir(uid: int, directory: str) -> bool:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return st.st_uid == uid and not st.st_mode & 0o022
 
 
 class ProtocolError(RuntimeError):
