@@ -9,6 +9,7 @@
  *   interop drain NAME COUNT SEED             like consume, then expect the ring closed and drained
  *                                             (exit 0 iff exactly COUNT records, then close)
  *   interop close NAME                        set CLOSED and wake both sides (the creator's close)
+ *   interop create NAME NSLOTS SLOT_SIZE      create a ring, write its whole data area, unlink it
  *
  * The generator is splitmix64; tests/test_interop.py has the same few lines in Python. Sizes come from
  * four classes (0..15, 0..299, 0..4999, 0..69999 bytes) so that, on a small ring, records take one slot,
@@ -123,6 +124,17 @@ static int die(const char *what) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "create") == 0) {
+        /* ring_create, then write every byte of the data area (what a producer would do over time), then
+         * unlink: a /dev/shm without room must fail the create, not SIGBUS one of these writes. */
+        ring_t r;
+        if (ring_create(&r, argv[2], (uint32_t)strtoul(argv[3], NULL, 10), (uint32_t)strtoul(argv[4], NULL, 10)) != 0)
+            return die("create");
+        memset(r.data, 0xa5, (size_t)r.data_bytes);
+        ring_close(&r);
+        ring_unlink(argv[2]);
+        return 0;
+    }
     if (argc == 3 && strcmp(argv[1], "close") == 0) {
         ring_t r;
         if (ring_attach(&r, argv[2]) != 0) return die("attach");
@@ -132,7 +144,8 @@ int main(int argc, char **argv) {
     }
     if (argc != 5) {
         fprintf(stderr, "usage: interop produce|consume|drain|produce-msgpack|consume-msgpack NAME COUNT SEED\n"
-                        "       interop close NAME\n");
+                        "       interop close NAME\n"
+                        "       interop create NAME NSLOTS SLOT_SIZE\n");
         return 2;
     }
     const char *mode = argv[1], *name = argv[2];

@@ -210,9 +210,14 @@ static inline int ring_create(ring_t *r, const char *name, uint32_t nslots, uint
     size_t size = RING_HEADER_SIZE + (size_t)nslots * slot_size;
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
     if (fd < 0) return -1;
-    if (ftruncate(fd, (off_t)size) != 0) {
+    /* Every page allocated now (docs/RING.md, "Objects and names"): ftruncate alone only sets a size, and
+     * tmpfs would hand out pages at first touch, a SIGBUS then if /dev/shm is full. posix_fallocate
+     * returns its error instead of setting errno. */
+    int fe = ftruncate(fd, (off_t)size) != 0 ? errno : posix_fallocate(fd, 0, (off_t)size);
+    if (fe != 0) {
         close(fd);
         shm_unlink(name);
+        errno = fe;
         return -1;
     }
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -223,7 +228,7 @@ static inline int ring_create(ring_t *r, const char *name, uint32_t nslots, uint
     }
     r->base = p;
     r->map_size = size;
-    /* ftruncate gives zeroed pages, so reserved fields, head, tail and the sleeping words are 0. */
+    /* A new segment's pages are zero, so reserved fields, head, tail and the sleeping words are 0. */
     memcpy(r->base + RING_OFF_MAGIC, RING_MAGIC, 8);
     ring_wr32(r->base + RING_OFF_VERSION, RING_VERSION);
     ring_wr32(r->base + RING_OFF_SLOT_SIZE, slot_size);

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import errno
 import ipaddress
 import logging
 import logging.handlers
 import os
+import stat
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +36,38 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def runtime_dir() -> str:
+    """The directory of the default socket and pidfile: one that only this user can write to, so nobody
+    else can put a socket, a pidfile or a symlink there first. ``$XDG_RUNTIME_DIR/shmfetch`` when that is a
+    directory of ours; else ``/run/shmfetch`` for root; else ``/tmp/shmfetch-UID``. The daemon creates it
+    mode 0700 and refuses it if it is not a directory of ours that only we can write (master/pidfile.py,
+    ``prepare_runtime_dir``)."""
+    uid = os.geteuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+            return os.path.join(xdg, "shmfetch")
+    return "/run/shmfetch" if uid == 0 else f"/tmp/shmfetch-{uid}"
+
+
+def _default_socket() -> str:
+    return os.path.join(runtime_dir(), "shmfetch.sock")
+
+
+def _default_pidfile() -> str:
+    return os.path.join(runtime_dir(), "shmfetch.pid")
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     workers: int = field(default=2, metadata=_check(1, 256))
     threads: int = field(default=16, metadata=_check(1, 256))
-    socket: str = "/tmp/shmfetch.sock"
-    pidfile: str = "/tmp/shmfetch.pid"
+    socket: str = field(default_factory=_default_socket)  # runtime_dir()/shmfetch.sock
+    pidfile: str = field(default_factory=_default_pidfile)  # runtime_dir()/shmfetch.pid
     drain_timeout: float = field(default=10.0, metadata=_check(0, 3600))
     max_pending: int = field(default=10000, metadata=_check(1, 10_000_000))
     max_inflight_per_worker: int = field(default=64, metadata=_check(1, 65536))
@@ -325,8 +353,33 @@ def load(path: str | os.PathLike[str]) -> Config:
 # -- the log file ([daemon] log_file) ------------------------------------------------------------------
 
 
+class UnsafePath(OSError):
+    """A configured path is a symlink, or not ours, or in a directory others may write: refused."""
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o600, ours: bool = True) -> int:
+    """``os.open`` that never follows a symlink at ``path`` (UnsafePath) and, with ``ours``, accepts only a
+    regular file of ours: a file planted by another user is refused, never written or followed."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(f"{path} is a symbolic link: refusing to follow it") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{path} is not a regular file: refusing it")
+        if ours and st.st_uid != os.geteuid():
+            raise UnsafePath(f"{path} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()}): refusing it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_private(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    return open_nofollow(path, flags, 0o600)
 
 
 class _PrivateOpen:
@@ -379,7 +432,7 @@ def http_token(cfg: HttpConfig, env: dict[str, str] | os._Environ[str] = os.envi
 
 
 def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+    return open_nofollow(path, flags, ours=False)  # a secret may belong to root, mounted for us
 
 
 def is_loopback_host(host: str) -> bool:

@@ -41,8 +41,8 @@ from .helpers import (
 
 
 @contextlib.contextmanager
-def _live_process(*argv: str):
-    proc = subprocess.Popen(list(argv) or ["sleep", "60"], stdin=subprocess.DEVNULL)
+def _live_process(*argv: str, **popen):
+    proc = subprocess.Popen(list(argv) or ["sleep", "60"], stdin=subprocess.DEVNULL, **popen)
     started_pids.add(proc.pid)  # the leftover check then watches the objects we name after it
     try:
         yield proc
@@ -63,35 +63,68 @@ def _shm(entry: str) -> Path:
 
 
 @pytest.mark.slow
-def test_serve_leaves_live_processes_objects_alone_and_removes_dead_ones(tmp_path):
-    """Regression: `serve` deleted a live process's /shmfetch.PID.* because its command line lacked "shmfetch"."""
+def test_serve_leaves_live_masters_objects_alone_and_removes_dead_ones(tmp_path):
+    """`serve` once deleted a live process's objects. Liveness is the control segment's life lock
+    (stale.py), whatever pid a name carries: a live holder keeps its objects, a dead one's are removed."""
     dead = _dead_pid()
-    with _live_process("sleep", "60") as live:
-        mine, stale = _shm(f"shmfetch.{live.pid}.test0"), _shm(f"shmfetch.{dead}.test0")
+    with _live_process(
+        sys.executable,
+        "-c",
+        _HOLD_CONTROL,
+        names.control_name(os.getpid()),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as live:
+        live_ctl = live.stdout.readline().strip()  # bounded: the child exits within 60 s
+        stale_ctl = names.control_name(dead)
+        mine = _shm(names.ring_name(live_ctl, 0, 1, "test0").lstrip("/"))
+        stale_objects = [
+            _shm(stale_ctl.lstrip("/")),
+            _shm(names.ring_name(stale_ctl, 0, 1, "test0").lstrip("/")),
+        ]
         try:
             mine.write_bytes(b"x")
-            stale.write_bytes(b"x")
+            stale_objects[0].write_bytes(
+                b"SHMFCTRL"
+            )  # a header written: its master got its life lock, then died
+            stale_objects[1].write_bytes(b"x")
             cfg = write_config(tmp_path)
             d = Daemon(cfg, tmp_path / "shmfetch.sock")
             code, _ = d.stop()
             assert code == 0
-            assert mine.exists(), "the object of a live process was removed"
-            assert not stale.exists(), "the object of a dead process was kept"
+            assert mine.exists() and _shm(live_ctl.lstrip("/")).exists(), (
+                "a live master's objects were removed"
+            )
+            assert not any(p.exists() for p in stale_objects), "the objects of a dead master were kept"
         finally:
-            for p in (mine, stale):
+            for p in (mine, _shm(live_ctl.lstrip("/")), *stale_objects):
                 p.unlink(missing_ok=True)
 
 
+# A live master, reduced to its control segment: create it (taking its life lock), print its name, live on.
+_HOLD_CONTROL = (
+    "import sys, time\n"
+    "from shmfetch.ipc.control import Control\n"
+    "c = Control.create(sys.argv[1], 1)\n"
+    "print(c.name, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
 @pytest.mark.slow
-def test_objects_named_with_the_new_masters_own_pid_are_stale(tmp_path):
-    """Regression: pids are reused (containers); objects carrying the starting master's own pid were left by
-    an earlier process with that pid, and made Control.create fail with ExistentialError."""
+def test_a_dead_masters_objects_named_with_the_new_masters_own_pid_are_removed(tmp_path):
+    """Pids are reused (containers). Objects carrying the starting master's own pid, left by an
+    earlier process with that pid, must neither stop it nor stay; a fresh instance token keeps the names
+    apart, and the life lock nobody holds marks them stale."""
     cfg = write_config(tmp_path)
     # `exec` keeps the shell's pid, so the objects are named with the pid the daemon will have.
+    tok = "0123456789abcdef"
     argv = [
         "sh",
         "-c",
-        f'touch {names.SHM_DIR}/shmfetch.$$.ctl {names.SHM_DIR}/sem.shmfetch.$$.ctl.lock; exec "$@"',
+        f"printf SHMFCTRL > {names.SHM_DIR}/shmfetch.$$.{tok}.ctl; "
+        f'touch {names.SHM_DIR}/sem.shmfetch.$$.{tok}.w0.g1.{tok}.req.free; exec "$@"',
     ]
     d = Daemon(cfg, tmp_path / "shmfetch.sock", argv=[*argv, "sh", *serve_argv(cfg)])
     code, out = d.stop()

@@ -29,7 +29,7 @@ from .. import config as config_mod
 from .._version import __version__
 from ..config import MODES
 from ..ipc import names
-from ..master.pidfile import running_pid
+from ..master.pidfile import running_pid, signal_holder
 from ..options import NAMES as OPTION_NAMES
 from ..options import OptionError
 from ..options import check as check_options
@@ -358,7 +358,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if pid == 0:
         print(
-            f"shmfetch: the daemon holding {cfg.daemon.pidfile} has not written its pid yet", file=sys.stderr
+            f"shmfetch: cannot tell which process holds the lock on {cfg.daemon.pidfile} (one in another "
+            "pid namespace?): not signalling anything",
+            file=sys.stderr,
         )
         return EXIT_USAGE
     grace = cfg.daemon.drain_timeout + 15
@@ -370,9 +372,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except (DaemonUnavailable, OSError):
         client = None
     try:
-        os.kill(pid, signal.SIGUSR1)
+        signal_holder(cfg.daemon.pidfile, pid, signal.SIGUSR1)  # only while it holds the lock
     except ProcessLookupError:
-        print(f"shmfetch: pid {pid} from {cfg.daemon.pidfile} is not running", file=sys.stderr)
+        print(f"shmfetch: pid {pid} no longer holds {cfg.daemon.pidfile}", file=sys.stderr)
         return EXIT_USAGE
     final = None
     if client is not None:

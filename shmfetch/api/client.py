@@ -4,7 +4,7 @@ Both speak the framed msgpack protocol of shmfetch/protocol.py over the daemon's
 requests on one connection. ``fetch_many`` keeps at most ``concurrency`` requests outstanding and yields
 results in completion order, so memory stays bounded however many URLs are fed in.
 
-    with Client("/tmp/shmfetch.sock") as c:
+    with Client(DaemonConfig().socket) as c:  # shmfetch.config: the default socket path
         page = c.fetch("http://127.0.0.1:8000/")
         for r in c.fetch_many(urls, concurrency=64):
             print(r.url, r.ok, len(r.text))
@@ -20,6 +20,8 @@ A request every daemon refuses is answered here, without being sent: a URL longe
 ``bad_request`` (only the caps of the daemon's config are left to the daemon). A long enough URL or
 Accept-Language would exceed ``max_frame_bytes``, and the daemon would close the connection under the
 whole batch.
+Both refuse a socket whose listener is another user than us or root, unless that user owns the socket's
+directory and nobody else may write there (``check_peer``, SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import socket
+import struct
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -51,6 +55,37 @@ SENTINEL_ID, WAKE_ID = -1, -3  # fetch_many's own stats requests: "the sender is
 
 class DaemonUnavailable(ConnectionError):
     """No daemon answers on the socket."""
+
+
+class UntrustedDaemon(DaemonUnavailable):
+    """The process listening on the socket is neither this user nor root: it could be anyone's impostor."""
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def check_peer(sock: socket.socket, socket_path: str) -> None:
+    """Refuse a daemon run by another user (SO_PEERCRED: the listener's credentials, from the kernel). A
+    socket at a shared path may have been bound first by anyone, who would then see every URL we send.
+
+    Trusted: ourselves, root, and the owner of the socket's directory when nobody else may write there
+    (a service user's 0750 RuntimeDirectory shared with a group of clients): no one but that owner (or
+    root) can have put a socket in it."""
+    pid, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid in (os.geteuid(), 0) or _owns_private_dir(uid, os.path.dirname(os.path.abspath(socket_path))):
+        return
+    raise UntrustedDaemon(
+        f"{socket_path} is served by uid {uid} (pid {pid}), not by you (uid {os.geteuid()}) or root: "
+        "refusing to talk to it"
+    )
+
+
+def _owns_private_dir(uid: int, directory: str) -> bool:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return st.st_uid == uid and not st.st_mode & 0o022
 
 
 class ProtocolError(RuntimeError):
@@ -105,6 +140,11 @@ class Client:
             raise DaemonUnavailable(
                 f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
             ) from None
+        try:
+            check_peer(self._sock, socket_path)
+        except BaseException:
+            self._sock.close()
+            raise
         self._decoder = FrameDecoder(MAX_RESPONSE_BYTES)
         self._ready: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
@@ -247,6 +287,11 @@ class AsyncClient:
             raise DaemonUnavailable(
                 f"no shmfetch daemon answers on {socket_path}: {e.strerror or e}"
             ) from None
+        try:
+            check_peer(writer.get_extra_info("socket"), socket_path)
+        except BaseException:
+            writer.close()
+            raise
         return cls(reader, writer)
 
     async def __aenter__(self) -> AsyncClient:

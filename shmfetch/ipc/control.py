@@ -20,24 +20,26 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import posix_ipc
 
-from . import faults
+from . import faults, names
 from .segment import create_segment
 
 MAGIC = b"SHMFCTRL"
-VERSION = 2
+VERSION = 3  # 3: the creator holds the life lock on the header (LIFE_START)
 SLOT_STRIDE = 64
 SLOTS_OFFSET = 128
 
 _HDR = struct.Struct("<8sIIII")  # magic, version, nworkers, master_pid, slot_stride
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 _FLOCK = struct.Struct("hhqqi4x")  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
 OFF_COUNTER = 64
 LOCK_START, LOCK_LEN = 64, 8  # the byte range the fcntl lock covers: the counter
+# The creator's life lock: an fcntl write lock on the header (bytes 0-63), taken before the header is written and held
+# until the creator dies (the kernel drops it then, in any pid namespace). Whoever can take it proves the
+# creator gone, and only then may remove its objects (stale.py; docs/RING.md, "Objects and names").
+LIFE_START, LIFE_LEN = 0, OFF_COUNTER  # bytes 0-63; never overlapping the counter lock (64-71)
 OFF_JVALID = 76
 OFF_JCOUNTER = 80
 OFF_JWORKER = 88
@@ -56,16 +58,33 @@ class Control:
         # segment would drop every fcntl lock this process holds on it.
         self._fd = fd
         self._threads = threading.Lock()
+        self._view = memoryview(mm)
+        self._u64 = self._view.cast("Q")
+        self._u32 = self._view.cast("I")
         magic, version, self.nworkers, self.master_pid, stride = _HDR.unpack_from(mm, 0)
         if magic != MAGIC or version != VERSION or stride != SLOT_STRIDE:
             raise RuntimeError(f"{name}: not a shmfetch control segment of version {VERSION}")
 
     @classmethod
     def create(cls, name: str, nworkers: int) -> Control:
+        """A new control segment, its life lock held by this process from before its header is written."""
         size = SLOTS_OFFSET + nworkers * SLOT_STRIDE
         mm, fd = create_segment(name, size, keep_fd=True)  # allocated in full: see segment.py
+        try:
+            # Blocking: a stale-object sweep may hold it for the instant it takes to look at our header.
+            fcntl.lockf(fd, fcntl.LOCK_EX, LIFE_LEN, LIFE_START)
+        except BaseException:
+            mm.close()
+            os.close(fd)
+            posix_ipc.unlink_shared_memory(name)
+            raise
         _HDR.pack_into(mm, 0, MAGIC, VERSION, nworkers, os.getpid(), SLOT_STRIDE)
         return cls(name, mm, fd)
+
+    @classmethod
+    def create_fresh(cls, make_name: Callable[[], str], nworkers: int) -> Control:
+        """``create`` under a name from ``make_name``, drawing another while the one drawn exists."""
+        return names.create_fresh(make_name, lambda name: cls.create(name, nworkers))
 
     @classmethod
     def attach(cls, name: str) -> Control:
@@ -78,18 +97,21 @@ class Control:
         return cls(name, mm, shm.fd)
 
     # -- fields ---------------------------------------------------------------------------------------
+    # Every shared word is one aligned load or store of its full width, through u64 / u32 views of the
+    # mapping, as ring.py does: struct.pack_into zero-fills before it writes, and unpack_from need not load
+    # a word at once, so a reader racing a writer could see a torn value (docs/RING.md, "Control segment").
 
     def _get64(self, off: int) -> int:
-        return _U64.unpack_from(self._mm, off)[0]
+        return self._u64[off >> 3]
 
     def _set64(self, off: int, v: int) -> None:
-        _U64.pack_into(self._mm, off, v)
+        self._u64[off >> 3] = v
 
     def _get32(self, off: int) -> int:
-        return _U32.unpack_from(self._mm, off)[0]
+        return self._u32[off >> 2]
 
     def _set32(self, off: int, v: int) -> None:
-        _U32.pack_into(self._mm, off, v)
+        self._u32[off >> 2] = v
 
     @property
     def counter(self) -> int:
@@ -107,7 +129,8 @@ class Control:
     def init_slot(self, index: int, pid: int, generation: int) -> None:
         """Master: a new worker process takes slot ``index``; its per-process tallies start at zero."""
         base = SLOTS_OFFSET + index * SLOT_STRIDE
-        self._mm[base : base + SLOT_STRIDE] = bytes(SLOT_STRIDE)
+        for off in range(base, base + SLOT_STRIDE, 8):  # word by word: stats reads these meanwhile
+            self._set64(off, 0)
         self._set32(base + S_PID, pid)
         self._set32(base + S_GEN, generation)
 
@@ -200,6 +223,8 @@ class Control:
             return delta
 
     def close(self) -> None:
+        for view in (self._u64, self._u32, self._view):
+            view.release()
         try:
             self._mm.close()
         except BufferError:

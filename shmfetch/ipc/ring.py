@@ -30,7 +30,7 @@ from typing import Any
 
 import posix_ipc
 
-from . import faults, membarrier
+from . import faults, membarrier, names
 from .segment import create_segment
 
 MAGIC = b"SHMFRING"
@@ -66,6 +66,25 @@ _yield = os.sched_yield
 if sys.byteorder != "little":  # the views are native-endian; the layout is little-endian
     raise ImportError("shmfetch.ring implements a little-endian layout and has no byte-swapping path")
 
+# The machines whose memory model the Python ring's fences are argued for (docs/RING.md, "Fences"): its
+# plain memoryview loads and stores carry no acquire/release, and its "full fence" is a locked instruction,
+# which orders an earlier store before a later load on x86-64 only. Elsewhere it refuses to run.
+SUPPORTED_MACHINES = ("x86_64",)
+
+
+def unsupported_machine(machine: str | None = None) -> str | None:
+    """Why the Python ring cannot run on ``machine`` (default: this one), or None if it can."""
+    machine = machine or os.uname().machine
+    if machine in SUPPORTED_MACHINES:
+        return None
+    return (
+        f"this machine is {machine}: shmfetch's shared-memory ring is specified for x86-64 only (its "
+        'ordering of plain loads and stores is what the ring\'s fences rely on; docs/RING.md, "Fences")'
+    )
+
+
+_MACHINE_PROBLEM = unsupported_machine()
+
 Payload = bytes | bytearray | memoryview
 
 
@@ -89,6 +108,21 @@ def _full_fence() -> tuple[Callable[..., Any], Callable[[], None]]:
     return lock.acquire, lock.release
 
 
+def _check_geometry(name: str, slot_size: int, nslots: int, segment_size: int) -> None:
+    """Refuse a header whose geometry is not one a creator may write (docs/RING.md, "Ring segment"), as
+    ring.h's attach does: the slot arithmetic masks positions and shifts lengths, and would read and write
+    outside the mapping, or silently past the data area, with anything else."""
+    if slot_size < 64 or slot_size & (slot_size - 1):
+        raise RingError(f"{name}: corrupt ring header: slot_size {slot_size} is not a power of two >= 64")
+    if nslots < 2 or nslots & (nslots - 1):
+        raise RingError(f"{name}: corrupt ring header: nslots {nslots} is not a power of two >= 2")
+    if HEADER_SIZE + nslots * slot_size > segment_size:
+        raise RingError(
+            f"{name}: corrupt ring header: {nslots} slots of {slot_size} bytes do not fit in a segment of "
+            f"{segment_size} bytes"
+        )
+
+
 class Ring:
     """One end of a ring. ``Ring.create`` makes a new one; ``Ring.attach`` opens an existing one.
 
@@ -107,9 +141,12 @@ class Ring:
         self.free = free  # wakes the producer
         self.fill = fill  # wakes the consumer
         self.owner = owner
+        if _MACHINE_PROBLEM:
+            raise RingError(f"{name}: {_MACHINE_PROBLEM}")
         magic, version, self.slot_size, self.nslots, flags, _ = _HDR.unpack_from(mm, 0)
         if magic != MAGIC or version != VERSION:
             raise RingError(f"{name}: not a shmfetch ring of version {VERSION}")
+        _check_geometry(name, self.slot_size, self.nslots, len(mm))
         # Fence mode: a fence after every position store. Membarrier mode: none there; whoever announces a
         # sleep issues membarrier instead, which reaches this process only once it is registered.
         self.membarrier = bool(flags & RING_MEMBARRIER)
@@ -141,6 +178,8 @@ class Ring:
     def create(cls, name: str, nslots: int, slot_size: int, barrier: str | None = None) -> Ring:
         """A new ring, owned by this process. ``barrier`` is ``"membarrier"``, ``"fence"``, or None for
         membarrier where this process can use it (docs/RING.md, "Fences"); it is fixed for the ring's life."""
+        if _MACHINE_PROBLEM:
+            raise RingError(f"{name}: {_MACHINE_PROBLEM}")
         if nslots < 2 or nslots & (nslots - 1) or slot_size < 64 or slot_size & (slot_size - 1):
             raise ValueError("nslots and slot_size must be powers of two, nslots >= 2, slot_size >= 64")
         if barrier not in (None, "membarrier", "fence"):
@@ -164,6 +203,14 @@ class Ring:
             posix_ipc.unlink_shared_memory(name)
             raise
         return cls(name, mm, free, fill, owner=True)
+
+    @classmethod
+    def create_fresh(
+        cls, make_name: Callable[[], str], nslots: int, slot_size: int, barrier: str | None = None
+    ) -> Ring:
+        """``create`` under a name from ``make_name``, drawing another while the one drawn exists
+        (names.create_fresh): a name someone else took is never a failure of ours."""
+        return names.create_fresh(make_name, lambda name: cls.create(name, nslots, slot_size, barrier))
 
     @classmethod
     def attach(cls, name: str) -> Ring:

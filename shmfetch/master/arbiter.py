@@ -27,11 +27,12 @@ from ..dispatch.dispatcher import Dispatcher
 from ..frontier.admission import Frontier
 from ..fronts.unix import Listener, SocketInUse, bind_exclusive
 from ..intake import Intake
-from ..ipc import names
+from ..ipc import names, stale
 from ..ipc.control import Control
+from ..ipc.ring import unsupported_machine
 from ..ipc.segment import SharedMemoryFull
 from . import stats as stats_doc
-from .pidfile import AlreadyRunning, PidFile
+from .pidfile import AlreadyRunning, PidFile, prepare_runtime_dir
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -86,6 +87,13 @@ class Master:
         a socket path cannot both run either. A refusal gives back what was claimed before it.
         """
         d = self.cfg.daemon
+        if why := unsupported_machine():
+            raise StartupError(why)
+        try:
+            for path in (d.pidfile, d.socket):
+                prepare_runtime_dir(path)
+        except OSError as e:
+            raise StartupError(f"unsafe runtime directory: {e.strerror or e}") from None
         try:
             self.pidfile = PidFile.acquire(d.pidfile)
         except AlreadyRunning as e:
@@ -102,7 +110,7 @@ class Master:
         except OSError as e:
             self._release_control()
             raise StartupError(f"cannot listen on {d.socket}: {e.strerror or e}") from None
-        for entry in names.remove_stale(me=self.pid):
+        for entry in stale.remove_stale():
             log.info("removed stale shared object /dev/shm/%s", entry)
 
     # -- run ------------------------------------------------------------------------------------------
@@ -132,7 +140,7 @@ class Master:
         for sig in SIGNALS:
             loop.add_signal_handler(sig, self._record_signal, sig)
         try:
-            self.ctl = Control.create(names.control_name(self.pid), d.workers)
+            self.ctl = Control.create_fresh(lambda: names.control_name(self.pid), d.workers)
         except SharedMemoryFull as e:
             raise StartupError(str(e)) from None
         self._compose(loop)
@@ -342,8 +350,8 @@ class Master:
             self._unlink_socket()
             self.sock = None
         if self.ctl is not None:
+            self.ctl.unlink()  # while its life lock is still ours (stale.py)
             self.ctl.close()
-            self.ctl.unlink()
             self.ctl = None
         if self.pidfile is not None:
             self.pidfile.release()

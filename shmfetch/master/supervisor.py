@@ -124,12 +124,13 @@ class Supervisor:
     def _create_rings(self, index: int, gen: int) -> list[Ring]:
         """The request and result rings of one generation; none is left behind if the second fails."""
         r = self.cfg.ring
-        req = Ring.create(
-            names.ring_name(self.master_pid, index, gen, "req"), r.request_slots, r.request_slot_size
+        ctl = self.ctl.name
+        req = Ring.create_fresh(
+            lambda: names.ring_name(ctl, index, gen, "req"), r.request_slots, r.request_slot_size
         )
         try:
-            res = Ring.create(
-                names.ring_name(self.master_pid, index, gen, "res"), r.result_slots, r.result_slot_size
+            res = Ring.create_fresh(
+                lambda: names.ring_name(ctl, index, gen, "res"), r.result_slots, r.result_slot_size
             )
         except BaseException:
             req.close()
