@@ -15,7 +15,7 @@ options a request left out (``effective``), so a request without options costs n
 An unknown name or a value of the wrong type or out of range raises ``OptionError``; the master answers
 ``bad_request`` with a message naming the option.
 
-The master's frontier (frontier.py) adds options of its own to the same map before dispatch:
+The master's frontier (frontier/admission.py) adds options of its own to the same map before dispatch:
 ``if_none_match`` / ``if_modified_since`` (revalidate a cached entry). ``check`` refuses them from
 clients: they are unknown names there. (429/503 are answered at once by every daemon worker, whose
 master pauses the host: a property of the worker's Fetcher, not of a request.)

@@ -79,7 +79,7 @@ class Outcome:
     links_truncated: bool | None = None  # with links=true: more than [fetch] max_links links
     truncated: bool = False  # a PDF of more than [pdf] max_pages pages: the text of the first ones only
     # The response's caching and politeness headers, for the master's HTTP cache and per-host gate
-    # (frontier.py; docs/FETCH.md, "What the worker reports for the master"); None when absent.
+    # (frontier/admission.py; docs/FETCH.md, "What the worker reports for the master"); None when absent.
     # compare=False: they describe the transfer, not what was fetched.
     etag: str | None = field(default=None, compare=False)
     last_modified: str | None = field(default=None, compare=False)
