@@ -11,8 +11,12 @@ scripts in contrib/ and tools/.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "shmfetch"
@@ -300,3 +304,25 @@ def test_judges_flag_upward_arrows_circles_and_private_uses():
         "shmfetch.ipc.ring._HEADER",
         "Frontier._heap",
     ]
+
+
+def test_contrib_and_tools_import_nothing_from_the_tests():
+    """What tools and contrib scripts share with the tests lives in shmfetch/testing/, never in tests/."""
+    bad = []
+    for path in sorted([*(REPO / "tools").glob("*.py"), *(REPO / "contrib").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert not bad, "tools importing the tests:\n  " + "\n  ".join(bad)
+
+
+@pytest.mark.parametrize("tool", sorted(p.name for p in (REPO / "tools").glob("*.py")))
+def test_every_tool_starts(tool):
+    """Each tool's imports resolve and its --help answers: a moved module breaks the tool, not a benchmark
+    run an hour later."""
+    p = subprocess.run(
+        [sys.executable, str(REPO / "tools" / tool), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr[-2000:]

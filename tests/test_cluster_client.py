@@ -81,6 +81,7 @@ def _reply_ttls(r: redis.Redis) -> dict[bytes, int]:
     return {k: r.ttl(k) for k in r.scan_iter(f"{JOBS}:reply:*")}
 
 
+@pytest.mark.slow
 def test_an_interrupted_submit_redis_leaves_only_expiring_streams(tmp_path, origin, redis_server):
     """Ctrl-C deletes the client's reply stream; the jobs it had enqueued are still fetched, and their
     results re-create the stream: with an expiry, never without."""
@@ -150,6 +151,7 @@ def _take(lines: queue.Queue, n: int, timeout: float) -> list[dict]:
     return [json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic()))) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_results_follow_survives_a_redis_restart(redis_server):
     r = redis_server.client()
     _add_results(r, 0, 10)
@@ -183,6 +185,7 @@ def test_results_follow_survives_a_redis_restart(redis_server):
 SECRET = "s3cret-pw"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["query", "userinfo", "unix-query"])
 def test_a_redis_password_never_shows_in_stats_http_or_the_log(tmp_path, redis_server, form):
     r = redis_server.client()

@@ -232,6 +232,7 @@ def test_malformed_entries_get_an_error_result_and_the_daemon_goes_on(tmp_path, 
     assert r.xpending(JOBS, GROUP)["pending"] == 0
 
 
+@pytest.mark.slow
 def test_too_many_deliveries_go_to_the_dead_letter_stream(tmp_path, origin, redis_server):
     r = redis_server.client()
     r.xgroup_create(JOBS, GROUP, id="0", mkstream=True)

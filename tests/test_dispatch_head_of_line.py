@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from shmfetch import Client
 
 from .helpers import page_text, running_daemon
@@ -12,6 +14,7 @@ from .helpers import page_text, running_daemon
 SLOW_S = 8
 
 
+@pytest.mark.slow
 def test_fast_requests_do_not_wait_behind_a_worker_busy_with_slow_fetches(tmp_path, origin):
     """2 workers x 2 threads, credit at its default (64 per worker). Two slow fetches take both threads of
     one worker; the 20 fast requests behind them are answered by the other, each well within the slow

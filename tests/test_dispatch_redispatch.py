@@ -7,6 +7,8 @@ from collections import Counter
 
 import pytest
 
+from shmfetch.testing.origin import start_origin
+
 from .helpers import fetch_through_kill_storm, page_text, running_daemon
 
 KILLS = 20
@@ -21,13 +23,20 @@ def _busy(w: dict) -> bool:
     return w["in_flight"] > w["queued"]
 
 
+# Each response waits this long at the origin, as a distant site's would: 1 500 requests through 12 fetch
+# threads then take about 7.5 s, long enough for the storm's 20 kills at its 300 ms pace (a local origin
+# answers the whole run in under 3 s).
+ORIGIN_LATENCY = 0.06
+
+
 @pytest.mark.slow
-def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path, origin):
+def test_kill_a_random_worker_every_300ms_through_1500_requests(tmp_path):
     n = 1500
-    urls = [origin.url(f"/page/{i}") for i in range(n)]
-    with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
-        results, killed = fetch_through_kill_storm(d, urls, 0.3, _busy, KILLS, 9)
-        rc, _ = d.stop()
+    with start_origin(latency=ORIGIN_LATENCY) as origin:
+        urls = [origin.url(f"/page/{i}") for i in range(n)]
+        with running_daemon(tmp_path, daemon={"workers": 3, "threads": 4, "drain_timeout": 20}) as d:
+            results, killed = fetch_through_kill_storm(d, urls, 0.3, _busy, KILLS, 9)
+            rc, _ = d.stop()
     oks = [r for r in results if r.ok]
     crashed = [r for r in results if r.error == "worker_crashed"]
     print(f"\n{n} requests, {len(killed)} workers killed: {len(oks)} ok, {len(crashed)} worker_crashed")

@@ -33,6 +33,7 @@ def _reset_hwm() -> None:
         fh.write("5")  # VmHWM back to the current RSS (Linux >= 4.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["text", "main"])
 def test_a_page_of_300000_links_costs_a_bounded_amount(origin, link_farm, mode):
     origin.respond("/link-farm", 200, link_farm, {"Content-Type": "text/html; charset=utf-8"})

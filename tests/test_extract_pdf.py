@@ -250,6 +250,7 @@ def test_a_compressed_pdf_sent_as_octet_stream_is_sniffed_after_decoding(pdfs, o
         without.close()
 
 
+@pytest.mark.slow
 def test_pdfs_through_every_interface(tmp_path, served):
     port = _free_port()
     with running_daemon(tmp_path, http={"listen": f"127.0.0.1:{port}"}) as d, Client(d.socket, timeout=60) as c:
@@ -304,6 +305,7 @@ def test_a_truncated_result_keeps_truncated_when_answered_from_the_cache(tmp_pat
         assert (again.cached, again.truncated, again.text) == (True, True, first.text)
 
 
+@pytest.mark.slow
 def test_a_pdf_that_takes_the_whole_deadline_answers_timeout_and_the_worker_serves_on(tmp_path, origin):
     """A real document that is slow to read (20 000 pages over one dense content stream), not a hook."""
     path = "/pdf-tests/dense.pdf"
@@ -323,6 +325,7 @@ def test_a_pdf_that_takes_the_whole_deadline_answers_timeout_and_the_worker_serv
         assert d.worker_pids() == [worker]  # the same worker: nothing was killed or respawned
 
 
+@pytest.mark.slow
 def test_a_flate_bomb_costs_the_worker_no_more_than_the_budget(tmp_path, origin):
     """A 1 MB PDF whose content stream inflates to 1 GiB: PDFium alone took 1.5 GiB of RSS for it."""
     path = "/pdf-tests/flate-bomb.pdf"
@@ -336,6 +339,7 @@ def test_a_flate_bomb_costs_the_worker_no_more_than_the_budget(tmp_path, origin)
         assert c.fetch(origin.url("/page/3")).text == page_text(3)
 
 
+@pytest.mark.slow
 def test_pdfs_waiting_for_pdfium_hold_no_extraction_slot(tmp_path, origin):
     """Two slow PDFs at once: one reads, the other waits for PDFium without an extraction slot, so HTML
     pages still get one and answer long before the PDFs time out."""

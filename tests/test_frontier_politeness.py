@@ -271,6 +271,7 @@ def test_a_fetch_that_never_reached_its_host_leaves_nothing_in_the_gate():
     assert list(gate.hosts) == ["slow:80"]
 
 
+@pytest.mark.slow
 def test_twenty_thousand_blocked_urls_leave_no_host_tracked(tmp_path):
     """Hosts were recorded before the worker's SSRF check, and never pruned: 20 000 blocked URLs left
     20 000 hosts in the master. 127.0.0.2 is not in this daemon's allow_networks; nothing is connected."""

@@ -119,6 +119,7 @@ def test_a_repeated_url_is_a_bad_request(open_api, origin):
 # -- the token ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_token_right_wrong_missing_and_of_another_length(tmp_path, origin):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -214,6 +215,7 @@ def test_only_hosts_naming_the_listen_address_or_allowed_names_are_served(open_a
 # -- receiving a request's headers -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_half_sent_request_is_closed_after_header_timeout(open_api, origin):
     """A request whose headers never end held its connection (and a max_connections slot) forever."""
     base = open_api

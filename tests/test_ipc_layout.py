@@ -36,6 +36,7 @@ def _count_forever(name: str) -> None:
         c.increment(0)
 
 
+@pytest.mark.slow
 def test_a_reader_never_sees_the_counter_go_backwards_while_workers_increment_it():
     """``stats``, ``/metrics`` and SIGUSR1 read the counter without its lock while workers write it; a torn
     read (a store seen half done) looks like a drop to 0, which Prometheus takes for a counter reset."""

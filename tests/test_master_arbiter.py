@@ -8,6 +8,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from shmfetch.cluster import streams
 from shmfetch.cluster.client import enqueue
 from shmfetch.ipc import names
@@ -15,6 +17,7 @@ from shmfetch.ipc import names
 from .helpers import Daemon, daemon_stats, run_cli, started_pids, wait_for, write_config
 
 
+@pytest.mark.slow
 def test_a_second_stop_signal_during_teardown_cuts_the_wait_for_a_down_redis_short(
     tmp_path, origin, redis_server
 ):

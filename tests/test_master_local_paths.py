@@ -205,6 +205,7 @@ def _impostor(path: Path, uid: int) -> tuple[int, int]:
     return pid, r
 
 
+@pytest.mark.slow
 @needs_root
 def test_clients_refuse_a_socket_served_by_another_user(tmp_path):
     """Another user bound the shared default socket first; root's `submit` sent its URLs to the impostor
@@ -230,6 +231,7 @@ def test_clients_refuse_a_socket_served_by_another_user(tmp_path):
     assert sent == 0, f"the impostor received {sent} bytes"
 
 
+@pytest.mark.slow
 @needs_root
 def test_clients_accept_a_service_user_whose_directory_only_it_can_write(tmp_path):
     """The shipped systemd unit shares a service user's 0750 RuntimeDirectory with a group of clients:

@@ -18,6 +18,7 @@ from .test_cluster_streams import cluster_daemon, stop_all
 JOBS, GROUP = streams.DEFAULT_JOBS, streams.DEFAULT_GROUP
 
 
+@pytest.mark.slow
 def test_rates_divide_by_the_time_the_daemon_has_run(tmp_path, origin):
     """30 pages in a daemon's first seconds: the 60 s rate used to divide by 60 all the same."""
     with running_daemon(tmp_path) as d:
@@ -39,6 +40,7 @@ def _pending(r: redis.Redis) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_group_figures_are_at_most_a_second_old_and_show_their_age(tmp_path, origin, redis_server):
     """With the default claim_idle the figures were read every 5 s: 'consumers 0' and a stale 'pending'
     for seconds into a run. When Redis stops answering, stats says how old they are."""

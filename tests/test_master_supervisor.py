@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.config import Config, DaemonConfig, FetchConfig, PolitenessConfig, RingConfig, SecurityConfig
 from shmfetch.dispatch.dispatcher import Dispatcher
@@ -149,6 +151,7 @@ def test_a_killed_worker_is_reaped_buried_and_respawned_on_new_rings_and_serves(
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay_then_reported(tmp_path):
     async def scenario() -> None:
         async with rig(_config(tmp_path), env=_broken_lxml_env(tmp_path)) as r:
@@ -197,6 +200,7 @@ def test_a_worker_with_work_that_makes_no_progress_is_killed_and_its_job_redone(
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_the_only_worker_hung_on_the_first_job_is_killed_and_the_job_answered(tmp_path, origin):
     """Through a real daemon: the watchdog must arm on the very first job of a one-worker daemon."""
     with running_daemon(tmp_path, daemon={"workers": 1, "hang_grace": 1}, fetch={"timeout": 1}) as d:
@@ -214,6 +218,7 @@ def test_the_only_worker_hung_on_the_first_job_is_killed_and_the_job_answered(tm
 SEGV_AT_BOOT = "worker.before_ready:1::segv"  # every worker crashes in "native code" before it is ready
 
 
+@pytest.mark.slow
 def test_a_worker_killed_by_a_signal_while_booting_is_a_boot_failure(tmp_path):
     async def scenario() -> None:
         async with rig(_config(tmp_path), env=dict(WORKER_ENV, SHMFETCH_FAULT=SEGV_AT_BOOT)) as r:
@@ -242,6 +247,7 @@ def test_our_own_sigkill_of_a_booting_worker_is_not_a_boot_failure(tmp_path):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_daemon_whose_workers_crash_while_booting_stops_with_exit_3(tmp_path):
     """A worker dying of a signal before it is ready (a broken native wheel) must back off and stop the
     daemon, not be respawned at once for ever."""
@@ -277,6 +283,7 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.slow
 @small_shm
 def test_a_respawn_that_finds_no_room_is_retried_while_the_live_workers_serve(tmp_path, origin):
     """A full /dev/shm during one respawn must not stop the daemon: the slot retries at a capped backoff,

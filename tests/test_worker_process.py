@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from shmfetch import Client
 from shmfetch.ipc import faults
 
@@ -15,6 +17,7 @@ from .helpers import (
 SLOW = 2.0  # seconds each of the two concurrent fetches takes at the origin
 
 
+@pytest.mark.slow
 def test_an_exception_after_the_take_answers_internal_error_and_the_thread_serves_on(
     tmp_path, origin, monkeypatch
 ):

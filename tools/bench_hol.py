@@ -30,13 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from loadgen import OwnOrigin, PrivateDaemon, pct  # noqa: E402
-from origin_server import SMALL_PATH  # noqa: E402
+from loadgen import PrivateDaemon, pct  # noqa: E402
 
 from shmfetch import Client  # noqa: E402
+from shmfetch.testing.origin import OriginProcess  # noqa: E402
+from shmfetch.testing.pageset import SMALL_PATH  # noqa: E402
 
 
-def round_urls(slow: OwnOrigin, fast_port: int, n_slow: int, n_fast: int, workers: int, rnd: int) -> list:
+def round_urls(slow: OriginProcess, fast_port: int, n_slow: int, n_fast: int, workers: int, rnd: int) -> list:
     """The batch of one round: slow requests interleaved so that they share one worker, then the fast."""
     fast = (f"http://127.0.0.1:{fast_port}{SMALL_PATH}?r={rnd}&i={i}" for i in range(10**9))
     urls: list[tuple[str, bool]] = []
@@ -68,8 +69,8 @@ def one_round(socket: str, urls: list[tuple[str, bool]]) -> tuple[list[float], i
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    slow = OwnOrigin(max(1, args.slow), 1, args.slow_ms)
-    fast = OwnOrigin(1, 1, 0.0)
+    slow = OriginProcess(max(1, args.slow), 1, args.slow_ms)
+    fast = OriginProcess(1, 1, 0.0)
     extra = {"fetch": {"timeout": args.slow_ms / 1000 + 30}}
     if args.credit:
         extra["daemon"] = {"max_inflight_per_worker": args.credit}

@@ -149,10 +149,9 @@ def library_rss(book: bytes) -> dict[str, tuple[int, int]]:
 
 def worker_rss(book: bytes) -> tuple[int, int]:
     """(worker VmHWM KiB after an HTML page, after the book too): one real daemon worker, a local origin."""
-    from tests.origin import start_origin
-
     from shmfetch import Client
-    from tests.helpers import running_daemon
+    from shmfetch.testing.daemon import running_daemon
+    from shmfetch.testing.origin import start_origin
 
     with tempfile.TemporaryDirectory() as tmp, start_origin() as origin:
         origin.respond("/book.pdf", 200, book, {"Content-Type": "application/pdf"})

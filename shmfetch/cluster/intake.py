@@ -51,6 +51,10 @@ log = logging.getLogger("shmfetch.cluster")
 BLOCK_MS = 2000
 FORGET_AFTER = 5  # × claim_idle: a consumer idle this long with nothing pending has departed
 COMMIT_BATCH = 256
+# How long close() waits for a cancelled task to end, twice (a second cancel in between), before it goes on
+# without it. redis-py can swallow a cancellation that lands while a command completes (seen: the
+# maintenance loop carried on after its cancel, and close() waited for it forever).
+TASK_STOP_GRACE = 1.0
 FIGURES_PERIOD = 1.0  # s between reads of the group's figures: stats shows none older, or says how old
 CLAIM_ROUNDS = 8  # XAUTOCLAIM pages per maintenance pass
 CLAIM_COUNT = 100  # entries per XAUTOCLAIM page beyond free capacity
@@ -111,6 +115,7 @@ class ClusterIntake:
         self._results = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._cut_short = False  # close() stops waiting for the backlog's commits
+        self._closing = False  # the loops' own stop condition: a swallowed cancel must not keep them going
         self.group_info: dict[str, Any] = {}
         self._figures_at: float | None = None  # monotonic time group_info was read
         self._last_delivered: bytes | None = None  # the group's, as of that read (for the trim)
@@ -167,10 +172,25 @@ class ClusterIntake:
                 len(self.backlog),
                 self.state,
             )
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.redis.aclose()
+        self._closing = True
+        await self._stop_tasks()
+        try:
+            await asyncio.wait_for(self.redis.aclose(), TASK_STOP_GRACE)
+        except TimeoutError:
+            log.warning("cluster: the Redis connections did not close within %.1fs; leaving them", TASK_STOP_GRACE)
+
+    async def _stop_tasks(self) -> None:
+        """Cancel the loops and wait for them, boundedly: a loop whose cancel was swallowed stops at its
+        next turn (``_closing``) or at a second cancel; one that still runs is left behind, said in the log."""
+        pending = {t for t in self._tasks if not t.done()}
+        for _ in range(2):
+            for t in pending:
+                t.cancel()
+            if not pending:
+                break
+            _, pending = await asyncio.wait(pending, timeout=TASK_STOP_GRACE)
+        for t in pending:
+            log.warning("cluster: task %s did not stop; leaving it", t.get_coro().__qualname__)
 
     # -- connection state -------------------------------------------------------------------------------
 
@@ -282,7 +302,7 @@ class ClusterIntake:
         self._results.set()
 
     async def _commit_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._results.wait()
             self._results.clear()
             while self.backlog:
@@ -344,7 +364,7 @@ class ClusterIntake:
 
     async def _maintain_loop(self) -> None:
         period = min(5.0, max(0.05, self.claim_idle / 4))
-        while True:
+        while not self._closing:
             await asyncio.sleep(period)
             try:
                 await self._refresh_held()
@@ -434,7 +454,7 @@ class ClusterIntake:
         answer(sink, frame)
 
     async def _figures_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._read_group_info()
             except ResponseError as e:  # e.g. the stream is not there yet (NOGROUP / no such key)

@@ -244,6 +244,9 @@ def _lingering_reset(sock: socket.socket) -> None:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers, 40 ms a response on Linux (a keep-alive origin at 22 pages/s).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, *args: object) -> None:
