@@ -112,19 +112,23 @@ def test_an_explicit_c_that_does_not_exist_is_still_an_error(tmp_path):
 )
 def test_serve_and_stop_without_c_or_config_ini_use_the_defaults(tmp_path):
     """``serve`` and ``stop`` run from a directory without config.ini, as a new user would. The daemon's
-    default paths are made private: the commands run in a mount namespace with fresh /tmp and /run."""
-    private = "mount -t tmpfs shmfetch-test /tmp && mount -t tmpfs shmfetch-test /run && mkdir /tmp/w"
+    default paths (root's: /run/shmfetch/) are made private: the commands run in a mount namespace with a
+    fresh /run. Only /run: the checkout and its venv may live anywhere, /tmp included."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # root's default: /run/shmfetch
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-            f'{private} && cd /tmp/w && exec "$0" -m shmfetch serve', sys.executable]  # fmt: skip
-    d = Daemon(tmp_path / "unused.ini", "/nonexistent", wait=False, argv=argv)
+            f'mount -t tmpfs shmfetch-test /run && cd {workdir} && exec "$0" -m shmfetch serve',
+            sys.executable]  # fmt: skip
+    d = Daemon(tmp_path / "unused.ini", "/nonexistent", wait=False, argv=argv, env=env)
     try:
-        d.socket = f"/proc/{d.pid}/root{config_mod.DaemonConfig().socket}"
+        d.socket = f"/proc/{d.pid}/root/run/shmfetch/shmfetch.sock"  # root's default without XDG_RUNTIME_DIR
         d.wait_ready()
         st = daemon_stats(d.socket)
         assert len(st["workers"]) == config_mod.DaemonConfig().workers
-        stop = ["nsenter", "-t", str(d.pid), "-m", "sh", "-c", 'cd /tmp/w && exec "$0" -m shmfetch stop',
+        stop = ["nsenter", "-t", str(d.pid), "-m", "sh", "-c", f'cd {workdir} && exec "$0" -m shmfetch stop',
                 sys.executable]  # fmt: skip
-        p = subprocess.run(stop, capture_output=True, text=True, timeout=60)
+        p = subprocess.run(stop, capture_output=True, text=True, timeout=60, env=env)
         assert (p.returncode, p.stdout.strip()) == (0, "downloaded 0 URLs"), p.stderr
         d.proc.wait(30)
         assert d.proc.returncode == 0, d.stderr
