@@ -205,7 +205,7 @@ class CrawlConfig:
 
     depth: int = field(default=2, metadata=_check(0, 1000))  # link hops from a seed (seeds are depth 0)
     max_pages: int = field(default=1000, metadata=_check(1, 100_000_000))  # results in all, failures too
-    # The most a crawl may ask for: the seen set costs ~70 bytes a URL in the master, so this bounds it.
+    # The most a crawl may ask for: it bounds the crawl's queue (URL strings) and seen set (16-32 B a URL).
     max_pages_limit: int = field(default=100_000, metadata=_check(1, 100_000_000))
     scope: str = field(default="host", metadata=_check(choices=SCOPES))
     obey_robots: bool = True  # with [robots] user_agent; a caller may turn it off for its crawl

@@ -133,6 +133,7 @@ class CrawlSummary:
     is counted under the first reason it met, in this order: ``out_of_scope`` (or not http(s)),
     ``not_page`` (an extension of ``[crawl] non_page_extensions``), ``excluded`` (include/exclude),
     ``duplicates`` (its normalized URL was seen), and ``robots_denied`` (robots.txt, no result line).
+    ``sitemaps``: sitemap documents read.
     ``limit`` is what ended it early: ``max_pages``, ``depth`` (links were left beyond it),
     ``shutting_down``, or null when the crawl ran out of links."""
 

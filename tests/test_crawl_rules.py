@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shmfetch.config import CrawlConfig
-from shmfetch.crawl.rules import Rules, digest, normalized, registrable_domain
+from shmfetch.crawl.rules import Rules, SeenSet, digest, normalized, registrable_domain
 from shmfetch.intake import Refused
 
 CFG = CrawlConfig()
@@ -145,3 +145,20 @@ def test_max_pages_over_its_cap_in_the_config_is_refused(tmp_path) -> None:
     path.write_text("[crawl]\nmax_pages = 20\nmax_pages_limit = 10\n")
     with pytest.raises(config.ConfigError, match="max_pages_limit"):
         config.load(path)
+
+
+def test_seen_set_holds_what_was_added_and_nothing_else() -> None:
+    import random
+
+    rnd = random.Random(7)
+    seen, ref = SeenSet(capacity=4), set()
+    for _ in range(50_000):  # many growths from a tiny table
+        d = rnd.getrandbits(60)
+        seen.add(d)
+        ref.add(d)
+    seen.add(0)
+    seen.add((1 << 60) - 1)  # the extremes of a digest
+    ref |= {0, (1 << 60) - 1}
+    assert len(seen) == len(ref) and all(d in seen for d in ref)
+    assert not any(rnd.getrandbits(60) in seen for _ in range(10_000))
+    assert seen.nbytes <= 32 * len(seen)  # at most half full: 16-32 bytes a digest
