@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -228,10 +229,7 @@ def test_a_caller_that_goes_away_stops_its_crawl(tmp_path: Path) -> None:
     # A slow site of 1 + 10 + 100 pages: the caller reads the seed's result and hangs up while level 1
     # is in flight; those ten results are dropped on arrival and level 2 is never requested.
     with start_origin(latency=0.5) as slow, running_daemon(tmp_path, **LOOPBACK) as d:
-        tree = {"/": [f"/p{i}" for i in range(10)]} | {
-            f"/p{i}": [f"/p{i}-{j}" for j in range(10)] for i in range(10)
-        }
-        for path, links in tree.items():
+        for path, links in _tree().items():
             slow.respond(path, 200, crawlsite.page_html(path, links, {}), crawlsite.HTML)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
@@ -253,6 +251,35 @@ def test_stats_count_the_crawls(daemon: Daemon, site: dict[str, Origin]) -> None
     with Client(daemon.socket, timeout=30) as c:
         figures = c.stats()["crawls"]
     assert figures["started"] >= 1 and figures["active"] == 0
+
+
+def test_a_stopping_daemon_ends_its_crawls_with_what_was_in_flight(tmp_path: Path) -> None:
+    # SIGUSR1 while level 1 is in flight: those ten pages are delivered, level 2 is never requested, the
+    # summary says shutting_down, and the daemon's count equals the ok results the caller received.
+    with start_origin(latency=0.5) as slow:
+        for path, links in _tree().items():
+            slow.respond(path, 200, crawlsite.page_html(path, links, {}), crawlsite.HTML)
+        d = Daemon(write_config(tmp_path, **LOOPBACK), tmp_path / "shmfetch.sock")
+        try:
+            with Client(d.socket, timeout=60) as c:
+                answers = []
+                for got in c.crawl([slow.url("/")], depth=2):
+                    answers.append(got)
+                    if len(answers) == 1:
+                        d.proc.send_signal(signal.SIGUSR1)
+        finally:
+            code, _ = d.stop()
+    summary = answers.pop()
+    assert summary.limit == "shutting_down" and summary.ok == len(answers) == 11
+    assert code == 0 and d.last_line() == "downloaded 11 URLs"
+    assert len(fetched(slow)) == 11
+
+
+def _tree() -> dict[str, list[str]]:
+    """A root, ten children, a hundred grandchildren."""
+    return {"/": [f"/p{i}" for i in range(10)]} | {
+        f"/p{i}": [f"/p{i}-{j}" for j in range(10)] for i in range(10)
+    }
 
 
 def test_cli_crawl_json_lines_and_exit_codes(daemon: Daemon, site: dict[str, Origin]) -> None:
