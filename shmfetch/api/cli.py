@@ -1,6 +1,6 @@
 """Command line: ``shmfetch serve | submit | crawl | stats | stop | enqueue | results | cache stats|purge``.
 
-Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
+Exit codes: 0 success; 1 some URLs failed (submit, crawl); 2 usage or config error, or no daemon answers;
 3 the workers could not boot (serve).
 
 Every command reads its config the same way (``_config``): the file of ``-c``; without ``-c``,
