@@ -38,7 +38,7 @@ from .rules import HTML_TYPES, Rules, SeenSet, digest, normalized
 log = logging.getLogger("shmfetch.crawl")
 
 Item = tuple[str, int, "str | None", int]  # (url, seed index, referrer, digest of its normalized form)
-MET_SPELLINGS = 4096
+MET_SPELLINGS = 1024  # ~250 KB a crawl at most: a site's navigation links fit
 MAX_SITEMAPS = 100  # sitemap documents one crawl reads at most (robots.txt files aside)
 SITEMAP_OPTIONS = {"links": True}  # links: never answered from nor stored in the HTTP cache
 
