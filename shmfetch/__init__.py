@@ -1,15 +1,19 @@
 """shmfetch: a daemon that turns URLs into plain text at high throughput over POSIX shared memory."""
 
 from ._version import __version__
-from .protocol import ERRORS, Result
+from .protocol import ERRORS, CrawlSummary, Result
 
-__all__ = ["AsyncClient", "Client", "DaemonUnavailable", "ERRORS", "RedisClient", "Result", "__version__"]
+__all__ = [
+    "AsyncClient", "Client", "CrawlRefused", "CrawlSummary", "DaemonUnavailable", "ERRORS", "RedisClient",
+    "Result", "__version__",
+]  # fmt: skip
 
 # The clients are imported on first use: a worker process imports this package before anything else,
 # and must not pay for asyncio (the socket clients) or redis-py (RedisClient) while it boots.
 _LAZY = {
     "AsyncClient": ".api.client",
     "Client": ".api.client",
+    "CrawlRefused": ".api.client",
     "DaemonUnavailable": ".api.client",
     "RedisClient": ".cluster.client",
 }

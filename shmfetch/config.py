@@ -189,6 +189,31 @@ class PdfConfig:
     max_inflated_bytes: int = field(default=256 << 20, metadata=_check(1 << 16, 1 << 34))
 
 
+# Crawl scopes (docs/CRAWL.md, "Scope"): which links of a page a crawl follows.
+SCOPES = ("host", "domain", "prefix", "any")
+# Extensions of URLs that are not pages (no text, no links): a crawl does not request them unless an
+# `include` pattern asks for it. PDFs are pages here: the workers extract their text.
+NON_PAGE_EXTENSIONS = (
+    "7z apk avi avif bin bmp bz2 css dmg eot exe flac gif gz ico iso jar jpeg jpg js m4a m4v mkv mov mp3 "
+    "mp4 mpeg mpg msi ogg otf png rar rpm svg tar tgz tif tiff ttf wav webm webp wmv woff woff2 xz zip"
+).split()
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    """Crawls (shmfetch/crawl): the defaults of a crawl's rules and the caps on what a caller may ask."""
+
+    depth: int = field(default=2, metadata=_check(0, 1000))  # link hops from a seed (seeds are depth 0)
+    max_pages: int = field(default=1000, metadata=_check(1, 100_000_000))  # results in all, failures too
+    # The most a crawl may ask for: it bounds the crawl's queue (URL strings) and seen set (16-32 B a URL).
+    max_pages_limit: int = field(default=100_000, metadata=_check(1, 100_000_000))
+    scope: str = field(default="host", metadata=_check(choices=SCOPES))
+    obey_robots: bool = True  # with [robots] user_agent; a caller may turn it off for its crawl
+    # Requests of one crawl in the master or the workers at once: a crawl takes its share, not the queue.
+    window: int = field(default=64, metadata=_check(1, 65536))
+    non_page_extensions: tuple[str, ...] = tuple(NON_PAGE_EXTENSIONS)
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = DaemonConfig()
@@ -201,6 +226,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     cluster: ClusterConfig = ClusterConfig()
     pdf: PdfConfig = PdfConfig()
+    crawl: CrawlConfig = CrawlConfig()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain dict, so that the master can hand the exact config it validated to its workers."""
@@ -318,6 +344,11 @@ def _validate(cfg: Config) -> None:
     if cfg.cluster.redis:
         if why := check_redis_url(cfg.cluster.redis):
             raise ConfigError(f"[cluster] redis = {cfg.cluster.redis!r}: not a Redis URL ({why})")
+    if cfg.crawl.max_pages > cfg.crawl.max_pages_limit:
+        raise ConfigError(
+            f"[crawl] max_pages = {cfg.crawl.max_pages}: more than [crawl] max_pages_limit = "
+            f"{cfg.crawl.max_pages_limit}"
+        )
     if not cfg.daemon.socket:
         raise ConfigError("[daemon] socket = '': a socket path is required")
 

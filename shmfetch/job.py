@@ -28,7 +28,9 @@ class Sink(Protocol):
     """Where a job's answer goes: a client connection (fronts/unix.py), an HTTP waiter, a Redis entry.
 
     A sink may also have ``send_encoded(bytes)``, taking a complete frame (length prefix included);
-    answers then reach it without their strings being decoded in the master. Others get ``send(dict)``.
+    answers then reach it without their strings being decoded in the master. A sink inside the master
+    (a crawl's page, shmfetch/crawl) may have ``take_raw(dict)``: it gets the frame as it is, its strings
+    still UTF-8 bytes, and decodes only what it reads. Others get ``send(dict)``.
     """
 
     closed: bool
@@ -43,10 +45,17 @@ class Job:
         "sink", "req_id", "url", "attempts", "t0", "ticket", "slots", "payload", "end",
         # the admission path (frontier/admission.py): per-request options, host gate, cache, timing
         "options", "ring_options", "arrived", "host", "holds_host", "polite_retries", "cache_key", "stale",
-        "sent",
+        "sent", "obey_robots",
     )  # fmt: skip
 
-    def __init__(self, sink: Sink, req_id: Any, url: str, options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        sink: Sink,
+        req_id: Any,
+        url: str,
+        options: dict[str, Any] | None = None,
+        obey_robots: bool = False,
+    ):
         self.sink = sink
         self.req_id = req_id
         self.url = url
@@ -67,6 +76,7 @@ class Job:
         # a stale cache entry this fetch revalidates (frontier.cache.Entry: not imported, job.py is ground)
         self.stale: Any = None
         self.sent = 0.0  # perf_counter at dispatch to a worker
+        self.obey_robots = obey_robots  # robots.txt is obeyed for it even without [robots] obey (a crawl's)
 
 
 def text(v: Any) -> Any:
@@ -87,5 +97,7 @@ def answer(sink: Sink, frame: dict[str, Any]) -> None:
         if not sink.closed:  # a client that went away costs no pack
             body = _result_packer.pack(frame)
             send_encoded(FRAME_HDR.pack(len(body)) + body)
+    elif (take_raw := getattr(sink, "take_raw", None)) is not None:
+        take_raw(frame)
     else:
         sink.send({k: text(v) for k, v in frame.items()})

@@ -16,8 +16,9 @@ An unknown name or a value of the wrong type or out of range raises ``OptionErro
 ``bad_request`` with a message naming the option.
 
 The master's frontier (frontier/admission.py) adds options of its own to the same map before dispatch:
-``if_none_match`` / ``if_modified_since`` (revalidate a cached entry). ``check`` refuses them from
-clients: they are unknown names there. (429/503 are answered at once by every daemon worker, whose
+``if_none_match`` / ``if_modified_since`` (revalidate a cached entry); a crawl adds ``sitemap`` to its
+sitemap fetches (the intake's ``internal``). ``check`` refuses them from clients: they are unknown names
+there. (429/503 are answered at once by every daemon worker, whose
 master pauses the host: a property of the worker's Fetcher, not of a request.)
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import BOOL_WORDS, MODES, FetchConfig
-from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH
+from .protocol import OPT_IF_MODIFIED_SINCE, OPT_IF_NONE_MATCH, OPT_SITEMAP
 
 NAMES = ("mode", "metadata", "links", "timeout", "accept_language", "max_bytes")
 MAX_ACCEPT_LANGUAGE = 256
@@ -78,6 +79,7 @@ class Options:
     max_bytes: int
     if_none_match: str | None = None
     if_modified_since: str | None = None
+    sitemap: str | None = None  # a crawl's sitemap fetch: "robots" or "xml" (protocol.OPT_SITEMAP)
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -149,4 +151,5 @@ def effective(given: dict[str, Any] | None, cfg: FetchConfig) -> Options:
         max_bytes=g.get("max_bytes", cfg.max_bytes),
         if_none_match=g.get(OPT_IF_NONE_MATCH),
         if_modified_since=g.get(OPT_IF_MODIFIED_SINCE),
+        sitemap=g.get(OPT_SITEMAP),
     )

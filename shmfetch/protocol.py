@@ -6,6 +6,11 @@ in any order.
 
     request   {"id": int, "url": str[, "options": map]}  -> one result map (fields of ``Result``);
                                                             options: shmfetch/options.py
+              {"id": int, "op": "crawl", "seeds": [str, ...][, "crawl": map][, "options": map]}
+                                                         -> one result map per page the crawl requests,
+                                                            each with ``crawl_depth`` and ``referrer``,
+                                                            then {"id": ..., "ok": true, "summary": map}
+                                                            (``CrawlSummary``); crawl rules: docs/CRAWL.md
               {"id": int, "op": "stats"}                 -> {"id": ..., "ok": true, "stats": {...}}
               {"id": int, "op": "await_exit"}            -> {"id": ..., "ok": true, "downloaded": N},
                                                             sent only when the daemon stops
@@ -109,6 +114,8 @@ class Result(Outcome):
     worker: int | None = None  # the worker slot that fetched it
     elapsed_ms: float | None = None  # from the master taking the request to the answer
     cached: bool = False  # answered from the HTTP cache ([cache] path) without a fetch, or after a 304
+    crawl_depth: int | None = None  # a crawl's page: link hops from its seed (seeds and sitemap URLs: 0)
+    referrer: str | None = None  # a crawl's page: the URL whose page linked to it (null for seeds)
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> Result:
@@ -118,6 +125,38 @@ class Result(Outcome):
         return asdict(self)
 
 
+@dataclass
+class CrawlSummary:
+    """The last answer of a crawl (``{"id", "ok": true, "summary": {these fields}}``): what it did.
+
+    Every page the crawl requested gave one result (``ok`` + ``failed``); a link that was not requested
+    is counted under the first reason it met, in this order: ``out_of_scope`` (or not http(s)),
+    ``not_page`` (an extension of ``[crawl] non_page_extensions``), ``excluded`` (include/exclude),
+    ``duplicates`` (its normalized URL was seen), and ``robots_denied`` (robots.txt, no result line).
+    ``sitemaps``: sitemap documents read.
+    ``limit`` is what ended it early: ``max_pages``, ``depth`` (links were left beyond it),
+    ``shutting_down``, or null when the crawl ran out of links."""
+
+    ok: int = 0
+    failed: int = 0
+    robots_denied: int = 0
+    out_of_scope: int = 0
+    not_page: int = 0
+    excluded: int = 0
+    duplicates: int = 0
+    sitemaps: int = 0  # sitemap documents read (with ``sitemaps``: robots.txt's Sitemap: lines, /sitemap.xml)
+    limit: str | None = None
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> CrawlSummary:
+        return cls(**{k: v for k, v in frame["summary"].items() if k in _SUMMARY_NAMES})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SUMMARY_NAMES = frozenset(f.name for f in fields(CrawlSummary))
 OUTCOME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
 _RESULT_NAMES = frozenset(RESULT_FIELDS)
@@ -204,6 +243,9 @@ _packer = msgpack.Packer(use_bin_type=True)
 # Request options the master may send with a URL (the third element of the request message, docs/RING.md).
 OPT_IF_NONE_MATCH = "if_none_match"  # revalidate a cached entry: If-None-Match
 OPT_IF_MODIFIED_SINCE = "if_modified_since"  # and/or If-Modified-Since
+# A crawl's sitemap fetch (shmfetch/crawl): "robots" reads a robots.txt's Sitemap: lines, "xml" a sitemap
+# or sitemap index (gzipped or not); the URLs come back as ``links`` (a sitemap's own: ``"sitemap": true``).
+OPT_SITEMAP = "sitemap"
 PAUSE_CODES = frozenset((429, 503))  # a daemon worker answers these at once; the master pauses the host
 
 
@@ -236,4 +278,5 @@ def result_frame(req_id: Any, url: str, worker: int, elapsed_ms: float, record: 
     frame["worker"] = worker
     frame["elapsed_ms"] = elapsed_ms
     frame["cached"] = False
+    frame["crawl_depth"] = frame["referrer"] = None  # a crawl sets them (shmfetch/crawl)
     return frame

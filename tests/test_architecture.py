@@ -32,11 +32,12 @@ RANKS: dict[str, int] = {
     "worker": 4,  # the worker process
     "frontier": 5,  # admission: cache -> robots -> politeness
     "dispatch": 6,  # dispatcher, worker handles, collector
-    "cluster": 7,  # Redis Streams front and client
-    "fronts": 8,  # unix socket, HTTP, metrics
-    "master": 9,  # arbiter, supervisor, stats, pidfile
-    "api": 10,  # cli, client
-    "testing": 11,  # the harness shared by tests and tools
+    "crawl": 7,  # crawls: rules, scope, seen set, the queue of each crawl
+    "cluster": 8,  # Redis Streams front and client
+    "fronts": 9,  # unix socket, HTTP, metrics
+    "master": 10,  # arbiter, supervisor, stats, pidfile
+    "api": 11,  # cli, client
+    "testing": 12,  # the harness shared by tests and tools
 }
 # shmfetch/__init__.py and shmfetch/__main__.py are the facade: they may import anything, and nothing
 # inside the package may import them (an arrow into the facade points above every rank).
@@ -284,13 +285,13 @@ def test_reader_sees_lazy_relative_and_type_only_imports():
 
 def test_judges_flag_upward_arrows_circles_and_private_uses():
     graph = {
-        "shmfetch.config": {"shmfetch.cluster.streams"},  # ground -> rank 7: upward
-        "shmfetch.cluster.streams": {"shmfetch.config"},  # rank 7 -> ground: fine, but a circle with the above
+        "shmfetch.config": {"shmfetch.cluster.streams"},  # ground -> rank 8: upward
+        "shmfetch.cluster.streams": {"shmfetch.config"},  # rank 8 -> ground: fine, but a circle with the above
         "shmfetch.fronts.http": {"shmfetch"},  # into the facade
         "shmfetch.master.arbiter": {"shmfetch.ipc.ring", "shmfetch.master.pidfile"},  # down, and own package
     }
     assert upward_arrows(graph) == [
-        "shmfetch.config -> shmfetch.cluster.streams (rank 0 -> 7)",
+        "shmfetch.config -> shmfetch.cluster.streams (rank 0 -> 8)",
         "shmfetch.fronts.http -> shmfetch (the facade)",
     ]
     assert circles(graph) == [["shmfetch.cluster.streams", "shmfetch.config"]]

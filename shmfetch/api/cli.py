@@ -1,6 +1,6 @@
-"""Command line: ``shmfetch serve | submit | stats | stop | enqueue | results | cache stats|purge``.
+"""Command line: ``shmfetch serve | submit | crawl | stats | stop | enqueue | results | cache stats|purge``.
 
-Exit codes: 0 success; 1 some URLs failed (submit); 2 usage or config error, or no daemon answers;
+Exit codes: 0 success; 1 some URLs failed (submit, crawl); 2 usage or config error, or no daemon answers;
 3 the workers could not boot (serve).
 
 Every command reads its config the same way (``_config``): the file of ``-c``; without ``-c``,
@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -27,14 +28,14 @@ from typing import Any, TextIO
 
 from .. import config as config_mod
 from .._version import __version__
-from ..config import MODES
+from ..config import MODES, SCOPES
 from ..ipc import names
 from ..master.pidfile import running_pid, signal_holder
 from ..options import NAMES as OPTION_NAMES
 from ..options import OptionError
 from ..options import check as check_options
-from ..protocol import Result
-from .client import Client, DaemonUnavailable, ProtocolError
+from ..protocol import CrawlSummary, Result
+from .client import Client, CrawlRefused, DaemonUnavailable, ProtocolError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.ini"
@@ -233,6 +234,59 @@ def _submit(client: Any, args: argparse.Namespace, options: dict[str, Any]) -> i
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_crawl(args: argparse.Namespace) -> int:
+    rules = _crawl_rules(args)
+    client = Client(_socket_path(args))
+    try:
+        capped = args.timeout is not None or args.max_bytes is not None
+        options = _request_options(args, _daemon_caps(client) if capped else None)
+    except BaseException:
+        client.close()
+        raise
+    failed = 0
+    try:
+        with client:
+            for got in client.crawl(args.seeds, **rules, **options):
+                if isinstance(got, CrawlSummary):
+                    _write_summary(got, args.json)
+                else:
+                    failed += not got.ok
+                    _write_result(sys.stdout, got, args.json)
+    except CrawlRefused as e:
+        raise UsageError(str(e)) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _crawl_rules(args: argparse.Namespace) -> dict[str, Any]:
+    """The crawl flags as the rules map; a regex that does not compile is a usage error here already."""
+    for flag, patterns in (("--include", args.include), ("--exclude", args.exclude)):
+        for p in patterns or ():
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise UsageError(f"{flag} {p!r}: not a regular expression ({e})") from None
+    return {"depth": args.depth, "max_pages": args.max_pages, "scope": args.scope, "include": args.include,
+            "exclude": args.exclude, "robots": args.robots, "sitemaps": args.sitemaps or None}  # fmt: skip
+
+
+def _write_summary(summary: CrawlSummary, as_json: bool) -> None:
+    """The crawl's last line: ``{"summary": {...}}`` in JSON Lines, else one line on stderr."""
+    if as_json:
+        sys.stdout.write(json.dumps({"summary": summary.to_dict()}) + "\n")
+        sys.stdout.flush()
+        return
+    s = summary
+    print(
+        f"crawl: {s.ok} ok, {s.failed} failed, {s.robots_denied} denied by robots.txt, {s.out_of_scope} out "
+        f"of scope, {s.not_page} not pages, {s.excluded} excluded, {s.duplicates} duplicates; "
+        f"limit {s.limit or 'none'}; {s.elapsed_s:.1f} s",
+        file=sys.stderr,
+    )
+
+
 def _redis_url(args: argparse.Namespace) -> str:
     """``--redis``, else ``[cluster] redis`` of the config; a usage error when neither is set."""
     url = args.redis or _config(args).cluster.redis
@@ -301,6 +355,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _whole_number(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
     return n
 
 
@@ -448,6 +512,26 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_submit)
 
 
+def _add_crawl(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("crawl", help="crawl from seed URLs through a running daemon (docs/CRAWL.md)")
+    _add_config_arg(s)
+    _add_socket_arg(s)
+    g = s.add_argument_group("crawl rules (unset: the daemon's [crawl] defaults)")
+    g.add_argument("--depth", type=_whole_number, metavar="N", help="link hops from a seed (seeds: 0)")
+    g.add_argument("--max-pages", type=_positive_int, metavar="N", help="results in all, failures too")
+    g.add_argument("--scope", choices=SCOPES, help="which links to follow: same host:port, registrable "
+                   "domain, URL prefix of the seed, or any")  # fmt: skip
+    g.add_argument("--include", action="append", metavar="RE", help="follow only links matching one (repeat)")
+    g.add_argument("--exclude", action="append", metavar="RE", help="do not follow links matching (repeat)")
+    g.add_argument("--sitemaps", action="store_true", help="also start from the sites' sitemaps")
+    g.add_argument("--no-robots", dest="robots", action="store_false", default=None,
+                   help="do not obey robots.txt for this crawl")  # fmt: skip
+    s.add_argument("--json", action="store_true", help="JSON Lines: one per page, then {\"summary\": ...}")
+    _add_option_arguments(s)
+    s.add_argument("seeds", nargs="+", metavar="SEED", help="the URLs the crawl starts from")
+    s.set_defaults(func=cmd_crawl)
+
+
 def _add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("enqueue", help="append jobs to the cluster's job stream; print their entry ids")
     _add_config_arg(s)
@@ -491,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(s)
     s.set_defaults(func=cmd_serve)
     _add_submit(sub)
+    _add_crawl(sub)
     _add_cluster_commands(sub)
     _add_admin_commands(sub)
     return p

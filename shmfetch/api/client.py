@@ -15,6 +15,14 @@ Per-request options are keyword arguments of ``fetch`` and ``fetch_many`` (the s
 ``accept_language``, ``max_bytes`` (shmfetch/options.py). None means the daemon's config default. An
 unknown option or a bad value comes back as a result with ``error == "bad_request"`` naming it.
 
+A crawl (docs/CRAWL.md) streams one result per page, then its summary:
+
+    with Client(path) as c:
+        for r in c.crawl(["http://127.0.0.1:8000/"], depth=2, scope="host", max_pages=100):
+            print(r)  # a Result (with crawl_depth and referrer) per page, then one CrawlSummary
+
+Closing the connection stops the crawls it started (the daemon drops what they had in flight).
+
 A request every daemon refuses is answered here, without being sent: a URL longer than 8192 characters
 (``options.url_problem``) with ``invalid_url``, an unknown option or a value of the wrong type with
 ``bad_request`` (only the caps of the daemon's config are left to the daemon). A long enough URL or
@@ -41,6 +49,7 @@ from ..config import FetchConfig
 from ..options import OptionError, check, url_problem
 from ..protocol import (
     FRAME_HDR,
+    CrawlSummary,
     FrameDecoder,
     FrameError,
     Result,
@@ -120,6 +129,39 @@ def _refused(url: str, options: dict[str, Any]) -> Result | None:
     return Result.from_frame(error_frame(None, code, problem, url=url))
 
 
+class CrawlRefused(ValueError):
+    """The daemon (or this client, for what every daemon refuses) did not take a crawl: a bad seed, rule
+    or option. ``code`` is the error code (``invalid_url``, ``bad_request``); the message says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _crawl_request(seeds: Iterable[str], rules: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """A crawl frame (without its id); an option every daemon refuses raises CrawlRefused here."""
+    given = _given(options)
+    try:
+        check(given or None, _UNCAPPED)
+    except OptionError as e:
+        raise CrawlRefused("bad_request", str(e)) from None
+    frame: dict[str, Any] = {"op": "crawl", "seeds": [seeds] if isinstance(seeds, str) else list(seeds)}
+    if r := _given(rules):
+        frame["crawl"] = r
+    if given:
+        frame["options"] = given
+    return frame
+
+
+def _crawl_answer(frame: dict[str, Any]) -> Result | CrawlSummary:
+    """One answer of a crawl: a page's Result, the closing CrawlSummary, or the refusal (raised)."""
+    if "summary" in frame:
+        return CrawlSummary.from_frame(frame)
+    if "url" not in frame:  # an error frame for the crawl request itself
+        raise CrawlRefused(frame.get("error") or "bad_request", frame.get("message") or "refused")
+    return Result.from_frame(frame)
+
+
 def _result(frame: dict[str, Any]) -> Result:
     if frame.get("id") is None and not frame.get("ok"):
         raise ProtocolError(f"{frame.get('error')}: {frame.get('message')}")
@@ -195,6 +237,36 @@ class Client:
             frame = self._recv_frame()
             if frame.get("id") == -2:
                 return frame["downloaded"]
+
+    def crawl(
+        self,
+        seeds: Iterable[str],
+        depth: int | None = None,
+        max_pages: int | None = None,
+        scope: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        robots: bool | None = None,
+        sitemaps: bool | None = None,
+        **options: Any,
+    ) -> Iterator[Result | CrawlSummary]:
+        """Crawl from ``seeds`` (rules: docs/CRAWL.md; None: the daemon's [crawl] default); yield each
+        page's Result as it arrives, then the CrawlSummary, last. A refused crawl raises CrawlRefused."""
+        rules = {"depth": depth, "max_pages": max_pages, "scope": scope, "include": include,
+                 "exclude": exclude, "robots": robots, "sitemaps": sitemaps}  # fmt: skip
+        frame = _crawl_request(seeds, rules, options)
+        frame["id"] = req_id = next(self._ids)
+        self._sock.sendall(encode_frame(frame))
+        while True:
+            reply = self._recv_frame()
+            if reply.get("id") is None and not reply.get("ok"):
+                raise ProtocolError(f"{reply.get('error')}: {reply.get('message')}")
+            if reply.get("id") != req_id:
+                continue
+            got = _crawl_answer(reply)
+            yield got
+            if isinstance(got, CrawlSummary):
+                return
 
     def fetch_many(self, urls: Iterable[str], concurrency: int = 64, **options: Any) -> Iterator[Result]:
         """Fetch many URLs over this connection, at most ``concurrency`` in flight; yield in completion order.
@@ -277,6 +349,7 @@ class AsyncClient:
         self._writer = writer
         self._ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future] = {}
+        self._streams: dict[int, asyncio.Queue] = {}  # crawl id -> its answers, as they arrive
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -318,17 +391,25 @@ class AsyncClient:
                     )
                 # Decoded straight from the body: a FrameDecoder per frame copied every frame twice more.
                 frame = decode_frame_body(await self._reader.readexactly(n))
+                stream = self._streams.get(frame.get("id"))
+                if stream is not None:  # a crawl's answers
+                    stream.put_nowait(frame)
+                    continue
                 fut = self._waiters.pop(frame.get("id"), None)
                 if fut is not None and not fut.done():
                     fut.set_result(frame)
                 elif frame.get("id") is None:
-                    for f in self._waiters.values():
-                        if not f.done():
-                            f.set_exception(ProtocolError(f"{frame.get('error')}: {frame.get('message')}"))
+                    self._fail_all(ProtocolError(f"{frame.get('error')}: {frame.get('message')}"))
         except (asyncio.IncompleteReadError, ConnectionError) as e:
-            for f in self._waiters.values():
-                if not f.done():
-                    f.set_exception(DaemonUnavailable(f"the daemon closed the connection: {e}"))
+            self._fail_all(DaemonUnavailable(f"the daemon closed the connection: {e}"))
+
+    def _fail_all(self, error: Exception) -> None:
+        """Every call and crawl waiting for an answer gets ``error``."""
+        for f in self._waiters.values():
+            if not f.done():
+                f.set_exception(error)
+        for q in self._streams.values():
+            q.put_nowait(error)
 
     async def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
         frame["id"] = req_id = next(self._ids)
@@ -344,6 +425,39 @@ class AsyncClient:
 
     async def stats(self) -> dict[str, Any]:
         return (await self._call({"op": "stats"}))["stats"]
+
+    async def crawl(
+        self,
+        seeds: Iterable[str],
+        depth: int | None = None,
+        max_pages: int | None = None,
+        scope: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        robots: bool | None = None,
+        sitemaps: bool | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Result | CrawlSummary]:
+        """Like ``Client.crawl``: each page's Result as it arrives, then the CrawlSummary."""
+        rules = {"depth": depth, "max_pages": max_pages, "scope": scope, "include": include,
+                 "exclude": exclude, "robots": robots, "sitemaps": sitemaps}  # fmt: skip
+        frame = _crawl_request(seeds, rules, options)
+        frame["id"] = req_id = next(self._ids)
+        answers: asyncio.Queue = asyncio.Queue()
+        self._streams[req_id] = answers
+        try:
+            self._writer.write(encode_frame(frame))
+            await self._writer.drain()
+            while True:
+                item = await answers.get()
+                if isinstance(item, BaseException):
+                    raise item
+                got = _crawl_answer(item)
+                yield got
+                if isinstance(got, CrawlSummary):
+                    return
+        finally:
+            self._streams.pop(req_id, None)
 
     async def fetch_many(
         self, urls: Iterable[str], concurrency: int = 64, **options: Any

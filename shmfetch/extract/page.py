@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import requests
+from lxml import etree
 
 from ..config import FetchConfig, PdfConfig, SecurityConfig
 from ..fetch import charset
@@ -27,6 +28,7 @@ from .maintext import html_text
 from .pagemeta import page_fields
 from .pdf import LOCK as PDFIUM_LOCK
 from .pdf import extract_pdf
+from .sitemap import inflate, robots_sitemaps, sitemap_entries
 
 
 class ExtractGate:
@@ -79,6 +81,8 @@ class PageStep:
         status = r.status_code
         status_err = None if 200 <= status < 300 else ("http_status", f"HTTP {status} {r.reason or ''}".strip())
         ctype = body.media_type(pdf=self.pdf is not None)
+        if opts.sitemap:
+            return self._sitemap_outcome(r, url, ctype, status_err, body, opts.sitemap)
         kind = kind_of(ctype, pdf=self.pdf is not None)
         if kind is None:
             code, msg = status_err or ("unsupported_content_type", f"content type {ctype!r} is not extracted")
@@ -100,6 +104,31 @@ class PageStep:
         if status_err:
             return Outcome(False, status, url, ctype, text, *status_err, **page)
         return Outcome(True, status, url, ctype, text, **page)
+
+    def _sitemap_outcome(
+        self,
+        r: requests.Response,
+        url: str,
+        ctype: str,
+        status_err: tuple[str, str] | None,
+        body: Body,
+        kind: str,
+    ) -> Outcome:
+        """A crawl's sitemap fetch (extract/sitemap.py): its URLs as ``links``, no text."""
+        if status_err:
+            return Outcome(False, r.status_code, url, ctype, "", *status_err)
+        try:
+            data = inflate(body.read(), self.cfg.max_decoded_bytes)
+            if not EXTRACT_GATE.acquire(body.remaining("extract_wait")):
+                raise Timeout("extract_wait", r.status_code, url)
+            try:
+                links = robots_sitemaps(data) if kind == "robots" else sitemap_entries(data)
+            finally:
+                EXTRACT_GATE.release()
+        except (ValueError, etree.LxmlError) as e:
+            why = f"cannot read the sitemap: {e}"
+            return Outcome(False, r.status_code, url, ctype, "", "decode_error", why)
+        return Outcome(True, r.status_code, url, ctype, "", links=links, links_truncated=False)
 
     def _pdf_outcome(
         self,

@@ -4,8 +4,9 @@ A request the Dispatcher accepts goes through, in this order:
 
   1. the HTTP cache (cache.py, if ``[cache] path``): a fresh entry is answered here, ``cached: true``, and
      never reaches a worker; a stale one with validators makes the fetch conditional;
-  2. robots.txt (robots.py, if ``[robots] obey``): a disallowed URL is answered ``robots_denied``; while
-     the origin's robots.txt is being fetched the request waits here;
+  2. robots.txt (robots.py, if ``[robots] obey``, or for a job that asks for it: a crawl's page): a
+     disallowed URL is answered ``robots_denied``; while the origin's robots.txt is being fetched the
+     request waits here;
   3. the per-host gate (politeness.py): the request waits until its host may start a fetch, or past its
      deadline (``[politeness] max_wait`` after it arrived) is answered ``timeout``.
 
@@ -64,9 +65,10 @@ class Frontier:
         self.cache: HttpCache | None = open_cache(cfg.cache)
         self.count_hits = cfg.cache.count_hits
         self.robots: Robots | None = None
+        self.obey_robots = cfg.robots.obey  # for every job; else only for a job that asks (a crawl's page)
+        self._robots_cfg = cfg
         if cfg.robots.obey:
-            self.robots = Robots(cfg.robots, cfg.fetch, cfg.security, loop.call_soon_threadsafe)
-            self.robots.on_ready = self._robots_ready
+            self._start_robots()
         self._robots_wait: defaultdict[str, list[Job]] = defaultdict(list)
         self.robots_waiting = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -88,8 +90,8 @@ class Frontier:
         """Answer ``job`` from the cache, refuse it by robots.txt, or park it for its host."""
         if self.cache is not None and self.cache.enabled and self._cacheable(job) and self._from_cache(job):
             return
-        if self.robots is not None:
-            verdict = self.robots.check(job.url)
+        if self.obey_robots or job.obey_robots:
+            verdict = (self.robots or self._start_robots()).check(job.url)
             if verdict == DENY:
                 self.fail(job, "robots_denied")
                 return
@@ -98,6 +100,13 @@ class Frontier:
                 self.robots_waiting += 1
                 return
         self._to_gate(job)
+
+    def _start_robots(self) -> Robots:
+        """The robots.txt cache, made when first needed: a daemon that never obeys it has no such pool."""
+        cfg = self._robots_cfg
+        self.robots = Robots(cfg.robots, cfg.fetch, cfg.security, self.loop.call_soon_threadsafe)
+        self.robots.on_ready = self._robots_ready
+        return self.robots
 
     def _cacheable(self, job: Job) -> bool:
         """Whether the cache can answer ``job`` (and may store its result): an entry holds a page's text

@@ -1,5 +1,12 @@
-"""The optional HTTP API: ``GET /fetch?url=...``, ``GET /stats`` and ``GET /metrics`` (Prometheus, see
-metrics.py), inside the master's event loop.
+"""The optional HTTP API: ``GET /fetch?url=...``, ``POST /crawl``, ``GET /stats`` and ``GET /metrics``
+(Prometheus, see metrics.py), inside the master's event loop.
+
+``POST /crawl`` takes a JSON body ``{"seeds": [...], "depth": .., "max_pages": .., "scope": ..,
+"include": [..], "exclude": [..], "robots": .., "options": {per-request options}}`` (docs/CRAWL.md) and
+answers ``application/x-ndjson``, streamed as the pages come: one result object per page (the fields of
+``/fetch``'s JSON, with ``crawl_depth`` and ``referrer``), then ``{"summary": {...}}``. A refused crawl
+(a bad seed, rule or option, or a body that is not a JSON object) is a 400 with ``{"error", "message"}``.
+A client that hangs up stops its crawl.
 
 ``/fetch`` takes the per-request options (shmfetch/options.py) as further query parameters:
 ``/fetch?url=...&mode=markdown&links=true&timeout=2``. The answer's form is negotiated from ``Accept``
@@ -52,7 +59,7 @@ from ..config import ConfigError, HttpConfig, http_token, is_loopback_host
 from ..intake import Intake
 from ..job import answer
 from ..options import OptionError
-from ..protocol import ERRORS, RESULT_FIELDS
+from ..protocol import ERRORS, RESULT_FIELDS, CrawlSummary
 from . import metrics
 
 log = logging.getLogger("shmfetch.master")
@@ -72,6 +79,8 @@ HTTP_STATUS: dict[str, int] = {
 }
 UPSTREAM_FAILURE = 502
 MAX_LINE_BYTES = 64 * 1024  # a percent-encoded 8192-character URL fits in the request line
+MAX_BODY_BYTES = 1 << 20  # POST /crawl's JSON body (seeds and rules); the GET routes take none
+MAX_STREAM_TEXT = 64 << 20  # characters of results a POST /crawl client may leave unread (see _Stream)
 
 
 def http_status(error: str | None) -> int:
@@ -153,6 +162,37 @@ class _Waiter:
             self.fut.set_result(frame)
 
 
+class _Stream:
+    """The Sink of one ``POST /crawl``: the crawl's answers queue here for the handler to write out.
+
+    A client that reads slower than the crawl fetches is cut off once ``MAX_STREAM_TEXT`` characters of
+    text wait for it (as the Unix socket cuts off at ``client_buffer_bytes``): its crawl stops."""
+
+    __slots__ = ("closed", "answers", "waiting")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.answers: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.waiting = 0  # characters of text queued
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.waiting += len(frame.get("text") or "")
+        if self.waiting > MAX_STREAM_TEXT:
+            log.warning("cutting off a crawl's HTTP client that does not read its results")
+            self.closed = True
+            self.answers.put_nowait(None)
+            return
+        self.answers.put_nowait(frame)
+
+    async def next(self) -> dict[str, Any] | None:
+        frame = await self.answers.get()
+        if frame is not None:
+            self.waiting -= len(frame.get("text") or "")
+        return frame
+
+
 def frame_response(frame: dict[str, Any], want_json: bool, markdown: bool = False) -> web.Response:
     """A result frame -> the HTTP response: the text (or ``error: message``), or the JSON Lines fields."""
     error = frame.get("error")
@@ -211,8 +251,9 @@ class HttpApi:
         self.token_digest = _digest(token) if token is not None else None
         host, port = parse_listen(listen)
         self.hosts = HostGuard(host, self.http_cfg.allowed_hosts)
-        app = web.Application(client_max_size=1024, middlewares=[self._guard])  # GET only: no body
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
         app.router.add_get("/fetch", self._fetch)  # and HEAD: the same answer without its body
+        app.router.add_post("/crawl", self._crawl)
         app.router.add_get("/stats", self._stats)
         app.router.add_get("/metrics", self._metrics)
         # handler_cancellation: a client that hangs up cancels its handler, which marks its job's sink
@@ -315,6 +356,33 @@ class HttpApi:
         mode = ((job.options if job else None) or {}).get("mode", self.intake.fetch_cfg.mode)
         return frame_response(frame, want_json, markdown=mode == "markdown")
 
+    async def _crawl(self, request: web.Request) -> web.StreamResponse:
+        """``POST /crawl``: start the crawl through the intake, then stream its answers as NDJSON."""
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _json_error("bad_request", "the body must be a JSON object: {\"seeds\": [...], ...}")
+        sink = _Stream()
+        rules = {k: v for k, v in body.items() if k not in ("seeds", "options")}
+        try:
+            if not self.intake.crawl(sink, next(self.ids), body.get("seeds"), rules, body.get("options")):
+                refusal = sink.answers.get_nowait()
+                return _json_error(refusal["error"], refusal["message"])
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            while True:
+                frame = await sink.next()
+                if frame is None:  # cut off: it did not read
+                    return response
+                if "summary" in frame:
+                    await response.write(_ndjson({"summary": CrawlSummary.from_frame(frame).to_dict()}))
+                    return response
+                await response.write(_ndjson({k: frame.get(k) for k in RESULT_FIELDS}))
+        finally:
+            sink.closed = True  # a client that hung up cancelled us: its crawl stops
+
     @staticmethod
     def _raw_options(request: web.Request, form: str) -> dict[str, Any] | OptionError | None:
         """The query parameters other than ``url``, as request options (the intake checks them); Accept
@@ -349,6 +417,16 @@ class HttpApi:
         if self.runner is not None:
             await self.runner.server.shutdown(timeout)
             await self.runner.cleanup()
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    # errors="replace": a lone surrogate in extracted text must not end the stream
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+
+
+def _json_error(code: str, message: str) -> web.Response:
+    body = json.dumps({"error": code, "message": message})
+    return web.Response(text=body, status=http_status(code), content_type="application/json")
 
 
 def _digest(token: str) -> bytes:

@@ -70,6 +70,10 @@ class ClientConnection(asyncio.Protocol):
         if op == "await_exit":  # answered with the final count when the daemon stops (`shmfetch stop`)
             self.server.exit_waiters.append((self, req_id))
             return
+        if op == "crawl":  # seeds and rules: the intake checks them, the crawl answers pages then a summary
+            seeds, rules = frame.get("seeds"), frame.get("crawl")
+            self.server.intake.crawl(self, req_id, seeds, rules, frame.get("options"))
+            return
         if op != "fetch":
             answer(self, error_frame(req_id, "bad_request", f"unknown op {op!r}"))
             return

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, claim_idle
+from ..crawl.crawl import Crawls
 from ..dispatch.dispatcher import Dispatcher
 from ..frontier.admission import Frontier
 from ..fronts.unix import Listener, SocketInUse, bind_exclusive
@@ -66,6 +67,7 @@ class Master:
         self.dispatcher: Dispatcher | None = None
         self.supervisor: Supervisor | None = None
         self.listener: Listener | None = None
+        self.crawls: Crawls | None = None  # the crawls in progress (shmfetch/crawl)
         self.http: HttpApi | None = None  # the optional HTTP API ([http] listen)
         self.cluster: ClusterIntake | None = None  # the optional Redis Streams intake ([cluster] redis)
         self.signals: list[int] = []
@@ -172,6 +174,8 @@ class Master:
         self.supervisor = Supervisor(cfg, self.ctl, dispatcher, self._on_boot_loop, self.wake.set)
         self.dispatcher = dispatcher  # only with its frontier and supervisor: _teardown relies on them
         self.intake = Intake(dispatcher.submit, cfg.fetch)
+        self.crawls = Crawls(cfg, self.intake)  # its pages go through the same intake
+        self.intake.start_crawl = self.crawls.start
         self.listener = Listener(
             self.intake, self.stats, d.max_frame_bytes, d.max_connections, d.client_buffer_bytes
         )
@@ -385,7 +389,9 @@ class Master:
             dispatcher=self.dispatcher,
             supervisor=self.supervisor,
             ctl=self.ctl,
-            fronts={"listener": self.listener, "http": self.http, "cluster": self.cluster},
+            fronts={
+                "listener": self.listener, "http": self.http, "cluster": self.cluster, "crawls": self.crawls,
+            },  # fmt: skip
             request_caps={"timeout": self.cfg.fetch.timeout, "max_bytes": self.cfg.fetch.max_bytes},
         )
 

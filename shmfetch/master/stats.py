@@ -53,7 +53,8 @@ def document(
     fronts: dict[str, Any],
     request_caps: dict[str, Any],
 ) -> dict[str, Any]:
-    """The whole document. ``fronts``: the ``listener``, and the ``http`` and ``cluster`` fronts or None."""
+    """The whole document. ``fronts``: the ``listener``, and the ``http`` and ``cluster`` fronts or None,
+    and the ``crawls`` (shmfetch/crawl: active and started)."""
     d = dispatcher
     listener, http, cluster = fronts["listener"], fronts.get("http"), fronts.get("cluster")
     return {
@@ -79,4 +80,5 @@ def document(
         "workers": worker_entries(supervisor, d, ctl),
         "frontier": d.frontier_stats(),
         "cluster": cluster.stats() if cluster is not None else None,
+        "crawls": crawls.stats() if (crawls := fronts.get("crawls")) is not None else None,
     }

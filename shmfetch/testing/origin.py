@@ -43,6 +43,7 @@ Routes (query parameters in brackets; every loop is bounded in count and stops w
                               evaluation pages tests/pages (tools/make_eval_pages.py), the demo site
   /p/I.html                   page I of the seeded benchmark page set (pageset.py), when the origin has one;
                               with Cache-Control ``cache_control`` if set; /small.html: pageset.SMALL_PAGE
+  /tree/F/I                   page I of a tree of fan-out F (``tree_page``): a crawl's benchmark site
   /headers                    the request headers, one "Name: value" per line (text/plain)
   /hits?key=K                 how many requests key K has had (text/plain)
   /cacheable?key=K[&cc=..&etag=E&lm=HTTP-DATE&expires=HTTP-DATE&v=V&meta=1]  a page with those cache headers
@@ -129,6 +130,19 @@ def numbered_html(i: int) -> str:
 def numbered_text(i: int) -> str:
     """The text of ``/page/I``."""
     return f"Page {i}\nThis is page number {i}."
+
+
+def tree_page(fanout: int, i: int) -> str:
+    """``/tree/F/I``: page I of an endless tree of fan-out F (a crawl's benchmark site): links to its F
+    children (I*F+1 .. I*F+F), to its parent and to the root, as site navigation does, and ~8 KB of text."""
+    up = max(0, (i - 1) // fanout)
+    nav = f"<nav><a href='/tree/{fanout}/0'>Home</a> <a href='/tree/{fanout}/{up}'>Up</a></nav>"
+    kids = "".join(
+        f"<li><a href='/tree/{fanout}/{i * fanout + k}'>Page {i * fanout + k}</a></li>" for k in range(1, fanout + 1)
+    )
+    text = "".join(f"<p>{_para(i + k)}</p>" for k in range(30))
+    head = f"<!DOCTYPE html><html><head><title>Tree {i}</title></head>"
+    return f"{head}<body>{nav}<ul>{kids}</ul>{text}</body></html>"
 
 
 def page_text(size: int, title: str = "Test page") -> str:
@@ -629,6 +643,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, path.read_bytes())
 
 
+    def r_tree(self, parts: list[str], q: dict[str, str]) -> None:
+        try:
+            fanout, i = int(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            self._send(404, b"<p>no such page</p>")
+            return
+        self._send(200, tree_page(fanout, i).encode())
+
     def r_p(self, parts: list[str], q: dict[str, str]) -> None:
         pages = self.server.pageset
         try:
@@ -746,6 +768,11 @@ class Origin:
     def log(self) -> list[list]:
         with self.httpd.lock:
             return [list(e) for e in self.httpd.log]
+
+    def clear_log(self) -> None:
+        """Forget the requests logged so far (a test that shares an origin judges only its own)."""
+        with self.httpd.lock:
+            self.httpd.log.clear()
 
     @property
     def max_concurrent(self) -> int:
