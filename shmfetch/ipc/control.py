@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import posix_ipc
 
 from . import faults, names
-from .segment import create_segment
+from .segment import create_segment, unmap
 
 MAGIC = b"SHMFCTRL"
 VERSION = 3  # 3: the creator holds the life lock on the header (LIFE_START)
@@ -223,12 +223,7 @@ class Control:
             return delta
 
     def close(self) -> None:
-        for view in (self._u64, self._u32, self._view):
-            view.release()
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
+        unmap(self._mm, self._u64, self._u32, self._view)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

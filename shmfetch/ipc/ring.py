@@ -31,7 +31,7 @@ from typing import Any
 import posix_ipc
 
 from . import faults, membarrier, names
-from .segment import create_segment
+from .segment import create_segment, unmap
 
 MAGIC = b"SHMFRING"
 VERSION = 2
@@ -538,12 +538,7 @@ class Ring:
 
     def close(self) -> None:
         """Drop this process's mapping and handles. The creator also unlinks (see ``unlink``)."""
-        for view in (self._u64, self._u32, self._view):
-            view.release()
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a decode callback kept a view; the mapping goes with the process
+        unmap(self._mm, self._u64, self._u32, self._view)
         for sem in (self.free, self.fill):
             try:
                 sem.close()

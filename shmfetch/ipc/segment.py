@@ -54,3 +54,14 @@ def create_segment(name: str, size: int, keep_fd: bool = False) -> tuple[mmap.mm
         return mm, shm.fd
     shm.close_fd()
     return mm, None
+
+
+def unmap(mm: mmap.mmap, *views: memoryview) -> None:
+    """Release ``views`` of a segment's mapping, then the mapping. A view still exported elsewhere (a
+    decode callback kept one) leaves the mapping to go with the process."""
+    for view in views:
+        view.release()
+    try:
+        mm.close()
+    except BufferError:
+        pass
