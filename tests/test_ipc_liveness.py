@@ -229,6 +229,20 @@ class _Contained:
         self.master = wait_for(lambda: _children(self.outer.pid), 20, "unshare to start the daemon")[0]
         started_pids.add(self.master)
         wait_for(self.ready, 30, "the contained daemon's workers to be ready")
+        CONTAINED_PREFIXES.append(self.instance_prefix())
+
+    def instance_prefix(self) -> str:
+        """``shmfetch.1.TOKEN.``: the name prefix of every object of this daemon (its control segment, and
+        its rings, named from it), read from the master's own mappings. Another run's pid-1 daemons share
+        the ``shmfetch.1.`` part, never the token."""
+        with open(f"/proc/{self.master}/maps") as fh:
+            for line in fh:
+                path = line.split()[-1]
+                if path.startswith(f"{SHM}/") and path.endswith(".ctl"):
+                    prefix = names.instance_prefix(path[len(str(SHM)) + 1 :])
+                    if prefix:
+                        return prefix
+        raise AssertionError("the contained master maps no control segment")
 
     def stats(self) -> dict:
         with Client(self.sock, timeout=10) as c:
@@ -278,8 +292,13 @@ def _contained(tmp: Path, origin) -> Iterator[_Contained]:
             d.outer.proc.communicate(timeout=10)
 
 
-def _pid1_objects() -> set[str]:
-    return set(names.owned_by(1))
+CONTAINED_PREFIXES: list[str] = []  # the instance prefixes of the daemons _Contained started
+
+
+def _contained_objects() -> set[str]:
+    """What is in /dev/shm of the daemons this test started: by their instance tokens, never by the pid
+    1 that every contained daemon on the machine shares."""
+    return {e for e in names.owned_by(1) if names.instance_prefix(e) in CONTAINED_PREFIXES}
 
 
 @pytest.mark.skipif(bool(_pid_namespace_reason()), reason=_pid_namespace_reason() or "")
@@ -289,11 +308,11 @@ def test_two_daemons_as_pid_1_of_their_own_namespaces_share_dev_shm_and_keep_the
     """The second daemon deleted the first one's objects (its pid, 1, was "mine"; another namespace's pid
     is "dead"), and re-created its control segment under the same name: the first daemon's respawned
     workers then counted into the second's counter (A downloaded 0 | B downloaded 10)."""
-    before = _pid1_objects()
+    CONTAINED_PREFIXES.clear()
     try:
         a, b = _run_two_contained(tmp_path, origin)
     finally:
-        left = _pid1_objects() - before
+        left = _contained_objects()
         for entry in left:  # only after a failure: a daemon that was killed could not remove them
             (SHM / entry).unlink(missing_ok=True)
     assert (a.outer.proc.returncode, b.outer.proc.returncode) == (0, 0), (a.outer.stderr, b.outer.stderr)
@@ -304,12 +323,11 @@ def test_two_daemons_as_pid_1_of_their_own_namespaces_share_dev_shm_and_keep_the
 
 def _run_two_contained(tmp_path: Path, origin) -> tuple[_Contained, _Contained]:
     """A and B up at once; each serves, loses worker 0 to SIGKILL and respawns it, serves again, stops."""
-    before = _pid1_objects()
     with _contained(tmp_path / "a", origin) as a:
-        a_objects = _pid1_objects() - before
+        a_objects = _contained_objects()
         assert a_objects, "the contained daemon's objects are not named with its pid, 1"
         with _contained(tmp_path / "b", origin) as b:
-            assert a_objects <= _pid1_objects(), "starting B removed A's shared objects"
+            assert a_objects <= _contained_objects(), "starting B removed A's shared objects"
             assert a.stats()["pid"] == b.stats()["pid"] == 1
             a.fetch(range(0, 3))
             b.fetch(range(10, 15))

@@ -87,7 +87,8 @@ def test_master_killed_with_sigkill_then_a_fresh_serve_starts_cleanly(tmp_path, 
         while any(names.pid_alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not any(names.pid_alive(p) for p in workers), "workers outlived the master by 2 s"
-        assert names.owned_by(first.pid), "expected the dead master's objects to be left behind"
+        # The dead master's objects are left behind, unless another daemon starting on this machine
+        # meanwhile swept them (any start removes every dead master's objects: that is its job too).
         assert sock.exists()
         second = Daemon(cfg, sock)
         try:
