@@ -6,9 +6,11 @@ use too; they are re-exported here so that test modules import everything from o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ __all__ = [
     "Origin", "page_text", "write_config", "Daemon", "running_daemon", "run_cli", "wait_for",
     "daemon_stats", "cpu_ticks", "proc_kib", "fetch_through_kill_storm", "serve_argv", "MEMBARRIER",
     "needs_membarrier", "started_pids", "free_port", "origin_fixture", "REPO", "wait_workers_ready",
+    "http_api_daemon", "fork_child",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,3 +167,39 @@ def _kill_workers(
                 killed.append(victim)
             except ProcessLookupError:
                 pass
+
+
+def _connects(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def http_api_daemon(
+    tmp_path: Path, env: dict[str, str] | None = None, security: dict[str, object] | None = None, **http: object
+) -> Iterator[str]:
+    """A daemon with the HTTP API on a free loopback port (``[http]`` keys as keywords); yields its base URL."""
+    port = free_port()  # nothing listens on it until the daemon does
+    sections: dict[str, dict[str, object]] = {"http": {"listen": f"127.0.0.1:{port}", **http}}
+    if security:
+        sections["security"] = security
+    cfg = write_config(tmp_path, **sections)
+    d = Daemon(cfg, tmp_path / "shmfetch.sock", env=env)
+    try:
+        wait_for(lambda: _connects(port), 20, "the HTTP port")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+
+
+def fork_child(fn: Callable[..., object], *args: object) -> int:
+    """``fn(*args)`` in a forked child that then exits at once (no pytest teardown in it); its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            fn(*args)
+        finally:
+            os._exit(0)
+    return pid

@@ -3,12 +3,10 @@ bearer token, the Host/Origin guard against DNS rebinding, and the bound on rece
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,35 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from shmfetch.config import TOKEN_ENV, Config, ConfigError, HttpConfig, check_http_exposure, http_token
 from shmfetch.testing.net import free_port as closed_port  # nothing listens on a free port
 
-from .helpers import Daemon, run_cli, wait_for, write_config
+from .helpers import http_api_daemon, run_cli, write_config
 
 TOKEN = "k3y-0123456789abcdef-XYZ"
-
-
-def _connects(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def api(tmp_path: Path, env: dict[str, str] | None = None, **http: object) -> Iterator[str]:
-    """A daemon with the HTTP API on a free loopback port; yields its base URL."""
-    port = closed_port()
-    cfg = write_config(tmp_path, http={"listen": f"127.0.0.1:{port}", **http})
-    d = Daemon(cfg, tmp_path / "shmfetch.sock", env=env)
-    try:
-        wait_for(lambda: _connects(port), 20, "the HTTP port")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if d.proc.poll() is None:
-            d.stop()
 
 
 @pytest.fixture(scope="module")
 def open_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One tokenless daemon for the tests that need no token: loopback, allowed_hosts, header_timeout 1 s."""
-    with api(tmp_path_factory.mktemp("http"), allowed_hosts="api.internal", header_timeout=1) as base:
+    with http_api_daemon(tmp_path_factory.mktemp("http"), allowed_hosts="api.internal", header_timeout=1) as base:
         yield base
 
 
@@ -124,7 +102,7 @@ def test_token_right_wrong_missing_and_of_another_length(tmp_path, origin):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     url = origin.url("/page/1")
-    with api(tmp_path, token_file=token_file) as base:
+    with http_api_daemon(tmp_path, token_file=token_file) as base:
         right = get(base, "/fetch", params={"url": url}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert right.status_code == 200 and right.text.strip()
         cases = {
@@ -150,7 +128,7 @@ def test_token_right_wrong_missing_and_of_another_length(tmp_path, origin):
 
 def test_metrics_public_and_the_token_from_the_environment(tmp_path, origin):
     env = {**os.environ, TOKEN_ENV: TOKEN}
-    with api(tmp_path, env=env, metrics_public="true") as base:
+    with http_api_daemon(tmp_path, env=env, metrics_public="true") as base:
         assert get(base, "/fetch", params={"url": origin.url("/page/1")}).status_code == 401
         assert get(base, "/stats").status_code == 401
         assert rejected(base)["missing_token"] == 2  # /metrics itself needs none

@@ -3,46 +3,23 @@ summary), the bearer token as for /fetch, and refusals as 400 with a JSON error.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import requests
 
 from shmfetch.testing import crawlsite
-from shmfetch.testing.net import free_port as closed_port  # nothing listens on a free port
 from shmfetch.testing.origin import Origin
 
-from .helpers import Daemon, wait_for, write_config
+from .helpers import http_api_daemon
 
 TOKEN = "crawl-0123456789abcdef-XYZ"
 
 
-def _connects(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def api_with_token(tmp_path: Path) -> Iterator[str]:
+def api_with_token(tmp_path: Path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    port = closed_port()
-    cfg = write_config(
-        tmp_path,
-        http={"listen": f"127.0.0.1:{port}", "token_file": token_file},
-        security={"allow_networks": "127.0.0.0/8"},
-    )
-    d = Daemon(cfg, tmp_path / "shmfetch.sock")
-    try:
-        wait_for(lambda: _connects(port), 20, "the HTTP port")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if d.proc.poll() is None:
-            d.stop()
+    return http_api_daemon(tmp_path, security={"allow_networks": "127.0.0.0/8"}, token_file=token_file)
 
 
 def test_post_crawl_streams_ndjson_with_the_token(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import pytest
 from shmfetch.ipc import faults
 from shmfetch.ipc.control import S_COUNTED, Control
 
+from .helpers import fork_child
+
 _n = iter(range(1_000_000))
 
 
@@ -24,14 +26,6 @@ def ctl():
     c.unlink()
 
 
-def _child(fn, *args) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            fn(*args)
-        finally:
-            os._exit(0)
-    return pid
 
 
 def _incrementer(name: str, index: int, committed_fd: int) -> None:
@@ -67,7 +61,7 @@ def test_the_lock_excludes_other_processes_and_dies_with_its_holder(ctl):
             os.write(w, b"held")
             time.sleep(30)
 
-    pid = _child(hold, ctl.name)
+    pid = fork_child(hold, ctl.name)
     try:
         assert os.read(r, 4) == b"held"
         with ctl.locked(blocking=False) as got:
@@ -92,7 +86,7 @@ def test_an_increment_cut_short_is_undone_by_the_next_taker(ctl, point, tmp_path
         faults.arm_from_env()
         Control.attach(name).increment(1)
 
-    pid = _child(die_at_point, ctl.name)
+    pid = fork_child(die_at_point, ctl.name)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert (tmp_path / "fired").exists()
@@ -114,7 +108,7 @@ def test_concurrent_incrementers_killed_at_random_count_exactly(ctl, seed):
 
     def start(slot: int) -> None:
         r, w = os.pipe()
-        pid = _child(_incrementer, ctl.name, slot, w)
+        pid = fork_child(_incrementer, ctl.name, slot, w)
         os.close(w)
         procs[slot] = (pid, r)
 

@@ -21,20 +21,12 @@ from shmfetch.ipc import names, stale
 from shmfetch.ipc.control import Control
 from shmfetch.ipc.ring import Ring
 
-from .helpers import Daemon, page_text, serve_argv, started_pids, wait_for, write_config
+from .helpers import Daemon, fork_child, page_text, serve_argv, started_pids, wait_for, write_config
 
 SHM = Path(names.SHM_DIR)
 NOBODY = 65534
 
 
-def _child(fn, *args) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            fn(*args)
-        finally:
-            os._exit(0)
-    return pid
 
 
 def _hold_control(name: str, ready_fd: int) -> None:
@@ -59,7 +51,7 @@ def test_a_live_masters_objects_are_kept_and_a_dead_ones_removed_whatever_their_
     pid of ours at all) lost its objects. Now only the kernel's lock decides."""
     r, w = os.pipe()
     live_name, dead_name = names.control_name(os.getpid()), names.control_name(os.getpid())
-    holders = [_child(_hold_control, live_name, w), _child(_hold_control, dead_name, w)]
+    holders = [fork_child(_hold_control, live_name, w), fork_child(_hold_control, dead_name, w)]
     try:
         assert os.read(r, 1) + os.read(r, 1) == b"kk"
         os.kill(holders[1], signal.SIGKILL)
