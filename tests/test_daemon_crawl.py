@@ -226,6 +226,7 @@ def test_bad_input_is_a_clear_error_and_the_daemon_serves_on(
         assert c.fetch(site["A"].url("/a")).ok  # the same connection goes on
 
 
+@pytest.mark.slow
 def test_a_caller_that_goes_away_stops_its_crawl(tmp_path: Path) -> None:
     # A slow site of 1 + 10 + 100 pages: the caller reads the seed's result and hangs up while level 1
     # is in flight; those ten results are dropped on arrival and level 2 is never requested.
@@ -254,6 +255,7 @@ def test_stats_count_the_crawls(daemon: Daemon, site: dict[str, Origin]) -> None
     assert figures["started"] >= 1 and figures["active"] == 0
 
 
+@pytest.mark.slow
 def test_a_stopping_daemon_ends_its_crawls_with_what_was_in_flight(tmp_path: Path) -> None:
     # SIGUSR1 while level 1 is in flight: those ten pages are delivered, level 2 is never requested, the
     # summary says shutting_down, and the daemon's count equals the ok results the caller received.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import requests
 
 from shmfetch.testing import crawlsite
@@ -22,6 +23,7 @@ def api_with_token(tmp_path: Path):
     return http_api_daemon(tmp_path, security={"allow_networks": "127.0.0.0/8"}, token_file=token_file)
 
 
+@pytest.mark.slow
 def test_post_crawl_streams_ndjson_with_the_token(tmp_path: Path) -> None:
     a, b, a2 = Origin(host="127.0.0.1"), Origin(host="127.0.0.2"), Origin(host="127.0.0.1")
     try:

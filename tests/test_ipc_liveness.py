@@ -293,6 +293,7 @@ def _contained_objects() -> set[str]:
     return {e for e in names.owned_by(1) if names.instance_prefix(e) in CONTAINED_PREFIXES}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(_pid_namespace_reason()), reason=_pid_namespace_reason() or "")
 def test_two_daemons_as_pid_1_of_their_own_namespaces_share_dev_shm_and_keep_their_own_counts(
     tmp_path, origin
